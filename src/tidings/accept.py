@@ -1,0 +1,71 @@
+"""Turning a send request into a message ready to store: the rules shared by the API and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from tidings.clock import to_db
+from tidings.config import Settings
+from tidings.domain.phone import normalize_e164
+from tidings.domain.segments import analyze
+from tidings.errors import BodyTooLong, InvalidInput
+from tidings.store.messages import NewMessage
+
+MAX_TAGS = 20
+MAX_TAG_LENGTH = 128
+MAX_METADATA_BYTES = 8192
+
+
+def build_message(
+    settings: Settings,
+    providers: Collection[str],
+    *,
+    to: str,
+    body: str,
+    sender: str | None = None,
+    send_at: datetime | None = None,
+    provider: str | None = None,
+    tags: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> NewMessage:
+    """Validate and normalise one message; raises :class:`InvalidInput` naming the field."""
+    number = normalize_e164(to, settings.default_region)
+    if not body or not body.strip():
+        raise InvalidInput("body must not be empty", field="body")
+    if len(body) > settings.max_body_chars:
+        raise BodyTooLong(
+            f"body has {len(body)} characters; the limit is {settings.max_body_chars}", field="body"
+        )
+    if "\x00" in body:
+        raise InvalidInput("body must not contain NUL characters", field="body")
+    info = analyze(body)
+    chosen = provider or settings.default_provider
+    if chosen not in providers:
+        raise InvalidInput(
+            f"unknown provider {chosen!r}; configured: {', '.join(sorted(providers))}", field="provider"
+        )
+    tag_list = list(dict.fromkeys(tags or []))
+    if len(tag_list) > MAX_TAGS:
+        raise InvalidInput(f"at most {MAX_TAGS} tags", field="tags")
+    for tag in tag_list:
+        if not tag or len(tag) > MAX_TAG_LENGTH:
+            raise InvalidInput(f"each tag must have 1 to {MAX_TAG_LENGTH} characters", field="tags")
+    meta = metadata or {}
+    if len(orjson.dumps(meta)) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata")
+    return NewMessage(
+        to=number,
+        body=body,
+        segments=info.segments,
+        encoding=info.encoding.value,
+        provider=chosen,
+        max_attempts=settings.max_attempts,
+        sender=sender,
+        send_at=to_db(send_at) if send_at is not None else None,
+        tags=tag_list,
+        metadata=meta,
+    )

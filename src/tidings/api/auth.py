@@ -1,0 +1,39 @@
+"""Bearer-key authentication, with a short cache so a request costs no key lookup."""
+
+from __future__ import annotations
+
+import time
+
+from tidings.errors import Unauthorized
+from tidings.store.keys import ApiKey, KeyStore, hash_secret
+
+
+class KeyChecker:
+    """Verifies ``Authorization: Bearer <key>``. A revoked key stops working within ``ttl`` seconds."""
+
+    def __init__(self, keys: KeyStore, ttl: float) -> None:
+        self.keys = keys
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, ApiKey]] = {}
+
+    async def check(self, authorization: str | None) -> ApiKey:
+        if not authorization:
+            raise Unauthorized()
+        scheme, _, secret = authorization.partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            raise Unauthorized("use `Authorization: Bearer <key>`")
+        digest = hash_secret(secret)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        key = await self.keys.verify(secret)
+        if key is None:
+            self._cache.pop(digest, None)
+            raise Unauthorized("unknown or revoked API key")
+        if self.ttl > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self.ttl, key)
+        return key

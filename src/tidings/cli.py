@@ -1,0 +1,269 @@
+"""The ``tidings`` command: serve, api, worker, send, status, keys, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import orjson
+import typer
+
+from tidings import logs
+from tidings.accept import build_message
+from tidings.api.schemas import message_json
+from tidings.config import Settings, load_settings
+from tidings.errors import ConfigError, TidingsError
+from tidings.service import Service
+from tidings.store import Store
+from tidings.store.migrate import upgrade
+
+app = typer.Typer(help="tidings: self-hosted SMS delivery with truthful statuses.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(f"tidings: configuration error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    logs.configure(settings.log_level)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency of uvicorn[standard]
+        return asyncio.run(coro)
+
+
+def _service(settings: Settings) -> Service:
+    try:
+        return Service(settings)
+    except ConfigError as exc:
+        typer.echo(f"tidings: configuration error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+
+
+async def _with_store(
+    settings: Settings, action: Callable[[Store], Awaitable[T]], *, migrate: bool = True
+) -> T:
+    store = Store.connect(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    try:
+        if migrate and settings.auto_migrate:
+            await upgrade(store.engine)
+        return await action(store)
+    finally:
+        await store.close()
+
+
+async def _first_key(service: Service) -> None:
+    """On first start with an empty database, create one API key and print it once."""
+    if await service.store.keys.count() == 0:
+        _key, secret = await service.store.keys.create("default")
+        typer.echo("")
+        typer.echo("Created the first API key, named 'default'. It is shown only this once; keep it:")
+        typer.echo(f"    {secret}")
+        typer.echo("")
+        sys.stdout.flush()
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _serve(settings: Settings, host: str, port: int, *, with_api: bool, with_worker: bool) -> None:
+    import uvicorn
+
+    from tidings.api.app import create_app
+
+    service = _service(settings)
+    await service.start(listen=with_worker)
+    stop = asyncio.Event()
+    try:
+        tasks: list[asyncio.Task[None]] = []
+        server: uvicorn.Server | None = None
+        if with_api:
+            await _first_key(service)
+            config = uvicorn.Config(
+                create_app(service),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+            )
+            server = uvicorn.Server(config)
+            # uvicorn installs its own SIGINT/SIGTERM handlers while it serves; the worker
+            # follows it through `stop` once the server has shut down.
+            tasks.append(asyncio.create_task(server.serve()))
+        else:
+            _stop_on_signals(stop)
+        if with_worker:
+            tasks.append(asyncio.create_task(service.run_worker(stop)))
+        if server is not None:
+            await tasks[0]
+            stop.set()
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        await service.close()
+
+
+HostOption = Annotated[
+    str | None, typer.Option(help="Address to listen on (default: TIDINGS_HOST or 127.0.0.1).")
+]
+PortOption = Annotated[int | None, typer.Option(help="Port to listen on (default: TIDINGS_PORT or 8000).")]
+
+
+@app.command()
+def serve(host: HostOption = None, port: PortOption = None) -> None:
+    """Run the API and a worker in one process (the embedded default)."""
+    settings = _settings()
+    _run(
+        _serve(
+            settings,
+            host or settings.host,
+            port if port is not None else settings.port,
+            with_api=True,
+            with_worker=True,
+        )
+    )
+
+
+@app.command()
+def api(host: HostOption = None, port: PortOption = None) -> None:
+    """Run the API only (workers run elsewhere)."""
+    settings = _settings()
+    _run(
+        _serve(
+            settings,
+            host or settings.host,
+            port if port is not None else settings.port,
+            with_api=True,
+            with_worker=False,
+        )
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker only: claim due messages and send them."""
+    settings = _settings()
+    _run(_serve(settings, settings.host, settings.port, with_api=False, with_worker=True))
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest version."""
+    settings = _settings()
+
+    async def action(store: Store) -> str | None:
+        return await upgrade(store.engine)
+
+    revision = _run(_with_store(settings, action, migrate=False))
+    typer.echo(f"database is at revision {revision}")
+
+
+@app.command()
+def send(
+    to: Annotated[str, typer.Argument(help="Recipient number.")],
+    body: Annotated[str, typer.Argument(help="Message text.")],
+    provider: Annotated[str | None, typer.Option(help="Provider name.")] = None,
+    sender: Annotated[str | None, typer.Option(help="Sender id or number.")] = None,
+) -> None:
+    """Queue a message (a running worker sends it) and print it as JSON."""
+    settings = _settings()
+    service = _service(settings)
+    try:
+        new = build_message(settings, service.providers, to=to, body=body, sender=sender, provider=provider)
+    except TidingsError as exc:
+        typer.echo(f"tidings: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+
+    async def action(store: Store) -> dict[str, Any]:
+        row, _ = await store.messages.insert(new)
+        return row
+
+    row = _run(_with_store(settings, action))
+    typer.echo(orjson.dumps(message_json(row), option=orjson.OPT_INDENT_2).decode())
+
+
+@app.command()
+def status(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> None:
+    """Print a message, with its event history, as JSON."""
+    settings = _settings()
+
+    async def action(store: Store) -> dict[str, Any] | None:
+        row = await store.messages.get(message_id)
+        if row is None:
+            return None
+        return message_json(row, await store.messages.events(message_id))
+
+    found = _run(_with_store(settings, action))
+    if found is None:
+        typer.echo(f"tidings: no message {message_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Argument(help="A name to recognise the key by.")]) -> None:
+    """Create an API key; its secret is printed once, as the last line."""
+    settings = _settings()
+
+    async def action(store: Store) -> tuple[str, str]:
+        key, secret = await store.keys.create(name)
+        return key.id, secret
+
+    key_id, secret = _run(_with_store(settings, action))
+    typer.echo(f"created API key {name!r} (id {key_id}); the secret below is shown only once")
+    typer.echo(secret)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never their secrets)."""
+    settings = _settings()
+
+    async def action(store: Store) -> list[Any]:
+        return await store.keys.all()
+
+    rows = _run(_with_store(settings, action))
+    typer.echo(f"{'ID':26}  {'NAME':20}  {'PREFIX':10}  {'CREATED':19}  STATE")
+    for key in rows:
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        typer.echo(
+            f"{key.id:26}  {key.name[:20]:20}  {key.prefix:10}  {key.created_at:%Y-%m-%d %H:%M:%S}  {state}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")]) -> None:
+    """Revoke an API key by id or name."""
+    settings = _settings()
+
+    async def action(store: Store) -> Any:
+        return await store.keys.revoke(key)
+
+    revoked = _run(_with_store(settings, action))
+    if revoked is None:
+        typer.echo(f"tidings: no single key with id or name {key!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked API key {revoked.name!r} (id {revoked.id})")
+
+
+def main() -> None:
+    app()

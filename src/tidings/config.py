@@ -1,0 +1,134 @@
+"""Settings, from environment variables and an optional TOML file.
+
+Every setting has a default, so tidings starts with no configuration at all: SQLite in
+``./tidings.db`` and the ``fake`` provider. A TOML file named by ``TIDINGS_CONFIG`` may set any
+top-level setting and declares providers as ``[providers.NAME]`` tables with a ``kind``.
+Environment variables ``TIDINGS_<SETTING>`` override the file. A wrong or missing setting raises
+:class:`~tidings.errors.ConfigError` naming it, before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tidings.errors import ConfigError
+
+ENV_PREFIX = "TIDINGS_"
+
+
+class ProviderSettings(BaseModel):
+    """Settings every provider has; each kind adds its own (see ``tidings.providers``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    kind: str
+    concurrency: int = Field(default=10, ge=1, le=10_000)
+    """At most this many sends in flight at once, per worker process."""
+    rate_limit: float | None = Field(default=None, gt=0)
+    """At most this many sends per second, per worker process (unset: no limit)."""
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database_url: str = "sqlite:///./tidings.db"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = None
+    """Where providers reach this service (for receipts); default http://HOST:PORT."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    default_region: str | None = None
+    """ISO 3166 code used to read numbers written without +country code (e.g. KE)."""
+    default_provider: str = "fake"
+    max_request_bytes: int = Field(default=1_048_576, ge=1024)
+    max_body_chars: int = Field(default=1600, ge=1)
+    api_key_cache_seconds: float = Field(default=5.0, ge=0)
+    auto_migrate: bool = True
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+
+    max_attempts: int = Field(default=11, ge=1, le=100)
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    retry_cap_seconds: float = Field(default=3600.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    claim_batch: int = Field(default=100, ge=1, le=10_000)
+    poll_interval: float = Field(default=1.0, gt=0)
+    maintenance_interval: float = Field(default=1.0, gt=0)
+
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str | None) -> str | None:
+        from tidings.domain.phone import is_valid_region
+
+        if value is None or value == "":
+            return None
+        value = value.upper()
+        if not is_valid_region(value):
+            raise ValueError(f"unknown region {value!r}; use an ISO 3166 alpha-2 code such as KE or US")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+", "postgres:")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return value
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def provider_tables(self) -> dict[str, dict[str, Any]]:
+        """The configured providers; with none configured, one ``fake`` provider named ``fake``."""
+        if self.providers:
+            return dict(self.providers)
+        return {"fake": {"kind": "fake"}}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    fields = set(Settings.model_fields) - {"providers"}
+    overrides: dict[str, str] = {}
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in fields:
+                overrides[name] = value
+    return overrides
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming the setting."""
+    lines = []
+    for error in exc.errors():
+        path = ".".join(str(p) for p in error["loc"])
+        lines.append(f"setting {prefix}{path}: {error['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file named by ``TIDINGS_CONFIG`` (if any), then the environment."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = env.get("TIDINGS_CONFIG")
+    if path:
+        file = Path(path)
+        try:
+            values = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"TIDINGS_CONFIG names {path}, which does not exist") from exc
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
+    values.update(_env_overrides(env))
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from exc

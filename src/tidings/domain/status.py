@@ -1,0 +1,116 @@
+"""The message status machine: statuses, their order, and which moves are allowed.
+
+Reports about a message (a provider's answer, a delivery receipt, a gateway update) may arrive in
+any order: a receipt before the send call returns, ``delivered`` before ``sent``, a duplicate a
+day later. So the final status must not depend on arrival order. Statuses are ranked
+
+    scheduled < pending < sending < sent < failed < delivered
+
+and a report only ever moves a message *up* (the status is the highest one reported so far).
+``failed`` stops further attempts, but proof of delivery still lifts it to ``delivered``.
+The only downward move is the worker's own retry (``sending → pending``), and ``cancelled`` is
+reachable only from ``scheduled`` or ``pending``. Every report is recorded, even one that changes
+nothing. This module does no I/O; ``store`` turns these rules into compare-and-set statements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    SCHEDULED = "scheduled"
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+
+
+RANK: dict[Status, int] = {
+    Status.SCHEDULED: 0,
+    Status.PENDING: 1,
+    Status.SENDING: 2,
+    Status.SENT: 3,
+    Status.FAILED: 4,
+    Status.DELIVERED: 5,
+}
+"""Order of the statuses a report can move between; ``cancelled`` stands outside it."""
+
+FINAL = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELLED})
+"""Statuses after which the worker makes no more attempts (``failed`` can still become ``delivered``)."""
+
+CANCELLABLE = frozenset({Status.SCHEDULED, Status.PENDING})
+"""Statuses from which a message may be cancelled: it has not been handed to a provider."""
+
+RETRYABLE_FROM = Status.SENDING
+"""The worker's retry is the one downward step: ``sending → pending``."""
+
+
+def reportable(status: Status) -> bool:
+    """Whether ``status`` can be the subject of a report (everything but ``cancelled``)."""
+    return status in RANK
+
+
+def moves_up_from(target: Status) -> frozenset[Status]:
+    """The statuses a report of ``target`` moves a message up from (those ranked below it)."""
+    if target not in RANK:
+        raise ValueError(f"{target!r} cannot be reported")
+    rank = RANK[target]
+    return frozenset(s for s, r in RANK.items() if r < rank)
+
+
+def apply_report(current: Status, reported: Status) -> Status:
+    """The status after a report of ``reported`` reaches a message in ``current``.
+
+    A report never moves a message down, never revives a cancelled one, and a report of the
+    current status changes nothing.
+    """
+    if current in moves_up_from(reported):
+        return reported
+    return current
+
+
+@dataclass(frozen=True)
+class Report:
+    """One statement about a message's status from any source.
+
+    ``provider_status`` keeps the provider's own word (``DeliveredToNetwork``, ``undelivered``…);
+    ``detail`` the raw payload it came in.
+    """
+
+    status: Status
+    source: str
+    occurred_at: datetime
+    provider_status: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Event:
+    """What is recorded for a report: the report itself and whether it changed the status."""
+
+    report: Report
+    status_before: Status
+    status_after: Status
+
+    @property
+    def changed(self) -> bool:
+        return self.status_before != self.status_after
+
+
+def replay(initial: Status, reports: list[Report]) -> tuple[Status, list[Event]]:
+    """Apply ``reports`` in order to a message that starts in ``initial``; one event per report."""
+    status = initial
+    events: list[Event] = []
+    for report in reports:
+        after = apply_report(status, report.status)
+        events.append(Event(report=report, status_before=status, status_after=after))
+        status = after
+    return status, events

@@ -1,0 +1,28 @@
+"""Identifiers: time-ordered, URL-safe, 26 characters (the ULID layout).
+
+48 bits of milliseconds since the epoch then 80 random bits, in Crockford base32, so ids sort by
+creation time and a page cursor can simply be the last id seen.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(now_ms: int | None = None) -> str:
+    """A new 26-character identifier."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` has the shape of an id made by :func:`new_id`."""
+    return len(value) == 26 and all(c in _ALPHABET for c in value)

@@ -1,0 +1,233 @@
+"""The ``fake`` provider: the default, so a new user can send and track a message with nothing else.
+
+It behaves like a real provider: it takes time to answer, refuses some messages for good and some
+for now, and confirms delivery later with a receipt. The magic numbers of ``fake_rules`` force
+each path. It runs in one of two ways:
+
+- in process (no ``url``): the adapter decides the outcome itself and, after
+  ``receipt_delay_ms``, builds the same signed receipt the fake server would post and feeds it
+  through :meth:`FakeProvider.parse_webhook` into the service's receipt sink: the very path a
+  real provider's webhook takes;
+- over HTTP (``url`` set): the adapter posts to the fake provider server
+  (``python -m tidings.testing.fake_server``), which posts receipts back to
+  ``/webhooks/fake/{name}/status``. Tests and benchmarks use this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import Field
+
+from tidings.clock import to_db, utcnow
+from tidings.config import ProviderSettings
+from tidings.domain.status import Report, Status
+from tidings.providers.base import (
+    OutboundMessage,
+    PermanentProviderError,
+    Provider,
+    ProviderReport,
+    SendResult,
+    TemporaryProviderError,
+    WebhookRejected,
+    WebhookRequest,
+    WebhookResult,
+    WebhookUnauthorized,
+    signatures_match,
+)
+from tidings.providers.fake_rules import ERROR_CODES, FakeBehaviour, Outcome, decide
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Fake-Signature"
+
+
+class FakeSettings(ProviderSettings):
+    kind: str = "fake"
+    latency_ms: float = Field(default=20.0, ge=0)
+    receipt_delay_ms: float = Field(default=200.0, ge=0)
+    temporary_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    permanent_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    undelivered_rate: float = Field(default=0.0, ge=0, le=1)
+    url: str | None = None
+    """Base URL of a fake provider server; unset: simulate in process."""
+    token: str | None = None
+    webhook_secret: str | None = None
+    seed: int | None = None
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The ``X-Fake-Signature`` value for ``body``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+_RECEIPT_STATUS = {"delivered": Status.DELIVERED, "failed": Status.FAILED, "sent": Status.SENT}
+
+
+class FakeProvider(Provider):
+    kind = "fake"
+    settings_model = FakeSettings
+
+    settings: FakeSettings
+
+    async def start(self) -> None:
+        self._rng = random.Random(self.settings.seed)
+        self._behaviour = FakeBehaviour(
+            temporary_failure_rate=self.settings.temporary_failure_rate,
+            permanent_failure_rate=self.settings.permanent_failure_rate,
+            undelivered_rate=self.settings.undelivered_rate,
+        )
+        # In process, receipts are signed with a per-process secret when none is configured,
+        # so they take exactly the verified path a posted receipt takes.
+        self._secret = self.settings.webhook_secret or secrets.token_hex(16)
+        self._receipts: set[asyncio.Task[None]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        if self.settings.url:
+            self._session = self.context.session or aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.settings.concurrency),
+            )
+
+    async def close(self) -> None:
+        for task in list(self._receipts):
+            task.cancel()
+        if self._receipts:
+            await asyncio.gather(*self._receipts, return_exceptions=True)
+        if self._session is not None and self._session is not self.context.session:
+            await self._session.close()
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        if self.settings.url:
+            return await self._send_http(message)
+        return await self._send_in_process(message)
+
+    async def _send_in_process(self, message: OutboundMessage) -> SendResult:
+        if self.settings.latency_ms:
+            await asyncio.sleep(self.settings.latency_ms / 1000)
+        outcome = decide(message.to, message.attempt, self._behaviour, self._rng)
+        if outcome is Outcome.TEMPORARY:
+            code, text = ERROR_CODES[outcome]
+            raise TemporaryProviderError(text, code=code, raw={"error": {"code": code, "message": text}})
+        if outcome is Outcome.PERMANENT:
+            code, text = ERROR_CODES[outcome]
+            raise PermanentProviderError(text, code=code, raw={"error": {"code": code, "message": text}})
+        provider_id = "FK" + secrets.token_hex(16)
+        if outcome is not Outcome.NO_RECEIPT:
+            task = asyncio.create_task(self._deliver_receipt(provider_id, message.id, outcome))
+            self._receipts.add(task)
+            task.add_done_callback(self._receipts.discard)
+        return SendResult(
+            provider_message_id=provider_id,
+            provider_status="accepted",
+            raw={"id": provider_id, "status": "accepted"},
+        )
+
+    async def _deliver_receipt(self, provider_id: str, reference: str, outcome: Outcome) -> None:
+        await asyncio.sleep(self.settings.receipt_delay_ms / 1000)
+        failed = outcome is Outcome.RECEIPT_FAILED
+        code, text = ERROR_CODES[Outcome.RECEIPT_FAILED] if failed else (None, None)
+        body = orjson.dumps(
+            {
+                "id": provider_id,
+                "reference": reference,
+                "status": "failed" if failed else "delivered",
+                "error_code": code,
+                "error_message": text,
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            }
+        )
+        request = WebhookRequest(
+            url=self.context.webhook_url(self.kind, self.name, "status"),
+            headers={SIGNATURE_HEADER: sign(self._secret, body), "content-type": "application/json"},
+            body=body,
+        )
+        try:
+            result = await self.parse_webhook("status", request)
+            await self.context.sink(self.name, result.reports)
+        except Exception:
+            log.exception(
+                "fake receipt could not be applied", extra={"action": "receipt", "message_id": reference}
+            )
+
+    async def _send_http(self, message: OutboundMessage) -> SendResult:
+        assert self._session is not None and self.settings.url
+        payload = {
+            "to": message.to,
+            "from": message.sender,
+            "body": message.body,
+            "reference": message.id,
+            "receipt_url": self.context.webhook_url(self.kind, self.name, "status"),
+        }
+        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        try:
+            async with self._session.post(
+                self.settings.url.rstrip("/") + "/v1/messages",
+                data=orjson.dumps(payload),
+                headers={**headers, "Content-Type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
+            ) as response:
+                raw_body = await response.read()
+                status = response.status
+                retry_after = response.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TemporaryProviderError(
+                f"fake provider unreachable: {exc!r}", code="connection_error"
+            ) from exc
+        try:
+            data: dict[str, Any] = orjson.loads(raw_body) if raw_body else {}
+        except orjson.JSONDecodeError:
+            data = {"body": raw_body[:500].decode("utf-8", "replace")}
+        if status in (200, 201, 202):
+            return SendResult(
+                provider_message_id=data.get("id"), provider_status=data.get("status"), raw=data
+            )
+        found = data.get("error")
+        error: dict[str, Any] = found if isinstance(found, dict) else {}
+        code = str(error.get("code") or status)
+        text = str(error.get("message") or f"HTTP {status}")
+        if status == 429 or status >= 500:
+            delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+            raise TemporaryProviderError(text, code=code, raw=data, retry_after=delay)
+        raise PermanentProviderError(text, code=code, raw=data)
+
+    async def parse_webhook(self, event: str, request: WebhookRequest) -> WebhookResult:
+        if event != "status":
+            return await super().parse_webhook(event, request)
+        secret = self.settings.webhook_secret if self.settings.url else self._secret
+        if secret:
+            given = request.headers.get(SIGNATURE_HEADER) or request.headers.get(SIGNATURE_HEADER.lower())
+            if not signatures_match(sign(secret, request.body), given):
+                raise WebhookUnauthorized()
+        try:
+            data = orjson.loads(request.body)
+            status = _RECEIPT_STATUS[data["status"]]
+            provider_id = data.get("id")
+            reference = data.get("reference")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise WebhookRejected(f"not a fake receipt: {exc!r}") from exc
+        occurred = utcnow()
+        if isinstance(data.get("timestamp"), str):
+            try:
+                occurred = to_db(datetime.fromisoformat(data["timestamp"].replace("Z", "+00:00")))
+            except ValueError:
+                pass
+        report = Report(
+            status=status,
+            source=f"provider:{self.name}",
+            occurred_at=occurred,
+            provider_status=str(data["status"]),
+            error_code=data.get("error_code"),
+            error_message=data.get("error_message"),
+            detail=data,
+        )
+        return WebhookResult(
+            reports=[ProviderReport(report=report, message_id=reference, provider_message_id=provider_id)]
+        )

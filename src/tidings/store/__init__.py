@@ -1,0 +1,32 @@
+"""All SQL lives in this package; the worker and the API call named methods."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings.store.db import create_engine
+from tidings.store.keys import KeyStore
+from tidings.store.messages import MessageStore
+
+
+class Store:
+    """The database, as the rest of tidings sees it."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.messages = MessageStore(engine)
+        self.keys = KeyStore(engine)
+
+    @classmethod
+    def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:
+        return cls(create_engine(url, sqlite_synchronous=sqlite_synchronous, pool_size=pool_size))
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+__all__ = ["Store"]

@@ -1,0 +1,107 @@
+"""API keys. Only a SHA-256 hash of each secret is stored; the secret is shown once."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings import ids
+from tidings.clock import utcnow
+from tidings.store.tables import api_keys
+
+SECRET_PREFIX = "tdg_"
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets are 32 random bytes, so a plain SHA-256 cannot be brute-forced; a slow hash
+    # would only slow down every request.
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class KeyStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create(self, name: str) -> tuple[ApiKey, str]:
+        """A new key and its secret (the only time the secret exists outside the caller)."""
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        now = utcnow()
+        key = ApiKey(
+            id=ids.new_id(), name=name, prefix=secret[:10], created_at=now, last_used_at=None, revoked_at=None
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(api_keys),
+                {
+                    "id": key.id,
+                    "name": name,
+                    "secret_hash": hash_secret(secret),
+                    "prefix": key.prefix,
+                    "created_at": now,
+                },
+            )
+        return key, secret
+
+    async def all(self) -> list[ApiKey]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(api_keys).order_by(api_keys.c.created_at))).all()
+        return [_key(r) for r in rows]
+
+    async def count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(api_keys))).scalar_one())
+
+    async def revoke(self, key: str) -> ApiKey | None:
+        """Revoke the key with this id or this name; ``None`` when there is none."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(api_keys).where(or_(api_keys.c.id == key, api_keys.c.name == key)).limit(2)
+                )
+            ).all()
+            if len(row) != 1:
+                return None
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == row[0].id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            fresh = (await conn.execute(select(api_keys).where(api_keys.c.id == row[0].id))).one()
+        return _key(fresh)
+
+    async def verify(self, secret: str) -> ApiKey | None:
+        """The active key whose secret this is, or ``None``."""
+        query = select(api_keys).where(
+            api_keys.c.secret_hash == hash_secret(secret), api_keys.c.revoked_at.is_(None)
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _key(row) if row is not None else None

@@ -1,0 +1,667 @@
+"""Every SQL statement about messages: accepting, claiming, reporting, cancelling, listing.
+
+The messages table is the queue. A due message is ``pending`` with ``next_attempt_at`` in the
+past; a worker claims a batch in one statement (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
+serialises writers), which moves it to ``sending`` under a lease. Every status change is a
+compare-and-set on the status it was read in, and is recorded in ``message_events`` in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, and_, case, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tidings import ids
+from tidings.clock import utcnow
+from tidings.domain.status import CANCELLABLE, RANK, Report, Status, apply_report
+from tidings.errors import IdempotencyConflict, NotCancellable, NotFound
+from tidings.store.tables import message_events, message_tags, messages
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "tidings_messages"
+
+# The column that records when a message reached each status.
+_STATUS_TIMESTAMP = {
+    Status.SENT: "sent_at",
+    Status.DELIVERED: "delivered_at",
+    Status.FAILED: "failed_at",
+    Status.CANCELLED: "cancelled_at",
+}
+
+_CAS_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A validated message, ready to be stored."""
+
+    to: str
+    body: str
+    segments: int
+    encoding: str
+    provider: str
+    max_attempts: int
+    sender: str | None = None
+    send_at: datetime | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    channel: str = "sms"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message a worker has claimed and must now send."""
+
+    id: str
+    to: str
+    sender: str | None
+    body: str
+    provider: str
+    attempts: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What applying one report did."""
+
+    message_id: str
+    status_before: Status
+    status_after: Status
+
+    @property
+    def changed(self) -> bool:
+        return self.status_before != self.status_after
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    status: Status | None = None
+    to: str | None = None
+    tag: str | None = None
+    provider: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
+    # Result keys are SQLAlchemy's str subclass; JSON encoders want plain str.
+    return {str(k): v for k, v in row.items()}
+
+
+def _event_row(
+    message_id: str,
+    *,
+    type: str,
+    source: str,
+    status: Status,
+    changed: bool,
+    at: datetime,
+    recorded_at: datetime | None = None,
+    provider_status: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "type": type,
+        "source": source,
+        "status": status.value,
+        "changed": changed,
+        "provider_status": provider_status,
+        "error_code": error_code,
+        "error_message": error_message,
+        "detail": detail or {},
+        "occurred_at": at,
+        "recorded_at": recorded_at or at,
+    }
+
+
+class MessageStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    # -- accepting -------------------------------------------------------------------------------
+
+    async def insert(
+        self,
+        new: NewMessage,
+        *,
+        api_key_id: str | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+        now: datetime | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Store a message, its tags and its first event in one transaction.
+
+        Returns the stored row and whether it was created. With an ``idempotency_key`` already
+        used by the same API key, returns the earlier message when the request hash matches and
+        raises :class:`IdempotencyConflict` when it does not.
+        """
+        if idempotency_key is not None:
+            existing = await self._by_idempotency_key(api_key_id, idempotency_key, request_hash)
+            if existing is not None:
+                return existing, False
+        now = now or utcnow()
+        message_id = ids.new_id()
+        scheduled = new.send_at is not None and new.send_at > now
+        status = Status.SCHEDULED if scheduled else Status.PENDING
+        row = {
+            "id": message_id,
+            "channel": new.channel,
+            "to": new.to,
+            "sender": new.sender,
+            "body": new.body,
+            "segments": new.segments,
+            "encoding": new.encoding,
+            "status": status.value,
+            "provider": new.provider,
+            "attempts": 0,
+            "max_attempts": new.max_attempts,
+            "next_attempt_at": new.send_at if scheduled and new.send_at else now,
+            "send_at": new.send_at,
+            "created_at": now,
+            "updated_at": now,
+            "tags": list(new.tags),
+            "metadata": dict(new.metadata),
+            "api_key_id": api_key_id,
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash,
+        }
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(messages), row)
+                if new.tags:
+                    await conn.execute(
+                        insert(message_tags), [{"message_id": message_id, "tag": t} for t in set(new.tags)]
+                    )
+                await conn.execute(
+                    insert(message_events),
+                    _event_row(
+                        message_id, type="accepted", source="api", status=status, changed=True, at=now
+                    ),
+                )
+                if self.is_postgres and not scheduled:
+                    await conn.execute(
+                        text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": new.provider}
+                    )
+        except IntegrityError:
+            # Two requests with the same key raced: the other one won, answer with its message.
+            if idempotency_key is None:
+                raise
+            existing = await self._by_idempotency_key(api_key_id, idempotency_key, request_hash)
+            if existing is None:
+                raise
+            return existing, False
+        stored = await self.get(message_id)
+        assert stored is not None
+        return stored, True
+
+    async def _by_idempotency_key(
+        self, api_key_id: str | None, key: str, request_hash: str | None
+    ) -> dict[str, Any] | None:
+        query = select(messages).where(
+            messages.c.idempotency_key == key,
+            messages.c.api_key_id.is_(None) if api_key_id is None else messages.c.api_key_id == api_key_id,
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            return None
+        if row["request_hash"] != request_hash:
+            raise IdempotencyConflict(field="Idempotency-Key")
+        return _plain(row)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def get(self, message_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(messages).where(messages.c.id == message_id))).mappings().first()
+        return _plain(row) if row is not None else None
+
+    async def events(self, message_id: str) -> list[dict[str, Any]]:
+        query = (
+            select(message_events)
+            .where(message_events.c.message_id == message_id)
+            .order_by(message_events.c.id)
+        )
+        async with self.engine.connect() as conn:
+            return [_plain(r) for r in (await conn.execute(query)).mappings()]
+
+    async def search(
+        self, filters: MessageFilter, *, after_id: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Messages matching ``filters``, newest first, starting after the cursor ``after_id``."""
+        query: Select[Any] = select(messages)
+        if filters.tag is not None:
+            query = query.join(
+                message_tags,
+                and_(message_tags.c.message_id == messages.c.id, message_tags.c.tag == filters.tag),
+            )
+        conditions = []
+        if filters.status is not None:
+            conditions.append(messages.c.status == filters.status.value)
+        if filters.to is not None:
+            conditions.append(messages.c.to == filters.to)
+        if filters.provider is not None:
+            conditions.append(messages.c.provider == filters.provider)
+        if filters.created_after is not None:
+            conditions.append(messages.c.created_at >= filters.created_after)
+        if filters.created_before is not None:
+            conditions.append(messages.c.created_at < filters.created_before)
+        if after_id is not None:
+            conditions.append(messages.c.id < after_id)
+        query = query.where(*conditions).order_by(messages.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_plain(r) for r in (await conn.execute(query)).mappings()]
+
+    async def count_by_status(self) -> dict[str, int]:
+        query = select(messages.c.status, func.count()).group_by(messages.c.status)
+        async with self.engine.connect() as conn:
+            return {str(status): int(count) for status, count in (await conn.execute(query)).all()}
+
+    # -- client actions --------------------------------------------------------------------------
+
+    async def cancel(
+        self, message_id: str, *, source: str = "api", reason: str | None = None
+    ) -> dict[str, Any]:
+        """Cancel a ``scheduled`` or ``pending`` message; :class:`NotCancellable` otherwise."""
+        now = utcnow()
+        cancellable = [s.value for s in CANCELLABLE]
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id, messages.c.status.in_(cancellable))
+                .values(
+                    status=Status.CANCELLED.value,
+                    cancelled_at=now,
+                    updated_at=now,
+                    error_message=reason,
+                )
+            )
+            if result.rowcount == 1:
+                await conn.execute(
+                    insert(message_events),
+                    _event_row(
+                        message_id,
+                        type="cancelled",
+                        source=source,
+                        status=Status.CANCELLED,
+                        changed=True,
+                        at=now,
+                        error_message=reason,
+                    ),
+                )
+        row = await self.get(message_id)
+        if row is None:
+            raise NotFound(f"no message {message_id}")
+        if result.rowcount != 1:
+            raise NotCancellable(f"message {message_id} is {row['status']} and can no longer be cancelled")
+        return row
+
+    # -- the worker's side -----------------------------------------------------------------------
+
+    async def promote_due(self, now: datetime | None = None, limit: int = 1000) -> int:
+        """Move ``scheduled`` messages whose ``send_at`` has come to ``pending``."""
+        now = now or utcnow()
+        due = (
+            select(messages.c.id)
+            .where(messages.c.status == Status.SCHEDULED.value, messages.c.send_at <= now)
+            .order_by(messages.c.send_at)
+            .limit(limit)
+        )
+        if self.is_postgres:
+            due = due.with_for_update(skip_locked=True)
+        async with self.engine.begin() as conn:
+            promoted = (
+                await conn.execute(
+                    update(messages)
+                    .where(
+                        messages.c.id.in_(due.scalar_subquery()), messages.c.status == Status.SCHEDULED.value
+                    )
+                    .values(status=Status.PENDING.value, next_attempt_at=now, updated_at=now)
+                    .returning(messages.c.id, messages.c.provider)
+                )
+            ).all()
+            if promoted:
+                await conn.execute(
+                    insert(message_events),
+                    [
+                        _event_row(
+                            mid,
+                            type="promoted",
+                            source="scheduler",
+                            status=Status.PENDING,
+                            changed=True,
+                            at=now,
+                        )
+                        for mid, _ in promoted
+                    ],
+                )
+        return len(promoted)
+
+    async def claim(
+        self, provider: str, *, worker: str, limit: int, lease_seconds: float, now: datetime | None = None
+    ) -> list[Claimed]:
+        """Claim up to ``limit`` due messages of ``provider`` in one statement."""
+        now = now or utcnow()
+        due = (
+            select(messages.c.id)
+            .where(
+                messages.c.status == Status.PENDING.value,
+                messages.c.provider == provider,
+                messages.c.next_attempt_at <= now,
+            )
+            .order_by(messages.c.next_attempt_at)
+            .limit(limit)
+        )
+        if self.is_postgres:
+            due = due.with_for_update(skip_locked=True)
+        statement = (
+            update(messages)
+            # The status condition is repeated so that the claim stays a compare-and-set even
+            # where the subquery's snapshot is older than the update (SQLite).
+            .where(messages.c.id.in_(due.scalar_subquery()), messages.c.status == Status.PENDING.value)
+            .values(
+                status=Status.SENDING.value,
+                attempts=messages.c.attempts + 1,
+                lease_owner=worker,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(
+                messages.c.id,
+                messages.c.to,
+                messages.c.sender,
+                messages.c.body,
+                messages.c.provider,
+                messages.c.attempts,
+                messages.c.max_attempts,
+            )
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(statement)).all()
+            if rows:
+                await conn.execute(
+                    insert(message_events),
+                    [
+                        _event_row(
+                            r.id,
+                            type="claimed",
+                            source="worker",
+                            status=Status.SENDING,
+                            changed=True,
+                            at=now,
+                            detail={"worker": worker, "attempt": r.attempts},
+                        )
+                        for r in rows
+                    ],
+                )
+        return [
+            Claimed(
+                id=r.id,
+                to=r.to,
+                sender=r.sender,
+                body=r.body,
+                provider=r.provider,
+                attempts=r.attempts,
+                max_attempts=r.max_attempts,
+            )
+            for r in rows
+        ]
+
+    async def record_accepted(
+        self,
+        message_id: str,
+        *,
+        worker: str,
+        provider_message_id: str | None,
+        provider_status: str | None,
+        detail: dict[str, Any] | None = None,
+        status: Status = Status.SENT,
+    ) -> ReportOutcome | None:
+        """The provider accepted the message: keep its id and report ``status`` (usually sent)."""
+        now = utcnow()
+        report = Report(
+            status=status,
+            source="worker",
+            occurred_at=now,
+            provider_status=provider_status,
+            detail=detail or {},
+        )
+        extra: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        if provider_message_id is not None:
+            extra["provider_message_id"] = provider_message_id
+        return await self.apply_report(
+            message_id, report, type="send_accepted", extra=extra, always_extra=True
+        )
+
+    async def schedule_retry(
+        self,
+        message_id: str,
+        *,
+        worker: str,
+        retry_at: datetime,
+        error_code: str | None,
+        error_message: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> bool:
+        """The worker's one downward step, ``sending → pending``, as a compare-and-set on its lease."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(messages)
+                .where(
+                    messages.c.id == message_id,
+                    messages.c.status == Status.SENDING.value,
+                    messages.c.lease_owner == worker,
+                )
+                .values(
+                    status=Status.PENDING.value,
+                    next_attempt_at=retry_at,
+                    error_code=error_code,
+                    error_message=error_message,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+            changed = result.rowcount == 1
+            await conn.execute(
+                insert(message_events),
+                _event_row(
+                    message_id,
+                    type="retry_scheduled" if changed else "send_error",
+                    source="worker",
+                    status=Status.PENDING,
+                    changed=changed,
+                    at=now,
+                    error_code=error_code,
+                    error_message=error_message,
+                    detail={**(detail or {}), "retry_at": retry_at.isoformat() + "Z"},
+                ),
+            )
+        if not changed:
+            log.warning(
+                "retry not scheduled: the message left sending or its lease moved on",
+                extra={"action": "retry", "message_id": message_id},
+            )
+        return changed
+
+    async def reap_expired_leases(self, now: datetime | None = None, limit: int = 1000) -> int:
+        """Return messages whose lease expired (their worker died) to ``pending``.
+
+        The attempt is counted: a message whose attempts are used up fails instead, because
+        nobody knows whether the provider got it.
+        """
+        now = now or utcnow()
+        expired = (
+            select(messages.c.id)
+            .where(messages.c.status == Status.SENDING.value, messages.c.lease_expires_at < now)
+            .limit(limit)
+        )
+        if self.is_postgres:
+            expired = expired.with_for_update(skip_locked=True)
+        exhausted = messages.c.attempts >= messages.c.max_attempts
+        new_status = case((exhausted, Status.FAILED.value), else_=Status.PENDING.value)
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    update(messages)
+                    .where(
+                        messages.c.id.in_(expired.scalar_subquery()),
+                        messages.c.status == Status.SENDING.value,
+                        messages.c.lease_expires_at < now,
+                    )
+                    .values(
+                        status=new_status,
+                        next_attempt_at=now,
+                        failed_at=case((exhausted, now), else_=messages.c.failed_at),
+                        error_code=case((exhausted, "lease_expired"), else_=messages.c.error_code),
+                        error_message=case(
+                            (exhausted, "attempts used up; the last one was interrupted"),
+                            else_=messages.c.error_message,
+                        ),
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        updated_at=now,
+                    )
+                    .returning(messages.c.id, messages.c.status, messages.c.provider)
+                )
+            ).all()
+            if rows:
+                await conn.execute(
+                    insert(message_events),
+                    [
+                        _event_row(
+                            r.id,
+                            type="lease_expired",
+                            source="reaper",
+                            status=Status(r.status),
+                            changed=True,
+                            at=now,
+                        )
+                        for r in rows
+                    ],
+                )
+        if rows:
+            log.warning(
+                "returned %d messages whose worker stopped mid-send",
+                len(rows),
+                extra={"action": "reap", "count": len(rows)},
+            )
+        return len(rows)
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    async def find_by_provider_id(self, provider: str, provider_message_id: str) -> str | None:
+        query = select(messages.c.id).where(
+            messages.c.provider == provider, messages.c.provider_message_id == provider_message_id
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def apply_report(
+        self,
+        message_id: str,
+        report: Report,
+        *,
+        type: str = "report",
+        extra: dict[str, Any] | None = None,
+        always_extra: bool = False,
+    ) -> ReportOutcome | None:
+        """Apply one report through the status machine and record it as an event.
+
+        The status only moves up (``domain.status.apply_report``); the write is a compare-and-set
+        on the status read, retried if another writer got there first. A report that changes
+        nothing is still recorded. Returns ``None`` when the message does not exist.
+        """
+        for _ in range(_CAS_RETRIES):
+            async with self.engine.begin() as conn:
+                current = await self._lock_status(conn, message_id)
+                if current is None:
+                    return None
+                after = apply_report(current, report.status)
+                values: dict[str, Any] = {}
+                if after != current:
+                    values.update(self._status_values(after, report))
+                elif RANK.get(current) == RANK.get(report.status) and report.provider_status is not None:
+                    # Same status in the provider's newer words (e.g. MessageWaiting after
+                    # DeliveredToNetwork): keep what it said last.
+                    values["provider_status"] = report.provider_status
+                if extra and (always_extra or after != current):
+                    values.update(extra)
+                if values:
+                    values["updated_at"] = utcnow()
+                    result = await conn.execute(
+                        update(messages)
+                        .where(messages.c.id == message_id, messages.c.status == current.value)
+                        .values(**values)
+                    )
+                    if result.rowcount != 1:
+                        await conn.rollback()
+                        continue
+                await conn.execute(
+                    insert(message_events),
+                    _event_row(
+                        message_id,
+                        type=type,
+                        source=report.source,
+                        status=report.status,
+                        changed=after != current,
+                        at=report.occurred_at,
+                        recorded_at=utcnow(),
+                        provider_status=report.provider_status,
+                        error_code=report.error_code,
+                        error_message=report.error_message,
+                        detail=report.detail,
+                    ),
+                )
+                return ReportOutcome(message_id, current, after)
+        raise RuntimeError(f"message {message_id} kept changing while a report was applied")
+
+    async def _lock_status(self, conn: AsyncConnection, message_id: str) -> Status | None:
+        query = select(messages.c.status).where(messages.c.id == message_id)
+        if self.is_postgres:
+            query = query.with_for_update()
+        value = (await conn.execute(query)).scalar_one_or_none()
+        return Status(value) if value is not None else None
+
+    @staticmethod
+    def _status_values(status: Status, report: Report) -> dict[str, Any]:
+        values: dict[str, Any] = {"status": status.value}
+        if report.provider_status is not None:
+            values["provider_status"] = report.provider_status
+        column = _STATUS_TIMESTAMP.get(status)
+        if column is not None:
+            values[column] = report.occurred_at
+        if status in (Status.SENT, Status.DELIVERED):
+            values["sent_at"] = func.coalesce(messages.c.sent_at, report.occurred_at)
+        if status is Status.FAILED:
+            values["error_code"] = report.error_code
+            values["error_message"] = report.error_message
+        elif status is Status.DELIVERED:
+            # The truth wins: a delivered message carries no error, whatever failed before.
+            values["error_code"] = None
+            values["error_message"] = None
+        if status in (Status.SENT, Status.FAILED, Status.DELIVERED):
+            values["lease_owner"] = None
+            values["lease_expires_at"] = None
+        return values
+
+    async def ids_with_status(self, statuses: Sequence[Status]) -> list[str]:
+        """Ids of the messages in ``statuses`` (for tests and tools; not for hot paths)."""
+        query = select(messages.c.id).where(messages.c.status.in_([s.value for s in statuses]))
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query)).scalars())

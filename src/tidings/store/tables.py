@@ -1,0 +1,130 @@
+"""The database schema. Migrations in ``store/migrations`` must produce exactly this."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# BigInteger primary keys autoincrement on PostgreSQL; SQLite only does that for INTEGER.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", DateTime(), nullable=False),
+    Column("last_used_at", DateTime()),
+    Column("revoked_at", DateTime()),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("channel", String(16), nullable=False, server_default="sms"),
+    Column("to", String(64), nullable=False),
+    Column("sender", String(64)),
+    Column("body", Text(), nullable=False),
+    Column("segments", Integer(), nullable=False),
+    Column("encoding", String(8), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("provider_message_id", String(128)),
+    Column("provider_status", String(64)),
+    Column("error_code", String(64)),
+    Column("error_message", Text()),
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("max_attempts", Integer(), nullable=False),
+    Column("next_attempt_at", DateTime(), nullable=False),
+    Column("send_at", DateTime()),
+    Column("created_at", DateTime(), nullable=False),
+    Column("updated_at", DateTime(), nullable=False),
+    Column("sent_at", DateTime()),
+    Column("delivered_at", DateTime()),
+    Column("failed_at", DateTime()),
+    Column("cancelled_at", DateTime()),
+    Column("tags", JSON(), nullable=False),
+    Column("metadata", JSON(), nullable=False),
+    Column("api_key_id", String(26)),
+    Column("idempotency_key", String(255)),
+    Column("request_hash", String(64)),
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", DateTime()),
+    # The queue: due messages of one provider, oldest first. Partial, so it holds only the
+    # waiting rows and stays small however many finished messages the table keeps.
+    Index(
+        "ix_messages_due",
+        "provider",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_messages_scheduled",
+        "send_at",
+        postgresql_where=text("status = 'scheduled'"),
+        sqlite_where=text("status = 'scheduled'"),
+    ),
+    Index(
+        "ix_messages_leased",
+        "lease_expires_at",
+        postgresql_where=text("status = 'sending'"),
+        sqlite_where=text("status = 'sending'"),
+    ),
+    Index("ix_messages_idempotency", "api_key_id", "idempotency_key", unique=True),
+    Index("ix_messages_provider_message", "provider", "provider_message_id"),
+    Index("ix_messages_to", "to", "id"),
+    Index("ix_messages_status", "status", "id"),
+    Index("ix_messages_created_at", "created_at"),
+)
+
+message_tags = Table(
+    "message_tags",
+    metadata,
+    Column("message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag", String(128), primary_key=True),
+    Index("ix_message_tags_tag", "tag", "message_id"),
+)
+
+message_events = Table(
+    "message_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("changed", Boolean(), nullable=False),
+    Column("provider_status", String(64)),
+    Column("error_code", String(64)),
+    Column("error_message", Text()),
+    Column("detail", JSON(), nullable=False),
+    Column("occurred_at", DateTime(), nullable=False),
+    Column("recorded_at", DateTime(), nullable=False),
+    Index("ix_message_events_message_id", "message_id", "id"),
+)

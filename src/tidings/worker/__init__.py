@@ -1,0 +1,1 @@
+"""The worker: claims due messages, sends them, schedules retries, promotes and reaps."""

@@ -1,0 +1,245 @@
+"""The dispatcher: claims due messages, hands them to their provider, records what happened.
+
+One dispatcher runs per worker process. For each provider it keeps at most ``concurrency`` sends
+in flight and at most ``rate_limit`` sends a second. It claims only as many messages as it has
+free slots, so a message never waits, leased, behind a busy provider in this process while another
+process could send it. Alongside it, the maintenance loop promotes scheduled messages that came
+due and returns messages whose lease expired (their worker died) to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from tidings.clock import utcnow
+from tidings.config import Settings
+from tidings.domain.retry import RetryPolicy
+from tidings.domain.status import Report, Status
+from tidings.providers.base import OutboundMessage, Provider, ProviderError, TemporaryProviderError
+from tidings.store import Store
+from tidings.store.messages import Claimed
+from tidings.worker.limits import RateLimiter
+from tidings.worker.wakeup import Waker
+
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(24):06x}"
+
+
+@dataclass
+class Lane:
+    """The sends in flight for one provider."""
+
+    provider: Provider
+    limiter: RateLimiter | None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def free(self) -> int:
+        return self.provider.settings.concurrency - len(self.tasks)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        providers: dict[str, Provider],
+        settings: Settings,
+        waker: Waker | None = None,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.waker = waker or Waker()
+        self.name = name or worker_id()
+        self.policy = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            base_seconds=settings.retry_base_seconds,
+            cap_seconds=settings.retry_cap_seconds,
+        )
+        self.lanes = {
+            name: Lane(
+                provider=p,
+                limiter=RateLimiter(p.settings.rate_limit) if p.settings.rate_limit else None,
+            )
+            for name, p in providers.items()
+        }
+        self._rng = random.Random()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and send until ``stop`` is set, then let the sends in flight finish."""
+        log.info("worker started", extra={"action": "worker_start", "worker": self.name})
+        maintenance = asyncio.create_task(self._maintain(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    claimed = await self.claim_once()
+                except Exception:
+                    log.exception("claim failed; retrying", extra={"action": "claim"})
+                    claimed = 0
+                if claimed == 0:
+                    await self._idle(stop)
+        finally:
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+            await self.drain()
+            log.info("worker stopped", extra={"action": "worker_stop", "worker": self.name})
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        stopping = asyncio.ensure_future(stop.wait())
+        woken = asyncio.ensure_future(self.waker.wait(self.settings.poll_interval))
+        try:
+            await asyncio.wait({stopping, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopping, woken):
+                task.cancel()
+            await asyncio.gather(stopping, woken, return_exceptions=True)
+
+    async def claim_once(self) -> int:
+        """One claim per provider with free slots; starts a send for each claimed message."""
+        total = 0
+        for name, lane in self.lanes.items():
+            free = lane.free
+            if free <= 0:
+                continue
+            batch = await self.store.messages.claim(
+                name,
+                worker=self.name,
+                limit=min(free, self.settings.claim_batch),
+                lease_seconds=self.settings.lease_seconds,
+            )
+            for message in batch:
+                task = asyncio.create_task(self._send(lane, message))
+                lane.tasks.add(task)
+                task.add_done_callback(self._done(lane))
+            total += len(batch)
+        return total
+
+    def _done(self, lane: Lane) -> Callable[[asyncio.Task[None]], None]:
+        def callback(task: asyncio.Task[None]) -> None:
+            lane.tasks.discard(task)
+            # A slot came free: claim again without waiting for the poll.
+            self.waker.notify()
+
+        return callback
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for every send in flight."""
+        tasks = [t for lane in self.lanes.values() for t in lane.tasks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def maintain_once(self) -> None:
+        promoted = await self.store.messages.promote_due()
+        reaped = await self.store.messages.reap_expired_leases()
+        if promoted or reaped:
+            self.waker.notify()
+
+    async def _maintain(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.maintain_once()
+            except Exception:
+                log.exception("maintenance failed; retrying", extra={"action": "maintenance"})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.maintenance_interval):
+                    await stop.wait()
+
+    async def _send(self, lane: Lane, message: Claimed) -> None:
+        try:
+            if lane.limiter is not None:
+                await lane.limiter.acquire()
+            await self._send_and_record(lane.provider, message)
+        except Exception:
+            # Recording failed (e.g. the database went away). The lease will expire and the
+            # reaper will return the message to the queue: nothing is lost.
+            log.exception(
+                "could not record the outcome of a send; the lease will expire and it will be retried",
+                extra={"action": "send", "message_id": message.id},
+            )
+
+    async def _send_and_record(self, provider: Provider, message: Claimed) -> None:
+        outbound = OutboundMessage(
+            id=message.id, to=message.to, body=message.body, sender=message.sender, attempt=message.attempts
+        )
+        try:
+            result = await provider.send(outbound)
+        except ProviderError as exc:
+            await self._record_error(message, exc)
+            return
+        except Exception as exc:
+            log.exception(
+                "provider adapter raised an unexpected error; treating it as temporary",
+                extra={"action": "send", "message_id": message.id, "provider": provider.name},
+            )
+            await self._record_error(message, TemporaryProviderError(repr(exc), code="adapter_error"))
+            return
+        await self.store.messages.record_accepted(
+            message.id,
+            worker=self.name,
+            provider_message_id=result.provider_message_id,
+            provider_status=result.provider_status,
+            detail=result.raw,
+            status=result.status,
+        )
+
+    async def _record_error(self, message: Claimed, exc: ProviderError) -> None:
+        now = utcnow()
+        detail = {"attempt": message.attempts, "raw": exc.raw}
+        if exc.temporary:
+            policy = RetryPolicy(
+                max_attempts=message.max_attempts,
+                base_seconds=self.policy.base_seconds,
+                cap_seconds=self.policy.cap_seconds,
+            )
+            decision = policy.decide(message.attempts, now, self._rng)
+            if decision is not None:
+                retry_at = decision.retry_at
+                if exc.retry_after is not None:
+                    retry_at = max(retry_at, now + timedelta(seconds=exc.retry_after))
+                await self.store.messages.schedule_retry(
+                    message.id,
+                    worker=self.name,
+                    retry_at=retry_at,
+                    error_code=exc.code,
+                    error_message=exc.message,
+                    detail=detail,
+                )
+                log.info(
+                    "temporary failure, retry scheduled",
+                    extra={"action": "retry", "message_id": message.id, "error_code": exc.code},
+                )
+                return
+            reason = f"attempts used up ({message.attempts}); last error: {exc.message}"
+        else:
+            reason = exc.message
+        await self.store.messages.apply_report(
+            message.id,
+            Report(
+                status=Status.FAILED,
+                source="worker",
+                occurred_at=now,
+                error_code=exc.code,
+                error_message=reason,
+                detail=detail,
+            ),
+            type="send_failed",
+            extra={"lease_owner": None, "lease_expires_at": None},
+        )
+        log.error(
+            "message failed: %s",
+            reason,
+            extra={"action": "fail", "message_id": message.id, "error_code": exc.code},
+        )

@@ -1,0 +1,106 @@
+"""The status machine: reports only move up, order of arrival does not matter."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tidings.domain.status import (
+    CANCELLABLE,
+    RANK,
+    Report,
+    Status,
+    apply_report,
+    moves_up_from,
+    replay,
+)
+
+T0 = datetime(2026, 1, 1)
+REPORTABLE = [s for s in Status if s is not Status.CANCELLED]
+
+
+def report(status: Status, n: int = 0, provider_status: str | None = None) -> Report:
+    return Report(status=status, source="test", occurred_at=T0 + timedelta(seconds=n), provider_status=provider_status)
+
+
+def test_order_is_the_documented_one() -> None:
+    ordered = sorted(RANK, key=RANK.__getitem__)
+    assert ordered == [
+        Status.SCHEDULED,
+        Status.PENDING,
+        Status.SENDING,
+        Status.SENT,
+        Status.FAILED,
+        Status.DELIVERED,
+    ]
+
+
+def test_delivered_arriving_before_sent_is_not_undone_by_sent() -> None:
+    assert apply_report(Status.DELIVERED, Status.SENT) is Status.DELIVERED
+    assert apply_report(Status.SENDING, Status.DELIVERED) is Status.DELIVERED
+
+
+def test_proof_of_delivery_lifts_a_failed_message() -> None:
+    assert apply_report(Status.FAILED, Status.DELIVERED) is Status.DELIVERED
+
+
+def test_failed_is_not_undone_by_a_late_sent() -> None:
+    assert apply_report(Status.FAILED, Status.SENT) is Status.FAILED
+
+
+def test_cancelled_is_final_for_reports() -> None:
+    for reported in REPORTABLE:
+        assert apply_report(Status.CANCELLED, reported) is Status.CANCELLED
+
+
+def test_only_scheduled_and_pending_are_cancellable() -> None:
+    assert frozenset({Status.SCHEDULED, Status.PENDING}) == CANCELLABLE
+
+
+def test_cancelled_cannot_be_reported() -> None:
+    with pytest.raises(ValueError):
+        moves_up_from(Status.CANCELLED)
+
+
+def test_a_duplicate_report_changes_nothing_but_is_recorded() -> None:
+    final, events = replay(Status.SENDING, [report(Status.SENT, 1), report(Status.SENT, 2)])
+    assert final is Status.SENT
+    assert [e.changed for e in events] == [True, False]
+
+
+@given(st.sampled_from(REPORTABLE), st.sampled_from(REPORTABLE))
+def test_a_report_never_moves_a_message_down(current: Status, reported: Status) -> None:
+    after = apply_report(current, reported)
+    assert RANK[after] >= RANK[current]
+    assert RANK[after] == max(RANK[current], RANK[reported])
+
+
+reports_strategy = st.lists(
+    st.builds(
+        report,
+        st.sampled_from(REPORTABLE),
+        st.integers(min_value=0, max_value=5),
+        st.sampled_from([None, "DeliveredToNetwork", "undelivered", "SENT"]),
+    ),
+    max_size=8,
+)
+
+
+@given(reports_strategy, st.data(), st.sampled_from([Status.SCHEDULED, Status.PENDING, Status.SENDING]))
+def test_any_permutation_of_reports_gives_the_same_status_and_events(
+    reports: list[Report], data: st.DataObject, initial: Status
+) -> None:
+    permuted = data.draw(st.permutations(reports))
+    final_a, events_a = replay(initial, reports)
+    final_b, events_b = replay(initial, permuted)
+    assert final_a is final_b
+    # Every report is one event, whatever it changed: the same multiset of reports either way.
+    assert Counter(e.report for e in events_a) == Counter(e.report for e in events_b)
+    assert len(events_a) == len(reports)
+    # And the final status is the highest one reported (or where it started).
+    expected = max([initial, *(r.status for r in reports)], key=RANK.__getitem__)
+    assert final_a is expected
