@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -88,12 +89,20 @@ async def _serve(settings: Settings, host: str, port: int, *, with_api: bool, wi
 
     from tidings.api.app import create_app
 
+    class Server(uvicorn.Server):
+        # tidings handles SIGINT/SIGTERM itself, so that the worker drains and the service closes
+        # before the process exits (uvicorn would re-raise the signal once it has stopped).
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     service = _service(settings)
     await service.start(listen=with_worker)
     stop = asyncio.Event()
+    _stop_on_signals(stop)
+    server: Server | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
-        tasks: list[asyncio.Task[None]] = []
-        server: uvicorn.Server | None = None
         if with_api:
             await _first_key(service)
             config = uvicorn.Config(
@@ -105,21 +114,22 @@ async def _serve(settings: Settings, host: str, port: int, *, with_api: bool, wi
                 lifespan="on",
                 timeout_graceful_shutdown=10,
             )
-            server = uvicorn.Server(config)
-            # uvicorn installs its own SIGINT/SIGTERM handlers while it serves; the worker
-            # follows it through `stop` once the server has shut down.
+            server = Server(config)
             tasks.append(asyncio.create_task(server.serve()))
-        else:
-            _stop_on_signals(stop)
         if with_worker:
             tasks.append(asyncio.create_task(service.run_worker(stop)))
-        if server is not None:
-            await tasks[0]
-            stop.set()
-        await asyncio.gather(*tasks)
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
     finally:
         stop.set()
+        if server is not None:
+            server.should_exit = True
+        results = await asyncio.gather(*tasks, return_exceptions=True)
         await service.close()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 HostOption = Annotated[

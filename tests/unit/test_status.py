@@ -24,7 +24,8 @@ REPORTABLE = [s for s in Status if s is not Status.CANCELLED]
 
 
 def report(status: Status, n: int = 0, provider_status: str | None = None) -> Report:
-    return Report(status=status, source="test", occurred_at=T0 + timedelta(seconds=n), provider_status=provider_status)
+    at = T0 + timedelta(seconds=n)
+    return Report(status=status, source="test", occurred_at=at, provider_status=provider_status)
 
 
 def test_order_is_the_documented_one() -> None:

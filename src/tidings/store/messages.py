@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, case, func, insert, literal_column, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -91,6 +91,13 @@ class MessageFilter:
     provider: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+
+
+def _status_is(status: Status) -> ColumnElement[bool]:
+    # A literal, not a bound parameter: the queue's partial indexes (WHERE status = 'pending')
+    # are only used when the planner can see the value when it plans (SQLite always, and
+    # PostgreSQL once it switches a prepared statement to a generic plan).
+    return messages.c.status == literal_column(f"'{status.value}'")
 
 
 def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
@@ -317,7 +324,7 @@ class MessageStore:
         now = now or utcnow()
         due = (
             select(messages.c.id)
-            .where(messages.c.status == Status.SCHEDULED.value, messages.c.send_at <= now)
+            .where(_status_is(Status.SCHEDULED), messages.c.send_at <= now)
             .order_by(messages.c.send_at)
             .limit(limit)
         )
@@ -328,7 +335,7 @@ class MessageStore:
                 await conn.execute(
                     update(messages)
                     .where(
-                        messages.c.id.in_(due.scalar_subquery()), messages.c.status == Status.SCHEDULED.value
+                        messages.c.id.in_(due.scalar_subquery()), _status_is(Status.SCHEDULED)
                     )
                     .values(status=Status.PENDING.value, next_attempt_at=now, updated_at=now)
                     .returning(messages.c.id, messages.c.provider)
@@ -359,7 +366,7 @@ class MessageStore:
         due = (
             select(messages.c.id)
             .where(
-                messages.c.status == Status.PENDING.value,
+                _status_is(Status.PENDING),
                 messages.c.provider == provider,
                 messages.c.next_attempt_at <= now,
             )
@@ -372,7 +379,7 @@ class MessageStore:
             update(messages)
             # The status condition is repeated so that the claim stays a compare-and-set even
             # where the subquery's snapshot is older than the update (SQLite).
-            .where(messages.c.id.in_(due.scalar_subquery()), messages.c.status == Status.PENDING.value)
+            .where(messages.c.id.in_(due.scalar_subquery()), _status_is(Status.PENDING))
             .values(
                 status=Status.SENDING.value,
                 attempts=messages.c.attempts + 1,
@@ -464,7 +471,7 @@ class MessageStore:
                 update(messages)
                 .where(
                     messages.c.id == message_id,
-                    messages.c.status == Status.SENDING.value,
+                    _status_is(Status.SENDING),
                     messages.c.lease_owner == worker,
                 )
                 .values(
@@ -508,7 +515,7 @@ class MessageStore:
         now = now or utcnow()
         expired = (
             select(messages.c.id)
-            .where(messages.c.status == Status.SENDING.value, messages.c.lease_expires_at < now)
+            .where(_status_is(Status.SENDING), messages.c.lease_expires_at < now)
             .limit(limit)
         )
         if self.is_postgres:
@@ -521,7 +528,7 @@ class MessageStore:
                     update(messages)
                     .where(
                         messages.c.id.in_(expired.scalar_subquery()),
-                        messages.c.status == Status.SENDING.value,
+                        _status_is(Status.SENDING),
                         messages.c.lease_expires_at < now,
                     )
                     .values(

@@ -1,0 +1,88 @@
+"""Settings: defaults that work with nothing configured, and errors that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tidings.config import load_settings
+from tidings.errors import ConfigError
+from tidings.providers import build_providers
+from tidings.providers.base import ProviderContext, ProviderReport
+from tidings.providers.fake import FakeProvider
+
+
+async def _sink(_provider: str, _reports: list[ProviderReport]) -> None:
+    return None
+
+
+CONTEXT = ProviderContext(base_url="http://localhost:8000", sink=_sink)
+
+
+def test_no_configuration_gives_sqlite_and_the_fake_provider() -> None:
+    settings = load_settings({})
+    assert settings.database_url == "sqlite:///./tidings.db"
+    providers = build_providers(settings, CONTEXT)
+    assert list(providers) == ["fake"]
+    assert isinstance(providers["fake"], FakeProvider)
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "tidings.toml"
+    file.write_text('port = 9000\nmax_attempts = 3\n[providers.sms]\nkind = "fake"\n')
+    settings = load_settings(
+        {"TIDINGS_CONFIG": str(file), "TIDINGS_PORT": "9100", "TIDINGS_DEFAULT_PROVIDER": "sms"}
+    )
+    assert settings.port == 9100
+    assert settings.max_attempts == 3
+    assert list(build_providers(settings, CONTEXT)) == ["sms"]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TIDINGS_PORT": "eighty"}, "setting port"),
+        ({"TIDINGS_MAX_ATTEMPTS": "0"}, "setting max_attempts"),
+        ({"TIDINGS_DATABASE_URL": "mysql://x"}, "setting database_url"),
+        ({"TIDINGS_DEFAULT_REGION": "XX"}, "setting default_region"),
+        ({"TIDINGS_CONFIG": "/nonexistent/tidings.toml"}, "/nonexistent/tidings.toml"),
+    ],
+)
+def test_a_wrong_setting_is_named(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert named in caught.value.message
+
+
+def test_unknown_key_in_the_file_is_named(tmp_path: Path) -> None:
+    file = tmp_path / "tidings.toml"
+    file.write_text("max_atempts = 3\n")
+    with pytest.raises(ConfigError, match="max_atempts"):
+        load_settings({"TIDINGS_CONFIG": str(file)})
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ('[providers.x]\nkind = "nope"\n', "providers.x.kind"),
+        ("[providers.x]\nlatency_ms = 1\n", "providers.x.kind"),
+        ('[providers.x]\nkind = "fake"\nconcurrency = 0\n', "providers.x.concurrency"),
+        ('[providers.x]\nkind = "fake"\nlatency = 5\n', "providers.x.latency"),
+    ],
+)
+def test_a_wrong_provider_table_is_named(tmp_path: Path, table: str, named: str) -> None:
+    file = tmp_path / "tidings.toml"
+    file.write_text('default_provider = "x"\n' + table)
+    settings = load_settings({"TIDINGS_CONFIG": str(file)})
+    with pytest.raises(ConfigError) as caught:
+        build_providers(settings, CONTEXT)
+    assert named in caught.value.message
+
+
+def test_default_provider_must_exist(tmp_path: Path) -> None:
+    file = tmp_path / "tidings.toml"
+    file.write_text('[providers.sms]\nkind = "fake"\n')
+    settings = load_settings({"TIDINGS_CONFIG": str(file)})
+    with pytest.raises(ConfigError, match="default_provider"):
+        build_providers(settings, CONTEXT)
