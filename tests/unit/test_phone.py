@@ -83,6 +83,10 @@ def test_empty_raises(raw: str) -> None:
         ("+254712345678xyz", None),
         ("0000", "KE"),
         ("+1 555 555", None),
+        # Right length for the country but not in its numbering plan:
+        ("+1 201 055 0123", None),  # US exchange codes never start with 0
+        ("+254 312 345 678", None),
+        ("+1 555 555 5555", None),
         ("+" + "1" * 300, None),
     ],
 )

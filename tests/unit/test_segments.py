@@ -168,8 +168,9 @@ def test_short_ascii_is_one_gsm_segment() -> None:
 
 
 def test_encoding_values() -> None:
-    assert Encoding.GSM7 == "GSM-7"
-    assert Encoding.UCS2 == "UCS-2"
+    assert str(Encoding.GSM7) == "GSM-7"
+    assert str(Encoding.UCS2) == "UCS-2"
+    assert Encoding("GSM-7") is Encoding.GSM7
 
 
 @pytest.mark.parametrize(

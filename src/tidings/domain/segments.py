@@ -65,7 +65,7 @@ GSM7_BASIC: frozenset[str] = frozenset(_GSM7_BASIC_TABLE) - {"\x1b"}
 #: Characters of the GSM 03.38 default extension table: ESC + character, two septets each.
 #: (The table's other entries, a nested escape and a page-break control, are not characters a
 #: user can type.)
-GSM7_EXTENSION: frozenset[str] = frozenset("\f^{}\\[~]|€\x1b")
+GSM7_EXTENSION: frozenset[str] = frozenset("\f^{}\\[~]|€")
 
 GSM7_SINGLE_SEGMENT = 160
 GSM7_MULTIPART_SEGMENT = 153
