@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-import orjson
-
-from tidings.clock import to_db
+from tidings.clock import utc_field
 from tidings.config import Settings
 from tidings.domain.phone import normalize_e164
 from tidings.domain.segments import analyze
-from tidings.errors import BodyTooLong, InvalidInput
+from tidings.errors import BodyTooLong, InvalidInput, printable
 from tidings.store.messages import NewMessage
 
 MAX_TAGS = 20
@@ -40,8 +39,8 @@ def build_message(
         raise BodyTooLong(
             f"body has {len(body)} characters; the limit is {settings.max_body_chars}", field="body"
         )
-    if "\x00" in body:
-        raise InvalidInput("body must not contain NUL characters", field="body")
+    printable(body, "body")
+    printable(sender, "sender")
     info = analyze(body)
     chosen = provider or settings.default_provider
     if chosen not in providers:
@@ -54,9 +53,9 @@ def build_message(
     for tag in tag_list:
         if not tag or len(tag) > MAX_TAG_LENGTH:
             raise InvalidInput(f"each tag must have 1 to {MAX_TAG_LENGTH} characters", field="tags")
+        printable(tag, "tags")
     meta = metadata or {}
-    if len(orjson.dumps(meta)) > MAX_METADATA_BYTES:
-        raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata")
+    _check_metadata(meta)
     return NewMessage(
         to=number,
         body=body,
@@ -65,7 +64,35 @@ def build_message(
         provider=chosen,
         max_attempts=settings.max_attempts,
         sender=sender,
-        send_at=to_db(send_at) if send_at is not None else None,
+        send_at=utc_field(send_at, "send_at"),
         tags=tag_list,
         metadata=meta,
     )
+
+
+def _check_metadata(meta: dict[str, Any]) -> None:
+    """Metadata must survive a round trip through any JSON store unchanged."""
+    try:
+        # allow_nan=False: NaN and Infinity are not JSON (PostgreSQL refuses them, SQLite
+        # would give them back as null).
+        text = json.dumps(meta, allow_nan=False, ensure_ascii=False)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("metadata must be plain JSON (no NaN or Infinity)", field="metadata") from exc
+    if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata")
+    if "\x00" in text or "\\u0000" in text:
+        raise InvalidInput("metadata must not contain NUL characters", field="metadata")
+    _check_numbers(meta)
+
+
+def _check_numbers(value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise InvalidInput("metadata integers must fit in 64 bits", field="metadata")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_numbers(item)

@@ -22,3 +22,15 @@ def to_api(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def utc_field(value: datetime | None, field: str) -> datetime | None:
+    """A client-given time as naive UTC; 422 naming ``field`` when it cannot be one."""
+    if value is None:
+        return None
+    try:
+        return to_db(value)
+    except OverflowError as exc:
+        from tidings.errors import InvalidInput
+
+        raise InvalidInput(f"{field} is out of range once converted to UTC", field=field) from exc

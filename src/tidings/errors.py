@@ -110,3 +110,10 @@ class PayloadTooLarge(TidingsError):
 
     code = "payload_too_large"
     http_status = 413
+
+
+def printable(value: str | None, field: str) -> str | None:
+    """``value`` unchanged, or :class:`InvalidInput` when it holds a NUL (no database stores one)."""
+    if value is not None and "\x00" in value:
+        raise InvalidInput(f"{field} must not contain NUL characters", field=field)
+    return value

@@ -7,15 +7,32 @@ creation time and a page cursor can simply be the last id seen.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+_lock = threading.Lock()
+_last = (0, 0)
+
+
 def new_id(now_ms: int | None = None) -> str:
-    """A new 26-character identifier."""
+    """A new 26-character identifier, greater than every id this process made before.
+
+    Within one millisecond the random part is incremented rather than drawn again, so ids made
+    by one process sort in the order they were made (messages list "newest first" by id).
+    """
+    global _last
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    with _lock:
+        last_ms, last_random = _last
+        if ms <= last_ms and last_random < (1 << 80) - 1:
+            ms, random_part = last_ms, last_random + 1
+        else:
+            random_part = int.from_bytes(os.urandom(10), "big")
+        _last = (ms, random_part)
+    value = (ms << 80) | random_part
     chars = []
     for _ in range(26):
         chars.append(_ALPHABET[value & 31])

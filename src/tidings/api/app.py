@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sqlalchemy import text
@@ -25,11 +25,11 @@ from tidings import ids
 from tidings.accept import build_message
 from tidings.api.auth import KeyChecker
 from tidings.api.schemas import ErrorOut, MessageIn, MessageOut, MessagePage, message_json
-from tidings.clock import to_db
+from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
 from tidings.domain.status import Status
-from tidings.errors import BadRequest, NotFound, PayloadTooLarge, TidingsError
-from tidings.providers.base import WebhookRequest
+from tidings.errors import BadRequest, NotFound, PayloadTooLarge, TidingsError, printable
+from tidings.providers.base import Provider, WebhookRequest
 from tidings.service import Service
 from tidings.store.keys import ApiKey
 from tidings.store.messages import MessageFilter
@@ -93,8 +93,18 @@ class BodyLimit:
 
 
 def _field(loc: tuple[int | str, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)]
     return ".".join(parts) or None
+
+
+async def authenticate(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+    """The API key of the request; a dependency, so a request without one gets 401 before its
+    body is validated."""
+    checker: KeyChecker = request.app.state.keys
+    return await checker.check(authorization)
+
+
+Authenticated = Annotated[ApiKey, Depends(authenticate)]
 
 
 def create_app(service: Service) -> FastAPI:
@@ -118,7 +128,7 @@ def create_app(service: Service) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    keys = KeyChecker(service.store.keys, service.settings.api_key_cache_seconds)
+    app.state.keys = KeyChecker(service.store.keys, service.settings.api_key_cache_seconds)
 
     @app.exception_handler(TidingsError)
     async def _tidings_error(_request: Request, exc: TidingsError) -> Response:
@@ -153,8 +163,6 @@ def create_app(service: Service) -> FastAPI:
         log.error("unexpected error answering a request", exc_info=exc, extra={"action": "api"})
         return error_response(TidingsError("internal error; the request may be retried"))
 
-    async def authenticate(authorization: str | None) -> ApiKey:
-        return await keys.check(authorization)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
@@ -175,12 +183,11 @@ def create_app(service: Service) -> FastAPI:
     )
     async def send_message(
         payload: MessageIn,
-        authorization: Annotated[str | None, Header()] = None,
+        key: Authenticated,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     ) -> Response:
         """Accept a message. It is stored before this answers; with an ``Idempotency-Key`` a retried
         request returns the same message (200), and a different body under the same key is a 409."""
-        key = await authenticate(authorization)
         new = build_message(
             service.settings,
             service.providers,
@@ -206,18 +213,17 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/messages/{message_id}", response_model=MessageOut, responses=ERRORS, tags=["messages"])
     async def get_message(
         message_id: Annotated[str, Path(max_length=64)],
-        authorization: Annotated[str | None, Header()] = None,
+        _key: Authenticated,
     ) -> Response:
         """A message with its status, provider status, error, attempts, timestamps and history."""
-        await authenticate(authorization)
-        row = await service.store.messages.get(message_id)
+        row = await service.store.messages.get(message_id) if ids.is_id(message_id) else None
         if row is None:
             raise NotFound(f"no message {message_id}")
         return json_response(message_json(row, await service.store.messages.events(message_id)))
 
     @app.get("/v1/messages", response_model=MessagePage, responses=ERRORS, tags=["messages"])
     async def list_messages(
-        authorization: Annotated[str | None, Header()] = None,
+        _key: Authenticated,
         status: Status | None = None,
         to: Annotated[str | None, Query(max_length=64)] = None,
         tag: Annotated[str | None, Query(max_length=128)] = None,
@@ -228,16 +234,15 @@ def create_app(service: Service) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> Response:
         """Messages, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``."""
-        await authenticate(authorization)
         if cursor is not None and not ids.is_id(cursor):
             raise BadRequest("cursor is not one this API gave out", field="cursor")
         filters = MessageFilter(
             status=status,
             to=normalize_e164(to, service.settings.default_region) if to else None,
-            tag=tag,
-            provider=provider,
-            created_after=to_db(created_after) if created_after else None,
-            created_before=to_db(created_before) if created_before else None,
+            tag=printable(tag, "tag"),
+            provider=printable(provider, "provider"),
+            created_after=utc_field(created_after, "created_after"),
+            created_before=utc_field(created_before, "created_before"),
         )
         rows = await service.store.messages.search(filters, after_id=cursor, limit=limit + 1)
         page = rows[:limit]
@@ -249,21 +254,30 @@ def create_app(service: Service) -> FastAPI:
     )
     async def cancel_message(
         message_id: Annotated[str, Path(max_length=64)],
-        authorization: Annotated[str | None, Header()] = None,
+        _key: Authenticated,
     ) -> Response:
         """Cancel a message that is still ``scheduled`` or ``pending``; 409 once it is sending or beyond."""
-        await authenticate(authorization)
+        if not ids.is_id(message_id):
+            raise NotFound(f"no message {message_id}")
         row = await service.store.messages.cancel(message_id, reason="cancelled by the client")
         return json_response(message_json(row))
 
-    @app.api_route("/webhooks/{kind}/{name}/{event}", methods=["POST", "HEAD"], tags=["webhooks"])
-    async def webhook(kind: str, name: str, event: str, request: Request) -> Response:
-        """Receipts and reports posted by providers; verified by each provider's own rules."""
+    def webhook_provider(kind: str, name: str) -> Provider:
         provider = service.providers.get(name)
         if provider is None or provider.kind != kind:
             raise NotFound(f"no {kind} provider named {name}")
-        if request.method == "HEAD":
-            return Response(status_code=200)
+        return provider
+
+    @app.head("/webhooks/{kind}/{name}/{event}", include_in_schema=False)
+    async def webhook_probe(kind: str, name: str, event: str) -> Response:
+        """Providers probe their webhook URL with HEAD before they use it."""
+        webhook_provider(kind, name)
+        return Response(status_code=200)
+
+    @app.post("/webhooks/{kind}/{name}/{event}", tags=["webhooks"])
+    async def webhook(kind: str, name: str, event: str, request: Request) -> Response:
+        """Receipts and reports posted by providers; verified by each provider's own rules."""
+        provider = webhook_provider(kind, name)
         incoming = WebhookRequest(url=str(request.url), headers=request.headers, body=await request.body())
         result = await provider.parse_webhook(event, incoming)
         await service.tracker.apply(name, result.reports)

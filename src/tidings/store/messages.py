@@ -38,6 +38,7 @@ _STATUS_TIMESTAMP = {
 }
 
 _CAS_RETRIES = 20
+_MESSAGE_COLUMNS = tuple(str(c.name) for c in messages.columns)
 
 
 @dataclass(frozen=True)
@@ -211,8 +212,9 @@ class MessageStore:
             if existing is None:
                 raise
             return existing, False
-        stored = await self.get(message_id)
-        assert stored is not None
+        # What was written is what a read would return: no second round trip.
+        stored = dict.fromkeys(_MESSAGE_COLUMNS)
+        stored.update(row)
         return stored, True
 
     async def _by_idempotency_key(
@@ -334,9 +336,7 @@ class MessageStore:
             promoted = (
                 await conn.execute(
                     update(messages)
-                    .where(
-                        messages.c.id.in_(due.scalar_subquery()), _status_is(Status.SCHEDULED)
-                    )
+                    .where(messages.c.id.in_(due.scalar_subquery()), _status_is(Status.SCHEDULED))
                     .values(status=Status.PENDING.value, next_attempt_at=now, updated_at=now)
                     .returning(messages.c.id, messages.c.provider)
                 )
