@@ -14,5 +14,3 @@ def test_ids_have_the_documented_shape() -> None:
     assert ids.is_id(value)
     assert not ids.is_id(value.lower()[:-1] + "!")
     assert not ids.is_id(value + "0")
-
-

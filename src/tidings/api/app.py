@@ -163,7 +163,6 @@ def create_app(service: Service) -> FastAPI:
         log.error("unexpected error answering a request", exc_info=exc, extra={"action": "api"})
         return error_response(TidingsError("internal error; the request may be retried"))
 
-
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
         try:
