@@ -140,6 +140,19 @@ class MessageStore:
         self.engine = engine
         self.is_postgres = engine.dialect.name == "postgresql"
 
+    def _picked(self, query: Select[Any]) -> Any:
+        """The ids ``query`` picks, evaluated exactly once.
+
+        As a plain ``IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)``, PostgreSQL may plan a
+        semi-join that re-runs the subquery per row, skipping the rows the statement already
+        updated, so the LIMIT is lost and one worker claims the whole queue. A materialised CTE
+        is evaluated once.
+        """
+        if not self.is_postgres:
+            return query.scalar_subquery()
+        picked = query.cte("picked").prefix_with("MATERIALIZED")
+        return select(picked.c.id)
+
     # -- accepting -------------------------------------------------------------------------------
 
     async def insert(
@@ -336,7 +349,7 @@ class MessageStore:
             promoted = (
                 await conn.execute(
                     update(messages)
-                    .where(messages.c.id.in_(due.scalar_subquery()), _status_is(Status.SCHEDULED))
+                    .where(messages.c.id.in_(self._picked(due)), _status_is(Status.SCHEDULED))
                     .values(status=Status.PENDING.value, next_attempt_at=now, updated_at=now)
                     .returning(messages.c.id, messages.c.provider)
                 )
@@ -379,7 +392,7 @@ class MessageStore:
             update(messages)
             # The status condition is repeated so that the claim stays a compare-and-set even
             # where the subquery's snapshot is older than the update (SQLite).
-            .where(messages.c.id.in_(due.scalar_subquery()), _status_is(Status.PENDING))
+            .where(messages.c.id.in_(self._picked(due)), _status_is(Status.PENDING))
             .values(
                 status=Status.SENDING.value,
                 attempts=messages.c.attempts + 1,
@@ -527,7 +540,7 @@ class MessageStore:
                 await conn.execute(
                     update(messages)
                     .where(
-                        messages.c.id.in_(expired.scalar_subquery()),
+                        messages.c.id.in_(self._picked(expired)),
                         _status_is(Status.SENDING),
                         messages.c.lease_expires_at < now,
                     )

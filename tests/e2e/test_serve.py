@@ -1,0 +1,340 @@
+"""The new user's path over real processes and sockets: ``tidings serve``, the CLI, a bad config.
+
+Every process runs in a temporary directory with no ``TIDINGS_*`` variables, so the defaults
+(SQLite in ``./tidings.db``, the in-process fake provider) are what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ORDINARY = "+12025550123"
+KEY_LINE = re.compile(r"^\s+(tdg_\S+)\s*$")
+
+
+def tidings_command() -> list[str]:
+    script = Path(sys.executable).with_name("tidings")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from tidings.cli import main; main()"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    directory: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*tidings_command(), *args],
+        cwd=directory,
+        env=env if env is not None else clean_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+class Served:
+    """A long-running ``tidings`` process; its stdout is read line by line on a thread."""
+
+    def __init__(self, directory: Path, args: list[str], env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log_path = directory / f"{args[0]}-{port}-{time.monotonic_ns()}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [*tidings_command(), *args, "--port", str(port)],
+                cwd=directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def stderr(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def next_line(self, timeout: float) -> str | None:
+        """The next stdout line; ``None`` at end of output. Fails after ``timeout``."""
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"no output within {timeout}s; stdout so far: {self.lines}\n{self.stderr()}")
+        if line is not None:
+            self.lines.append(line)
+        return line
+
+    def wait_for_key(self, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next_line(max(0.01, deadline - time.monotonic()))
+            if line is None:
+                pytest.fail(f"exited ({self.process.wait()}) without printing a key:\n{self.stderr()}")
+            found = KEY_LINE.match(line)
+            if found:
+                return found.group(1)
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"exited with {self.process.returncode}:\n{self.stderr()}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"not healthy within {timeout}s:\n{self.stderr()}")
+            time.sleep(0.05)
+
+    def terminate(self, timeout: float = 15) -> tuple[int, float]:
+        """SIGTERM; the exit code and how long it took. The rest of stdout is read too."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            pytest.fail(f"still running {timeout}s after SIGTERM:\n{self.stderr()}")
+        took = time.monotonic() - started
+        while self.next_line(timeout=5) is not None:
+            pass
+        return code, took
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def launch() -> Iterator[Any]:
+    """Start ``tidings serve`` / ``tidings api`` processes; all are killed at teardown."""
+    started: list[Served] = []
+
+    def start(directory: Path, command: str = "serve", env: dict[str, str] | None = None) -> Served:
+        served = Served(directory, [command], env if env is not None else clean_env(), free_port())
+        started.append(served)
+        return served
+
+    try:
+        yield start
+    finally:
+        for served in started:
+            served.close()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_for_status(base_url: str, key: str, message_id: str, status: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{base_url}/v1/messages/{message_id}", headers=auth(key), timeout=5)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if body["status"] == status:
+            return body
+        if time.monotonic() > deadline:
+            pytest.fail(f"message is {body['status']!r} after {timeout}s, not {status!r}: {body}")
+        time.sleep(0.05)
+
+
+# -- tidings serve ---------------------------------------------------------------------------------
+
+
+def test_first_serve_prints_a_key_and_delivers_a_message(tmp_path: Path, launch: Any) -> None:
+    served = launch(tmp_path)
+    key = served.wait_for_key()
+    assert key.startswith("tdg_") and len(key) > 30
+    served.wait_healthy()
+    assert (tmp_path / "tidings.db").exists()
+
+    response = httpx.post(
+        served.base_url + "/v1/messages",
+        json={"to": ORDINARY, "body": "hello from the new-user test"},
+        headers=auth(key),
+        timeout=5,
+    )
+    sent = time.monotonic()
+    assert response.status_code == 202, response.text
+    message = response.json()
+    assert message["status"] in ("pending", "sending", "sent", "delivered")
+    assert message["to"] == ORDINARY
+
+    delivered = wait_for_status(served.base_url, key, message["id"], "delivered", timeout=2)
+    assert time.monotonic() - sent < 2.5
+    assert delivered["attempts"] == 1
+    assert delivered["sent_at"] is not None and delivered["delivered_at"] is not None
+    assert [e["type"] for e in delivered["events"]] == ["accepted", "claimed", "send_accepted", "report"]
+
+    # Without the key there is nothing to see.
+    anonymous = httpx.get(f"{served.base_url}/v1/messages/{message['id']}", timeout=5)
+    assert anonymous.status_code == 401
+    served.terminate()
+
+
+def test_restart_prints_no_new_key_and_keeps_the_old_one(tmp_path: Path, launch: Any) -> None:
+    first = launch(tmp_path)
+    key = first.wait_for_key()
+    first.wait_healthy()
+    posted = httpx.post(
+        first.base_url + "/v1/messages", json={"to": ORDINARY, "body": "before"}, headers=auth(key), timeout=5
+    )
+    assert posted.status_code == 202, posted.text
+    wait_for_status(first.base_url, key, posted.json()["id"], "delivered", timeout=2)
+    first.terminate()
+
+    second = launch(tmp_path)
+    second.wait_healthy()
+    again = wait_for_status(second.base_url, key, posted.json()["id"], "delivered", timeout=1)
+    assert again["id"] == posted.json()["id"]
+    second.terminate()
+    printed = "".join(second.lines)
+    assert "tdg_" not in printed, printed
+    assert "Created the first API key" not in printed
+
+
+def test_sigterm_stops_serve_promptly_with_exit_code_0(tmp_path: Path, launch: Any) -> None:
+    served = launch(tmp_path)
+    served.wait_for_key()
+    served.wait_healthy()
+    code, took = served.terminate()
+    assert took < 5, f"took {took:.1f}s to stop"
+    assert code == 0, f"exit code {code} after SIGTERM; stderr:\n{served.stderr()[-3000:]}"
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def test_keys_create_list_revoke(tmp_path: Path, launch: Any) -> None:
+    created = run_cli(tmp_path, "keys", "create", "ops")
+    assert created.returncode == 0, created.stderr
+    lines = created.stdout.strip().splitlines()
+    secret = lines[-1].strip()
+    assert secret.startswith("tdg_") and len(secret) > 30, created.stdout
+    assert "'ops'" in lines[0]
+
+    listed = run_cli(tmp_path, "keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert secret not in listed.stdout
+    ops = [line for line in listed.stdout.splitlines() if " ops " in line]
+    assert len(ops) == 1, listed.stdout
+    assert secret[:10] in ops[0]
+    assert ops[0].rstrip().endswith("active")
+
+    # A running API takes the key, until it is revoked.
+    api = launch(tmp_path, "api", clean_env(TIDINGS_API_KEY_CACHE_SECONDS="0"))
+    api.wait_healthy()
+    url = api.base_url + "/v1/messages"
+    assert httpx.get(url, headers=auth(secret), timeout=5).status_code == 200
+
+    revoked = run_cli(tmp_path, "keys", "revoke", "ops")
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked API key 'ops'" in revoked.stdout
+
+    listed = run_cli(tmp_path, "keys", "list")
+    ops = [line for line in listed.stdout.splitlines() if " ops " in line]
+    assert len(ops) == 1 and " revoked " in ops[0], listed.stdout
+    assert secret not in listed.stdout
+
+    refused = httpx.get(url, headers=auth(secret), timeout=5)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"]["code"] == "unauthorized"
+
+    unknown = run_cli(tmp_path, "keys", "revoke", "no-such-key")
+    assert unknown.returncode == 1
+    assert "no-such-key" in unknown.stderr
+
+
+def test_send_then_status(tmp_path: Path) -> None:
+    sent = run_cli(tmp_path, "send", ORDINARY, "hi")
+    assert sent.returncode == 0, sent.stderr
+    message = json.loads(sent.stdout)
+    assert message["status"] == "pending"
+    assert message["to"] == ORDINARY
+    assert message["body"] == "hi"
+    assert message["provider"] == "fake"
+    assert message["segments"] == 1
+
+    shown = run_cli(tmp_path, "status", message["id"])
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["id"] == message["id"]
+    assert status["status"] == "pending"
+    assert [(e["type"], e["status"]) for e in status["events"]] == [("accepted", "pending")]
+
+    missing = run_cli(tmp_path, "status", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    assert missing.returncode == 1
+    assert "no message" in missing.stderr
+
+    invalid = run_cli(tmp_path, "send", "not a number", "hi")
+    assert invalid.returncode != 0
+    assert invalid.stdout == ""
+
+
+def test_bad_provider_kind_stops_serve_naming_the_setting(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[providers.x]\nkind = "nope"\n', encoding="utf-8")
+    env = clean_env(TIDINGS_CONFIG=str(config))
+    port = free_port()
+    started = time.monotonic()
+    done = subprocess.run(
+        [*tidings_command(), "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert "providers.x.kind" in done.stderr, done.stderr
+    assert "nope" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert time.monotonic() - started < 15
+    # It never got as far as listening or printing a key.
+    assert "tdg_" not in done.stdout
