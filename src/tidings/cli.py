@@ -58,7 +58,9 @@ def _service(settings: Settings) -> Service:
 async def _with_store(
     settings: Settings, action: Callable[[Store], Awaitable[T]], *, migrate: bool = True
 ) -> T:
-    store = Store.connect(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
+    store = Store.connect(
+        settings.database_url, sqlite_synchronous=settings.sqlite_synchronous, pool_size=settings.pool_size
+    )
     try:
         if migrate and settings.auto_migrate:
             await upgrade(store.engine)

@@ -52,6 +52,8 @@ class Settings(BaseModel):
     max_body_chars: int = Field(default=1600, ge=1)
     api_key_cache_seconds: float = Field(default=5.0, ge=0)
     auto_migrate: bool = True
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    """Database connections per process (plus as many again in bursts)."""
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
 
     max_attempts: int = Field(default=11, ge=1, le=100)
