@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +12,8 @@ from tidings.config import Settings
 from tidings.domain.phone import normalize_e164
 from tidings.domain.segments import analyze
 from tidings.errors import BodyTooLong, InvalidInput, printable
+from tidings.providers.base import Provider
+from tidings.routing import Router
 from tidings.store.messages import NewMessage
 
 MAX_TAGS = 20
@@ -21,7 +23,8 @@ MAX_METADATA_BYTES = 8192
 
 def build_message(
     settings: Settings,
-    providers: Collection[str],
+    providers: Mapping[str, Provider],
+    router: Router,
     *,
     to: str,
     body: str,
@@ -30,6 +33,7 @@ def build_message(
     provider: str | None = None,
     tags: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    ordered: bool | None = None,
 ) -> NewMessage:
     """Validate and normalise one message; raises :class:`InvalidInput` naming the field."""
     number = normalize_e164(to, settings.default_region)
@@ -42,11 +46,12 @@ def build_message(
     printable(body, "body")
     printable(sender, "sender")
     info = analyze(body)
-    chosen = provider or settings.default_provider
-    if chosen not in providers:
+    if provider is not None and provider not in providers:
         raise InvalidInput(
-            f"unknown provider {chosen!r}; configured: {', '.join(sorted(providers))}", field="provider"
+            f"unknown provider {provider!r}; configured: {', '.join(sorted(providers))}", field="provider"
         )
+    route = router.route(number, provider)
+    chosen = route[0]
     tag_list = list(dict.fromkeys(tags or []))
     if len(tag_list) > MAX_TAGS:
         raise InvalidInput(f"at most {MAX_TAGS} tags", field="tags")
@@ -67,6 +72,8 @@ def build_message(
         send_at=utc_field(send_at, "send_at"),
         tags=tag_list,
         metadata=meta,
+        route=route,
+        ordered=providers[chosen].settings.ordered if ordered is None else ordered,
     )
 
 

@@ -200,7 +200,9 @@ def send(
     settings = _settings()
     service = _service(settings)
     try:
-        new = build_message(settings, service.providers, to=to, body=body, sender=sender, provider=provider)
+        new = build_message(
+            settings, service.providers, service.router, to=to, body=body, sender=sender, provider=provider
+        )
     except TidingsError as exc:
         typer.echo(f"tidings: {exc.message}", err=True)
         raise typer.Exit(1) from exc

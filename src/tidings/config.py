@@ -9,7 +9,10 @@ Environment variables ``TIDINGS_<SETTING>`` override the file. A wrong or missin
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +36,29 @@ class ProviderSettings(BaseModel):
     rate_limit: float | None = Field(default=None, gt=0)
     """At most this many sends per second, per worker process (unset: no limit)."""
     timeout_seconds: float = Field(default=30.0, gt=0)
+    webhook_allow_ips: list[str] = Field(default_factory=list)
+    """CIDR ranges this provider's webhooks may come from (empty: any address)."""
+    webhook_max_bytes: int = Field(default=65_536, ge=256)
+    """Largest webhook body accepted from this provider."""
+    ordered: bool = False
+    """Hand messages to the same number over in the order they were accepted."""
+    poll: bool = True
+    """Ask the provider for the status of messages whose receipt is late (where it can)."""
+
+    @field_validator("webhook_allow_ips")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return [_cidr(v) for v in value]
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address or CIDR range") from exc
+
+
+_PREFIX = re.compile(r"^\+[0-9]{1,15}$")
 
 
 class Settings(BaseModel):
@@ -64,7 +90,36 @@ class Settings(BaseModel):
     poll_interval: float = Field(default=1.0, gt=0)
     maintenance_interval: float = Field(default=1.0, gt=0)
 
+    failover_after: int = Field(default=3, ge=1, le=100)
+    """Temporary failures in a row on one provider before the next one in the route is tried."""
+    routes: dict[str, list[str]] = Field(default_factory=dict)
+    """Destination prefix (``+225``) to the providers to try, in order; the longest prefix wins."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """CIDR ranges of reverse proxies whose ``X-Forwarded-For`` names a webhook's real sender."""
+    poll_after_seconds: float = Field(default=3600.0, gt=0)
+    """Ask the provider about a ``sent`` message with no receipt after this long."""
+    poll_repeat_seconds: float = Field(default=3600.0, gt=0)
+    poll_max: int = Field(default=6, ge=0, le=1000)
+    """Polls per message before tidings stops asking (the message stays ``sent``)."""
+    poll_batch: int = Field(default=50, ge=1, le=10_000)
+    poll_check_seconds: float = Field(default=30.0, gt=0)
+
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_cidrs(cls, value: list[str]) -> list[str]:
+        return [_cidr(v) for v in value]
+
+    @field_validator("routes")
+    @classmethod
+    def _route_prefixes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for prefix, names in value.items():
+            if not _PREFIX.match(prefix):
+                raise ValueError(f"route {prefix!r}: a prefix is + and 1 to 15 digits, like +225")
+            if not names:
+                raise ValueError(f"route {prefix!r}: name at least one provider")
+        return value
 
     @field_validator("default_region")
     @classmethod
@@ -96,14 +151,23 @@ class Settings(BaseModel):
         return {"fake": {"kind": "fake"}}
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
+_JSON_FIELDS = frozenset({"routes", "trusted_proxies"})
+"""Settings whose environment variable holds JSON (a table or a list)."""
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     fields = set(Settings.model_fields) - {"providers"}
-    overrides: dict[str, str] = {}
+    overrides: dict[str, Any] = {}
     for key, value in env.items():
         if key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX) :].lower()
             if name in fields:
                 overrides[name] = value
+    for name in _JSON_FIELDS & overrides.keys():
+        try:
+            overrides[name] = json.loads(overrides[name])
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be JSON: {exc}") from exc
     return overrides
 
 

@@ -11,9 +11,11 @@ import logging
 
 from tidings.config import Settings
 from tidings.providers import Provider, ProviderContext, build_providers
+from tidings.routing import Router
 from tidings.store import Store
 from tidings.store.migrate import current_revision, head_revision, upgrade
 from tidings.tracking import Tracker
+from tidings.webhooks import WebhookHandler
 from tidings.worker.dispatcher import Dispatcher
 from tidings.worker.wakeup import PostgresListener, Waker
 
@@ -33,6 +35,8 @@ class Service:
         self.context = ProviderContext(base_url=settings.base_url, sink=self.tracker.sink)
         # Built now so that a wrong provider table stops start-up before anything opens.
         self.providers: dict[str, Provider] = build_providers(settings, self.context)
+        self.router = Router(settings, self.providers)
+        self.webhooks = WebhookHandler(self.store, self.tracker, self.providers, settings)
         self._listener: PostgresListener | None = None
         self.started = False
 
@@ -57,7 +61,7 @@ class Service:
         self.started = True
 
     def dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.store, self.providers, self.settings, self.waker)
+        return Dispatcher(self.store, self.providers, self.settings, self.waker, tracker=self.tracker)
 
     async def run_worker(self, stop: asyncio.Event) -> None:
         await self.dispatcher().run(stop)

@@ -1,20 +1,27 @@
-"""Applying provider reports (receipts, webhook updates) to messages.
+"""Applying provider reports (receipts, webhook updates, polls) to messages, and keeping inbound SMS.
 
-Every report from every provider, whether posted to a webhook or produced by the in-process fake,
-comes through :meth:`Tracker.apply`: the message is found by our id or by the provider's id, and
-the report goes through the status machine in ``store``.
+Every report from every provider, whether posted to a webhook, produced by the in-process fake or
+returned by a status poll, comes through :meth:`Tracker.apply`: the message is found by our id,
+else by the provider's id, else (for a receipt that lost both) as the most recent ``sent`` message
+to the same number within :data:`RECIPIENT_FALLBACK`, and the report goes through the status
+machine in ``store``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
-from tidings.providers.base import ProviderReport
+from tidings.clock import utcnow
+from tidings.providers.base import InboundSms, ProviderReport
 from tidings.store import Store
 from tidings.store.messages import ReportOutcome
 
 log = logging.getLogger(__name__)
+
+RECIPIENT_FALLBACK = timedelta(hours=24)
+"""How far back a receipt without a usable id is matched by its recipient's number."""
 
 
 @dataclass(frozen=True)
@@ -32,12 +39,11 @@ class Tracker:
         applied: list[ReportOutcome] = []
         unmatched = 0
         for item in reports:
-            message_id = item.message_id
             outcome = None
-            if message_id is not None:
-                outcome = await self.store.messages.apply_report(message_id, item.report)
-            if outcome is None and item.provider_message_id is not None:
-                found = await self.store.messages.find_by_provider_id(provider, item.provider_message_id)
+            if item.message_id is not None:
+                outcome = await self.store.messages.apply_report(item.message_id, item.report)
+            if outcome is None:
+                found = await self._find(provider, item)
                 if found is not None:
                     outcome = await self.store.messages.apply_report(found, item.report)
             if outcome is None:
@@ -59,6 +65,49 @@ class Tracker:
             )
         return TrackResult(applied=applied, unmatched=unmatched)
 
+    async def _find(self, provider: str, item: ProviderReport) -> str | None:
+        """The message a report is about when our own id did not find it."""
+        messages = self.store.messages
+        if item.provider_message_id is not None:
+            found = await messages.find_by_provider_id(provider, item.provider_message_id)
+            if found is not None:
+                return found
+        if item.recipient is not None:
+            found = await messages.find_recent_sent(provider, item.recipient, utcnow() - RECIPIENT_FALLBACK)
+            if found is not None:
+                log.info(
+                    "receipt matched by recipient: the most recent sent message to that number",
+                    extra={"action": "report", "provider": provider, "message_id": found},
+                )
+                return found
+        return None
+
     async def sink(self, provider: str, reports: list[ProviderReport]) -> None:
         """The :data:`~tidings.providers.base.ReportSink` given to provider adapters."""
         await self.apply(provider, reports)
+
+    async def keep_inbound(
+        self, provider: str, inbound: list[InboundSms], *, webhook_log_id: int | None = None
+    ) -> int:
+        """Store inbound SMS once each (a provider's resend is skipped); returns how many were new."""
+        new = 0
+        for sms in inbound:
+            stored = await self.store.inbound.insert(
+                provider=provider,
+                sender=sms.sender,
+                to=sms.to,
+                body=sms.body,
+                provider_message_id=sms.provider_message_id,
+                sent_at=sms.sent_at,
+                raw=sms.raw,
+                webhook_log_id=webhook_log_id,
+            )
+            if stored is None:
+                log.info(
+                    "inbound message already stored; skipped",
+                    extra={"action": "inbound", "provider": provider},
+                )
+                continue
+            new += 1
+            log.info("inbound message stored", extra={"action": "inbound", "provider": provider})
+        return new

@@ -190,6 +190,7 @@ def create_app(service: Service) -> FastAPI:
         new = build_message(
             service.settings,
             service.providers,
+            service.router,
             to=payload.to,
             body=payload.body,
             sender=payload.sender,
@@ -197,6 +198,7 @@ def create_app(service: Service) -> FastAPI:
             provider=payload.provider,
             tags=payload.tags,
             metadata=payload.metadata,
+            ordered=payload.ordered,
         )
         request_hash = None
         if idempotency_key is not None:
@@ -273,14 +275,38 @@ def create_app(service: Service) -> FastAPI:
         webhook_provider(kind, name)
         return Response(status_code=200)
 
+    async def receive_webhook(provider: Provider, event: str, request: Request) -> Response:
+        # Providers sign the URL they were given, which is the public one (behind a proxy the
+        # request's own URL differs): rebuild it from public_url.
+        url = service.settings.base_url + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        incoming = WebhookRequest(url=url, headers=dict(request.headers), body=await request.body())
+        peer = request.client.host if request.client is not None else None
+        answer = await service.webhooks.receive(provider, event, incoming, peer)
+        return Response(content=answer.body, status_code=answer.status, media_type=answer.content_type)
+
     @app.post("/webhooks/{kind}/{name}/{event}", tags=["webhooks"])
     async def webhook(kind: str, name: str, event: str, request: Request) -> Response:
-        """Receipts and reports posted by providers; verified by each provider's own rules."""
-        provider = webhook_provider(kind, name)
-        incoming = WebhookRequest(url=str(request.url), headers=request.headers, body=await request.body())
-        result = await provider.parse_webhook(event, incoming)
-        await service.tracker.apply(name, result.reports)
-        return Response(content=result.body, status_code=result.status, media_type=result.content_type)
+        """Receipts, reports and inbound SMS posted by providers. Each request is logged first,
+        then checked (address allowlist, size, content type, the provider's signature)."""
+        return await receive_webhook(webhook_provider(kind, name), event, request)
+
+    def orange_provider() -> Provider:
+        for provider in service.providers.values():
+            if provider.kind == "orange":
+                return provider
+        raise NotFound("no orange provider is configured")
+
+    @app.post("/api/sms/webhook/delivery-status", tags=["webhooks"])
+    async def orange_delivery_compat(request: Request) -> Response:
+        """Orange delivery receipts at the address seed 002's service used (first Orange provider)."""
+        return await receive_webhook(orange_provider(), "delivery", request)
+
+    @app.post("/api/sms/webhook/inbound-message", tags=["webhooks"])
+    async def orange_inbound_compat(request: Request) -> Response:
+        """Orange inbound SMS at the address seed 002's service used (first Orange provider)."""
+        return await receive_webhook(orange_provider(), "inbound", request)
 
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_request_bytes)
     return app

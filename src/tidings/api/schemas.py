@@ -22,6 +22,10 @@ class MessageIn(BaseModel):
     provider: str | None = Field(default=None, max_length=64, description="A configured provider's name.")
     tags: list[str] = Field(default_factory=list, description="Labels to find the message by.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Anything the client wants kept.")
+    ordered: bool | None = Field(
+        default=None,
+        description="Hand over after earlier messages to the same number (default: the provider's setting).",
+    )
 
 
 class EventOut(BaseModel):
@@ -64,6 +68,11 @@ class MessageOut(BaseModel):
     cancelled_at: str | None
     tags: list[str]
     metadata: dict[str, Any]
+    route: list[str]
+    provider_failures: int
+    ordered: bool
+    polled_at: str | None
+    polls: int
     events: list[EventOut] | None = None
 
 
@@ -91,6 +100,7 @@ _TIMES = (
     "delivered_at",
     "failed_at",
     "cancelled_at",
+    "polled_at",
 )
 _HIDDEN = ("api_key_id", "idempotency_key", "request_hash", "lease_owner", "lease_expires_at")
 
@@ -99,6 +109,8 @@ def message_json(row: dict[str, Any], events: list[dict[str, Any]] | None = None
     out = {k: v for k, v in row.items() if k not in _HIDDEN}
     for key in _TIMES:
         out[key] = to_api(row[key])
+    out["route"] = list(row["route"] or [row["provider"]])
+    out["ordered"] = bool(row["ordered"])
     if row["status"] in ("sent", "delivered", "failed", "cancelled"):
         out["next_attempt_at"] = None
     if events is not None:

@@ -64,13 +64,14 @@ def moves_up_from(target: Status) -> frozenset[Status]:
     return frozenset(s for s, r in RANK.items() if r < rank)
 
 
-def apply_report(current: Status, reported: Status) -> Status:
+def apply_report(current: Status, reported: Status | None) -> Status:
     """The status after a report of ``reported`` reaches a message in ``current``.
 
     A report never moves a message down, never revives a cancelled one, and a report of the
-    current status changes nothing.
+    current status changes nothing. ``None`` is a report that says nothing about the status (a
+    provider's "delivery uncertain", a status word we do not know): it is recorded, no more.
     """
-    if current in moves_up_from(reported):
+    if reported is not None and current in moves_up_from(reported):
         return reported
     return current
 
@@ -80,10 +81,11 @@ class Report:
     """One statement about a message's status from any source.
 
     ``provider_status`` keeps the provider's own word (``DeliveredToNetwork``, ``undelivered``…);
-    ``detail`` the raw payload it came in.
+    ``detail`` the raw payload it came in. ``status`` is ``None`` for a report that carries no
+    status we can act on; it is recorded and changes nothing.
     """
 
-    status: Status
+    status: Status | None
     source: str
     occurred_at: datetime
     provider_status: str | None = None

@@ -16,6 +16,7 @@ import abc
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 import aiohttp
@@ -78,28 +79,70 @@ class PermanentProviderError(ProviderError):
 
 @dataclass(frozen=True)
 class ProviderReport:
-    """A report from a provider about one message, found by our id or by the provider's."""
+    """A report from a provider about one message, found by our id, else by the provider's id,
+    else (for providers that lose both, like Orange's receipts without ``callbackData``) as the
+    most recent ``sent`` message to ``recipient``."""
 
     report: Report
     message_id: str | None = None
     provider_message_id: str | None = None
+    recipient: str | None = None
+
+
+@dataclass(frozen=True)
+class InboundSms:
+    """An SMS someone sent to one of our numbers."""
+
+    sender: str
+    body: str
+    to: str | None = None
+    provider_message_id: str | None = None
+    sent_at: datetime | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class WebhookRequest:
-    """An incoming webhook, independent of the web framework."""
+    """An incoming webhook, independent of the web framework.
+
+    ``url`` is the public URL the provider posted to (what it signs), query string included.
+    """
 
     url: str
     headers: Mapping[str, str]
     body: bytes
 
+    def header(self, name: str) -> str | None:
+        """A header by case-insensitive name."""
+        lowered = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == lowered:
+                return value
+        return None
+
+    @property
+    def media_type(self) -> str:
+        """The content type without parameters, lower case (``application/json``)."""
+        return (self.header("content-type") or "").split(";", 1)[0].strip().lower()
+
 
 @dataclass(frozen=True)
 class WebhookResult:
-    reports: list[ProviderReport]
+    reports: list[ProviderReport] = field(default_factory=list)
+    inbound: list[InboundSms] = field(default_factory=list)
     body: bytes = b"OK"
     content_type: str = "text/plain"
     status: int = 200
+
+
+@dataclass(frozen=True)
+class PollRequest:
+    """A message whose receipt is late, to ask the provider about."""
+
+    id: str
+    to: str
+    sender: str | None
+    provider_message_id: str
 
 
 class WebhookRejected(TidingsError):
@@ -114,6 +157,20 @@ class WebhookUnauthorized(WebhookRejected):
 
     code = "invalid_signature"
     http_status = 403
+
+
+class WebhookUnknownEvent(WebhookRejected):
+    """This provider has no such webhook."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class WebhookMediaType(WebhookRejected):
+    """The webhook's content type is not the one this provider sends."""
+
+    code = "unsupported_media_type"
+    http_status = 415
 
 
 ReportSink = Callable[[str, list[ProviderReport]], Awaitable[None]]
@@ -155,9 +212,43 @@ class Provider(abc.ABC):
     async def send(self, message: OutboundMessage) -> SendResult:
         """Hand one message to the provider; raise a :class:`ProviderError` when it refuses."""
 
+    webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {}
+    """The content types each webhook event accepts; an event not listed does not exist."""
+
+    can_poll: ClassVar[bool] = False
+    """Whether :meth:`poll` can ask the provider about a message."""
+
+    def check_webhook(self, event: str, request: WebhookRequest) -> None:
+        """Refuse an event this provider does not have, or a body in the wrong content type."""
+        allowed = self.webhook_media_types.get(event)
+        if allowed is None:
+            raise WebhookUnknownEvent(f"provider {self.name} has no webhook {event!r}")
+        if request.media_type not in allowed:
+            raise WebhookMediaType(
+                f"webhook {event!r} takes {' or '.join(sorted(allowed))}, "
+                f"not {request.media_type or 'a body without a content type'!r}"
+            )
+
+    def verify_webhook(self, event: str, request: WebhookRequest) -> None:
+        """Raise :class:`WebhookUnauthorized` unless the request provably comes from the provider.
+
+        Kept apart from :meth:`parse_webhook` so that a logged webhook can be parsed again
+        (``tidings webhooks replay``) without its secrets, which are not logged.
+        """
+        return None
+
+    @property
+    def verifies_webhooks(self) -> bool:
+        """Whether :meth:`verify_webhook` checks anything with the current settings."""
+        return False
+
     async def parse_webhook(self, event: str, request: WebhookRequest) -> WebhookResult:
-        """Verify and read a webhook posted to ``/webhooks/{kind}/{name}/{event}``."""
-        raise WebhookRejected(f"provider {self.name} has no webhook {event!r}")
+        """Read a verified webhook posted to ``/webhooks/{kind}/{name}/{event}``."""
+        raise WebhookUnknownEvent(f"provider {self.name} has no webhook {event!r}")
+
+    async def poll(self, message: PollRequest) -> Report | None:
+        """Ask the provider for the status of ``message``; ``None`` when it has nothing new."""
+        return None
 
 
 def signatures_match(expected: str, given: str | None) -> bool:

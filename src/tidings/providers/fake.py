@@ -22,7 +22,7 @@ import logging
 import random
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
@@ -76,6 +76,7 @@ _RECEIPT_STATUS = {"delivered": Status.DELIVERED, "failed": Status.FAILED, "sent
 class FakeProvider(Provider):
     kind = "fake"
     settings_model = FakeSettings
+    webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {"status": frozenset({"application/json"})}
 
     settings: FakeSettings
 
@@ -150,6 +151,7 @@ class FakeProvider(Provider):
             body=body,
         )
         try:
+            self.verify_webhook("status", request)
             result = await self.parse_webhook("status", request)
             await self.context.sink(self.name, result.reports)
         except Exception:
@@ -198,14 +200,22 @@ class FakeProvider(Provider):
             raise TemporaryProviderError(text, code=code, raw=data, retry_after=delay)
         raise PermanentProviderError(text, code=code, raw=data)
 
+    @property
+    def _webhook_secret(self) -> str | None:
+        return self.settings.webhook_secret if self.settings.url else self._secret
+
+    @property
+    def verifies_webhooks(self) -> bool:
+        return bool(self._webhook_secret)
+
+    def verify_webhook(self, event: str, request: WebhookRequest) -> None:
+        secret = self._webhook_secret
+        if secret and not signatures_match(sign(secret, request.body), request.header(SIGNATURE_HEADER)):
+            raise WebhookUnauthorized()
+
     async def parse_webhook(self, event: str, request: WebhookRequest) -> WebhookResult:
         if event != "status":
             return await super().parse_webhook(event, request)
-        secret = self.settings.webhook_secret if self.settings.url else self._secret
-        if secret:
-            given = request.headers.get(SIGNATURE_HEADER) or request.headers.get(SIGNATURE_HEADER.lower())
-            if not signatures_match(sign(secret, request.body), given):
-                raise WebhookUnauthorized()
         try:
             data = orjson.loads(request.body)
             status = _RECEIPT_STATUS[data["status"]]

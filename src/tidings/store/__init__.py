@@ -5,8 +5,10 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.store.db import create_engine
+from tidings.store.inbound import InboundStore
 from tidings.store.keys import KeyStore
 from tidings.store.messages import MessageStore
+from tidings.store.webhooks import WebhookLogStore
 
 
 class Store:
@@ -16,6 +18,8 @@ class Store:
         self.engine = engine
         self.messages = MessageStore(engine)
         self.keys = KeyStore(engine)
+        self.webhooks = WebhookLogStore(engine)
+        self.inbound = InboundStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:

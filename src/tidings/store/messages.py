@@ -15,13 +15,27 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, insert, literal_column, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    exists,
+    false,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
 from tidings.clock import utcnow
-from tidings.domain.status import CANCELLABLE, RANK, Report, Status, apply_report
+from tidings.domain.status import CANCELLABLE, Report, Status, apply_report
 from tidings.errors import IdempotencyConflict, NotCancellable, NotFound
 from tidings.store.tables import message_events, message_tags, messages
 
@@ -56,6 +70,9 @@ class NewMessage:
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     channel: str = "sms"
+    route: list[str] | None = None
+    """The providers to try in order (the first is ``provider``); ``None``: only ``provider``."""
+    ordered: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +86,26 @@ class Claimed:
     provider: str
     attempts: int
     max_attempts: int
+    route: list[str] | None = None
+    provider_failures: int = 0
+
+    def next_provider(self) -> str | None:
+        """The provider after the current one in the route, if there is one."""
+        if not self.route or self.provider not in self.route:
+            return None
+        position = self.route.index(self.provider)
+        return self.route[position + 1] if position + 1 < len(self.route) else None
+
+
+@dataclass(frozen=True)
+class AwaitingReceipt:
+    """A sent message whose receipt is late, taken to be polled."""
+
+    id: str
+    to: str
+    sender: str | None
+    provider: str
+    provider_message_id: str
 
 
 @dataclass(frozen=True)
@@ -199,6 +236,10 @@ class MessageStore:
             "api_key_id": api_key_id,
             "idempotency_key": idempotency_key,
             "request_hash": request_hash,
+            "route": list(new.route) if new.route and len(new.route) > 1 else None,
+            "ordered": new.ordered,
+            "provider_failures": 0,
+            "polls": 0,
         }
         try:
             async with self.engine.begin() as conn:
@@ -376,18 +417,27 @@ class MessageStore:
     ) -> list[Claimed]:
         """Claim up to ``limit`` due messages of ``provider`` in one statement."""
         now = now or utcnow()
+        # Per-recipient order: an ordered message waits while an earlier message to the same
+        # number has not yet been handed over (it is pending or being sent).
+        earlier = messages.alias("earlier")
+        waits_for_earlier = exists().where(
+            earlier.c.to == messages.c.to,
+            earlier.c.id < messages.c.id,
+            earlier.c.status.in_([literal_column("'pending'"), literal_column("'sending'")]),
+        )
         due = (
             select(messages.c.id)
             .where(
                 _status_is(Status.PENDING),
                 messages.c.provider == provider,
                 messages.c.next_attempt_at <= now,
+                or_(messages.c.ordered.is_(false()), ~waits_for_earlier),
             )
             .order_by(messages.c.next_attempt_at)
             .limit(limit)
         )
         if self.is_postgres:
-            due = due.with_for_update(skip_locked=True)
+            due = due.with_for_update(skip_locked=True, of=messages)
         statement = (
             update(messages)
             # The status condition is repeated so that the claim stays a compare-and-set even
@@ -408,6 +458,8 @@ class MessageStore:
                 messages.c.provider,
                 messages.c.attempts,
                 messages.c.max_attempts,
+                messages.c.route,
+                messages.c.provider_failures,
             )
         )
         async with self.engine.begin() as conn:
@@ -437,6 +489,8 @@ class MessageStore:
                 provider=r.provider,
                 attempts=r.attempts,
                 max_attempts=r.max_attempts,
+                route=list(r.route) if r.route else None,
+                provider_failures=r.provider_failures,
             )
             for r in rows
         ]
@@ -476,9 +530,19 @@ class MessageStore:
         error_code: str | None,
         error_message: str | None,
         detail: dict[str, Any] | None = None,
+        fail_over_to: str | None = None,
     ) -> bool:
-        """The worker's one downward step, ``sending → pending``, as a compare-and-set on its lease."""
+        """The worker's one downward step, ``sending → pending``, as a compare-and-set on its lease.
+
+        Counts a temporary failure on the current provider; with ``fail_over_to`` the message
+        moves to that provider instead, with its count reset.
+        """
         now = utcnow()
+        moved: dict[str, Any] = (
+            {"provider": fail_over_to, "provider_failures": 0}
+            if fail_over_to is not None
+            else {"provider_failures": messages.c.provider_failures + 1}
+        )
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(messages)
@@ -495,14 +559,25 @@ class MessageStore:
                     lease_owner=None,
                     lease_expires_at=None,
                     updated_at=now,
+                    **moved,
                 )
             )
             changed = result.rowcount == 1
+            if fail_over_to is not None:
+                detail = {**(detail or {}), "provider": fail_over_to}
+            if changed and fail_over_to is not None:
+                event_type = "failed_over"
+            elif changed:
+                event_type = "retry_scheduled"
+            else:
+                event_type = "send_error"
+            if fail_over_to is not None and self.is_postgres and changed:
+                await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": fail_over_to})
             await conn.execute(
                 insert(message_events),
                 _event_row(
                     message_id,
-                    type="retry_scheduled" if changed else "send_error",
+                    type=event_type,
                     source="worker",
                     status=Status.PENDING,
                     changed=changed,
@@ -592,6 +667,77 @@ class MessageStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).scalar_one_or_none()
 
+    async def find_recent_sent(self, provider: str, to: str, since: datetime) -> str | None:
+        """The most recent message to ``to`` sent through ``provider`` since ``since`` that is still
+        ``sent`` (awaiting its receipt): where a receipt that lost our id most likely belongs."""
+        query = (
+            select(messages.c.id)
+            .where(
+                _status_is(Status.SENT),
+                messages.c.provider == provider,
+                messages.c.to == to,
+                messages.c.sent_at >= since,
+            )
+            .order_by(messages.c.sent_at.desc(), messages.c.id.desc())
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def take_for_polling(
+        self,
+        provider: str,
+        *,
+        sent_before: datetime,
+        polled_before: datetime,
+        max_polls: int,
+        limit: int,
+        now: datetime | None = None,
+    ) -> list[AwaitingReceipt]:
+        """Take up to ``limit`` ``sent`` messages of ``provider`` sent before ``sent_before`` whose
+        last poll (if any) was before ``polled_before``, marking them polled now, in one statement,
+        so that two workers never poll the same message at once."""
+        now = now or utcnow()
+        late = (
+            select(messages.c.id)
+            .where(
+                _status_is(Status.SENT),
+                messages.c.provider == provider,
+                messages.c.sent_at < sent_before,
+                messages.c.provider_message_id.is_not(None),
+                messages.c.polls < max_polls,
+                or_(messages.c.polled_at.is_(None), messages.c.polled_at < polled_before),
+            )
+            .order_by(messages.c.sent_at)
+            .limit(limit)
+        )
+        if self.is_postgres:
+            late = late.with_for_update(skip_locked=True)
+        statement = (
+            update(messages)
+            .where(messages.c.id.in_(self._picked(late)), _status_is(Status.SENT))
+            .values(polled_at=now, polls=messages.c.polls + 1)
+            .returning(
+                messages.c.id,
+                messages.c.to,
+                messages.c.sender,
+                messages.c.provider,
+                messages.c.provider_message_id,
+            )
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [
+            AwaitingReceipt(
+                id=r.id,
+                to=r.to,
+                sender=r.sender,
+                provider=r.provider,
+                provider_message_id=r.provider_message_id,
+            )
+            for r in rows
+        ]
+
     async def apply_report(
         self,
         message_id: str,
@@ -616,7 +762,7 @@ class MessageStore:
                 values: dict[str, Any] = {}
                 if after != current:
                     values.update(self._status_values(after, report))
-                elif RANK.get(current) == RANK.get(report.status) and report.provider_status is not None:
+                elif report.status == current and report.provider_status is not None:
                     # Same status in the provider's newer words (e.g. MessageWaiting after
                     # DeliveredToNetwork): keep what it said last.
                     values["provider_status"] = report.provider_status
@@ -638,7 +784,7 @@ class MessageStore:
                         message_id,
                         type=type,
                         source=report.source,
-                        status=report.status,
+                        status=report.status or current,
                         changed=after != current,
                         at=report.occurred_at,
                         recorded_at=utcnow(),

@@ -8,13 +8,16 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
+    false,
     text,
 )
 
@@ -75,6 +78,14 @@ messages = Table(
     Column("request_hash", String(64)),
     Column("lease_owner", String(64)),
     Column("lease_expires_at", DateTime()),
+    # The providers this message may go through, in order (``provider`` is the current one);
+    # NULL means only ``provider``.
+    Column("route", JSON()),
+    Column("provider_failures", Integer(), nullable=False, server_default="0"),
+    # Temporary failures in a row on the current provider; at ``failover_after`` the next is tried.
+    Column("ordered", Boolean(), nullable=False, server_default=false()),
+    Column("polled_at", DateTime()),
+    Column("polls", Integer(), nullable=False, server_default="0"),
     # The queue: due messages of one provider, oldest first. Partial, so it holds only the
     # waiting rows and stays small however many finished messages the table keeps.
     Index(
@@ -95,6 +106,14 @@ messages = Table(
         "lease_expires_at",
         postgresql_where=text("status = 'sending'"),
         sqlite_where=text("status = 'sending'"),
+    ),
+    # Sent, awaiting a receipt: the status poller's work list.
+    Index(
+        "ix_messages_awaiting_receipt",
+        "provider",
+        "sent_at",
+        postgresql_where=text("status = 'sent'"),
+        sqlite_where=text("status = 'sent'"),
     ),
     Index("ix_messages_idempotency", "api_key_id", "idempotency_key", unique=True),
     Index("ix_messages_provider_message", "provider", "provider_message_id"),
@@ -127,4 +146,49 @@ message_events = Table(
     Column("occurred_at", DateTime(), nullable=False),
     Column("recorded_at", DateTime(), nullable=False),
     Index("ix_message_events_message_id", "message_id", "id"),
+)
+
+webhook_log = Table(
+    "webhook_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("url", Text(), nullable=False),
+    Column("headers", JSON(), nullable=False),
+    Column("body", LargeBinary(), nullable=False),
+    Column("remote_ip", String(64)),
+    Column("verified", Boolean()),
+    Column("processed", Boolean(), nullable=False, server_default=false()),
+    Column("response_status", Integer()),
+    Column("error", Text()),
+    Column("message_id", String(26)),
+    Column("reports", Integer(), nullable=False, server_default="0"),
+    Column("unmatched", Integer(), nullable=False, server_default="0"),
+    Column("inbound", Integer(), nullable=False, server_default="0"),
+    Column("duration_ms", Float()),
+    Index("ix_webhook_log_provider", "provider", "id"),
+    Index("ix_webhook_log_message_id", "message_id"),
+    Index("ix_webhook_log_received_at", "received_at"),
+)
+
+inbound_messages = Table(
+    "inbound_messages",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("provider", String(64), nullable=False),
+    Column("provider_message_id", String(128)),
+    Column("from", String(64), nullable=False),
+    Column("to", String(64)),
+    Column("body", Text(), nullable=False),
+    Column("sent_at", DateTime()),
+    Column("received_at", DateTime(), nullable=False),
+    Column("raw", JSON(), nullable=False),
+    Column("webhook_log_id", BigInteger()),
+    # Providers resend webhooks: the same inbound message is stored once.
+    Index("ix_inbound_messages_provider_message", "provider", "provider_message_id", unique=True),
+    Index("ix_inbound_messages_from", "from", "id"),
+    Index("ix_inbound_messages_received_at", "received_at"),
 )

@@ -4,7 +4,11 @@ One dispatcher runs per worker process. For each provider it keeps at most ``con
 in flight and at most ``rate_limit`` sends a second. It claims only as many messages as it has
 free slots, so a message never waits, leased, behind a busy provider in this process while another
 process could send it. Alongside it, the maintenance loop promotes scheduled messages that came
-due and returns messages whose lease expired (their worker died) to the queue.
+due and returns messages whose lease expired (their worker died) to the queue, and the poller asks
+providers about ``sent`` messages whose receipt is late.
+
+After ``failover_after`` temporary failures in a row on one provider, a message with a route moves
+to the next provider in it.
 """
 
 from __future__ import annotations
@@ -23,9 +27,17 @@ from tidings.clock import utcnow
 from tidings.config import Settings
 from tidings.domain.retry import RetryPolicy
 from tidings.domain.status import Report, Status
-from tidings.providers.base import OutboundMessage, Provider, ProviderError, TemporaryProviderError
+from tidings.providers.base import (
+    OutboundMessage,
+    PollRequest,
+    Provider,
+    ProviderError,
+    ProviderReport,
+    TemporaryProviderError,
+)
 from tidings.store import Store
 from tidings.store.messages import Claimed
+from tidings.tracking import Tracker
 from tidings.worker.limits import RateLimiter
 from tidings.worker.wakeup import Waker
 
@@ -58,8 +70,10 @@ class Dispatcher:
         waker: Waker | None = None,
         *,
         name: str | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.store = store
+        self.tracker = tracker or Tracker(store)
         self.settings = settings
         self.waker = waker or Waker()
         self.name = name or worker_id()
@@ -81,6 +95,7 @@ class Dispatcher:
         """Claim and send until ``stop`` is set, then let the sends in flight finish."""
         log.info("worker started", extra={"action": "worker_start", "worker": self.name})
         maintenance = asyncio.create_task(self._maintain(stop))
+        poller = asyncio.create_task(self._poll_loop(stop))
         try:
             while not stop.is_set():
                 try:
@@ -91,9 +106,10 @@ class Dispatcher:
                 if claimed == 0:
                     await self._idle(stop)
         finally:
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+            for task in (maintenance, poller):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self.drain()
             log.info("worker stopped", extra={"action": "worker_stop", "worker": self.name})
 
@@ -157,6 +173,67 @@ class Dispatcher:
                 async with asyncio.timeout(self.settings.maintenance_interval):
                     await stop.wait()
 
+    async def poll_once(self) -> int:
+        """Ask providers about one batch each of ``sent`` messages whose receipt is late; returns
+        how many reports changed a status."""
+        now = utcnow()
+        settings = self.settings
+        changed = 0
+        for name, lane in self.lanes.items():
+            provider = lane.provider
+            if not (provider.can_poll and provider.settings.poll):
+                continue
+            batch = await self.store.messages.take_for_polling(
+                name,
+                sent_before=now - timedelta(seconds=settings.poll_after_seconds),
+                polled_before=now - timedelta(seconds=settings.poll_repeat_seconds),
+                max_polls=settings.poll_max,
+                limit=settings.poll_batch,
+                now=now,
+            )
+            for message in batch:
+                if lane.limiter is not None:
+                    await lane.limiter.acquire()
+                try:
+                    report = await provider.poll(
+                        PollRequest(
+                            id=message.id,
+                            to=message.to,
+                            sender=message.sender,
+                            provider_message_id=message.provider_message_id,
+                        )
+                    )
+                except Exception as exc:
+                    log.warning(
+                        "status poll failed: %s",
+                        exc,
+                        extra={"action": "poll", "message_id": message.id, "provider": name},
+                    )
+                    continue
+                if report is None:
+                    continue
+                result = await self.tracker.apply(
+                    name, [ProviderReport(report=report, message_id=message.id)]
+                )
+                changed += sum(1 for outcome in result.applied if outcome.changed)
+            if batch:
+                log.info(
+                    "polled %d messages whose receipt is late",
+                    len(batch),
+                    extra={"action": "poll", "provider": name, "count": len(batch)},
+                )
+        return changed
+
+    async def _poll_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("status polling failed; retrying", extra={"action": "poll"})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.poll_check_seconds):
+                    await stop.wait()
+
     async def _send(self, lane: Lane, message: Claimed) -> None:
         try:
             if lane.limiter is not None:
@@ -209,6 +286,12 @@ class Dispatcher:
                 retry_at = decision.retry_at
                 if exc.retry_after is not None:
                     retry_at = max(retry_at, now + timedelta(seconds=exc.retry_after))
+                fail_over_to = None
+                if message.provider_failures + 1 >= self.settings.failover_after:
+                    fail_over_to = message.next_provider()
+                if fail_over_to is not None:
+                    # The next provider has not failed this message: try it now.
+                    retry_at = now
                 await self.store.messages.schedule_retry(
                     message.id,
                     worker=self.name,
@@ -216,11 +299,22 @@ class Dispatcher:
                     error_code=exc.code,
                     error_message=exc.message,
                     detail=detail,
+                    fail_over_to=fail_over_to,
                 )
-                log.info(
-                    "temporary failure, retry scheduled",
-                    extra={"action": "retry", "message_id": message.id, "error_code": exc.code},
-                )
+                if fail_over_to is not None:
+                    log.warning(
+                        "provider %s failed %d times in a row; message moved to %s",
+                        message.provider,
+                        message.provider_failures + 1,
+                        fail_over_to,
+                        extra={"action": "failover", "message_id": message.id, "error_code": exc.code},
+                    )
+                    self.waker.notify()
+                else:
+                    log.info(
+                        "temporary failure, retry scheduled",
+                        extra={"action": "retry", "message_id": message.id, "error_code": exc.code},
+                    )
                 return
             reason = f"attempts used up ({message.attempts}); last error: {exc.message}"
         else:

@@ -1,0 +1,163 @@
+"""The webhook log: every webhook request, stored before it is processed.
+
+A row is written (and committed) as soon as a request arrives, then completed with what came of
+it: verified or not, processed or not, the error, the message it concerned and how long it took.
+A request that failed part-way stays in the log with its error and can be run again
+(``tidings webhooks replay ID``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings.clock import utcnow
+from tidings.store.tables import webhook_log
+
+# Headers that carry credentials; they are never stored.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers worth keeping for an audit, without credentials."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+
+
+@dataclass(frozen=True)
+class WebhookEntry:
+    id: int
+    provider: str
+    kind: str
+    event: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    remote_ip: str | None
+    verified: bool | None
+    processed: bool
+    response_status: int | None
+    error: str | None
+    message_id: str | None
+    reports: int
+    unmatched: int
+    inbound: int
+
+
+class WebhookLogStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def record(
+        self,
+        *,
+        provider: str,
+        kind: str,
+        event: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        remote_ip: str | None,
+    ) -> int:
+        """Store a request as it arrived (headers without credentials); returns its id."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                insert(webhook_log)
+                .values(
+                    received_at=utcnow(),
+                    provider=provider,
+                    kind=kind,
+                    event=event,
+                    url=url,
+                    headers=redact_headers(headers),
+                    body=body,
+                    remote_ip=remote_ip,
+                    processed=False,
+                )
+                .returning(webhook_log.c.id)
+            )
+            return int(result.scalar_one())
+
+    async def finish(
+        self,
+        entry_id: int,
+        *,
+        verified: bool | None,
+        processed: bool,
+        response_status: int,
+        error: str | None = None,
+        message_id: str | None = None,
+        reports: int = 0,
+        unmatched: int = 0,
+        inbound: int = 0,
+        duration_ms: float | None = None,
+    ) -> None:
+        """Complete an entry with what processing it did."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(webhook_log)
+                .where(webhook_log.c.id == entry_id)
+                .values(
+                    verified=verified,
+                    processed=processed,
+                    response_status=response_status,
+                    error=error,
+                    message_id=message_id,
+                    reports=reports,
+                    unmatched=unmatched,
+                    inbound=inbound,
+                    duration_ms=duration_ms,
+                )
+            )
+
+    async def get(self, entry_id: int) -> WebhookEntry | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(webhook_log).where(webhook_log.c.id == entry_id))).first()
+        return _entry(row._mapping) if row is not None else None
+
+    async def search(
+        self,
+        *,
+        provider: str | None = None,
+        failed: bool = False,
+        message_id: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[WebhookEntry]:
+        """Entries, newest first; ``failed`` keeps those that were not processed."""
+        query = select(webhook_log).order_by(webhook_log.c.id.desc()).limit(limit)
+        if provider is not None:
+            query = query.where(webhook_log.c.provider == provider)
+        if failed:
+            query = query.where(webhook_log.c.processed.is_(False))
+        if message_id is not None:
+            query = query.where(webhook_log.c.message_id == message_id)
+        if before_id is not None:
+            query = query.where(webhook_log.c.id < before_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_entry(r._mapping) for r in rows]
+
+
+def _entry(row: Mapping[Any, Any]) -> WebhookEntry:
+    return WebhookEntry(
+        id=int(row["id"]),
+        provider=row["provider"],
+        kind=row["kind"],
+        event=row["event"],
+        url=row["url"],
+        headers=dict(row["headers"] or {}),
+        body=bytes(row["body"]),
+        remote_ip=row["remote_ip"],
+        verified=row["verified"],
+        processed=bool(row["processed"]),
+        response_status=row["response_status"],
+        error=row["error"],
+        message_id=row["message_id"],
+        reports=int(row["reports"]),
+        unmatched=int(row["unmatched"]),
+        inbound=int(row["inbound"]),
+    )
