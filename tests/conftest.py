@@ -76,7 +76,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-async def _empty_tables(store: Store) -> None:
+async def empty_tables(store: Store) -> None:
     async with store.engine.begin() as conn:
         for table in reversed(metadata.sorted_tables):
             await conn.execute(table.delete())
@@ -87,7 +87,7 @@ async def store(database_url: str) -> AsyncIterator[Store]:
     """A migrated, empty database."""
     store = Store.connect(database_url)
     await upgrade(store.engine)
-    await _empty_tables(store)
+    await empty_tables(store)
     try:
         yield store
     finally:

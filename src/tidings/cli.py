@@ -17,13 +17,18 @@ from tidings.accept import build_message
 from tidings.api.schemas import message_json
 from tidings.config import Settings, load_settings
 from tidings.errors import ConfigError, TidingsError
+from tidings.providers import ProviderContext, build_providers
 from tidings.service import Service
 from tidings.store import Store
 from tidings.store.migrate import upgrade
+from tidings.tracking import Tracker
+from tidings.webhooks import WebhookHandler
 
 app = typer.Typer(help="tidings: self-hosted SMS delivery with truthful statuses.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+webhooks_app = typer.Typer(help="Read and replay the webhook log.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 
 T = TypeVar("T")
 
@@ -115,6 +120,9 @@ async def _serve(settings: Settings, host: str, port: int, *, with_api: bool, wi
                 access_log=False,
                 lifespan="on",
                 timeout_graceful_shutdown=10,
+                # The peer address is what the webhook allowlist checks; X-Forwarded-For is
+                # believed only from the configured trusted_proxies, by tidings itself.
+                proxy_headers=False,
             )
             server = Server(config)
             tasks.append(asyncio.create_task(server.serve()))
@@ -281,3 +289,50 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")
 
 def main() -> None:
     app()
+
+
+@webhooks_app.command("list")
+def webhooks_list(
+    failed: Annotated[bool, typer.Option("--failed", help="Only requests that were not processed.")] = False,
+    provider: Annotated[str | None, typer.Option(help="Only this provider's requests.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+) -> None:
+    """List logged webhook requests, newest first."""
+    settings = _settings()
+
+    async def action(store: Store) -> list[Any]:
+        return await store.webhooks.search(provider=provider, failed=failed, limit=limit)
+
+    entries = _run(_with_store(settings, action))
+    typer.echo(f"{'ID':>8}  {'PROVIDER':12}  {'EVENT':10}  {'HTTP':4}  {'STATE':9}  ERROR")
+    for entry in entries:
+        state = "processed" if entry.processed else ("refused" if entry.verified is False else "failed")
+        typer.echo(
+            f"{entry.id:>8}  {entry.provider[:12]:12}  {entry.event[:10]:10}  "
+            f"{entry.response_status or '':>4}  {state:9}  {entry.error or ''}"
+        )
+
+
+@webhooks_app.command("replay")
+def webhooks_replay(entry_id: Annotated[int, typer.Argument(help="The webhook log entry's id.")]) -> None:
+    """Process a logged webhook request again (after fixing what made it fail)."""
+    settings = _settings()
+
+    async def action(store: Store) -> Any:
+        tracker = Tracker(store)
+        providers = build_providers(settings, ProviderContext(base_url=settings.base_url, sink=tracker.sink))
+        handler = WebhookHandler(store, tracker, providers, settings)
+        return await handler.replay(entry_id)
+
+    try:
+        entry = _run(_with_store(settings, action))
+    except TidingsError as exc:
+        typer.echo(f"tidings: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    if not entry.processed:
+        typer.echo(f"tidings: webhook {entry_id} failed again: {entry.error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(
+        f"webhook {entry_id} processed: {entry.reports} reports ({entry.unmatched} for unknown messages), "
+        f"{entry.inbound} inbound"
+    )
