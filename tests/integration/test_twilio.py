@@ -407,3 +407,16 @@ async def test_health_of_the_webhook_route_probe(live: Live) -> None:
     async with httpx.AsyncClient() as client:
         assert (await client.head(f"{live.url}/webhooks/twilio/tw/status")).status_code == 200
         assert (await client.head(f"{live.url}/webhooks/twilio/nobody/status")).status_code == 404
+
+
+@pytest.mark.parametrize("fake", [FakeTwilioConfig(callback_delay_ms=10, max_per_second=5)], indirect=True)
+async def test_the_rate_limit_keeps_sends_under_the_providers_limit(
+    database_url: str, fake: FakeTwilioServer
+) -> None:
+    providers = {"tw": twilio(fake.url, rate_limit=4, concurrency=10)}
+    async with live_service(database_url, providers=providers, default_provider="tw") as live:
+        ids = [(await live.send(to=f"+1415555{n:04d}", body="hi"))["id"] for n in range(10)]
+        for message_id in ids:
+            await live.wait_for(message_id, "delivered", timeout=20)
+        assert fake.stats["rejected"] == 0
+        assert fake.stats["accepted"] == 10

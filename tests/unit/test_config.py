@@ -86,3 +86,32 @@ def test_default_provider_must_exist(tmp_path: Path) -> None:
     settings = load_settings({"TIDINGS_CONFIG": str(file)})
     with pytest.raises(ConfigError, match="default_provider"):
         build_providers(settings, CONTEXT)
+
+
+def test_list_and_table_settings_come_from_the_environment_as_json() -> None:
+    settings = load_settings(
+        {"TIDINGS_ROUTES": '{"+225": ["fake"]}', "TIDINGS_TRUSTED_PROXIES": '["10.0.0.0/8"]'}
+    )
+    assert settings.routes == {"+225": ["fake"]}
+    assert settings.trusted_proxies == ["10.0.0.0/8"]
+    with pytest.raises(ConfigError, match="TIDINGS_ROUTES must be JSON"):
+        load_settings({"TIDINGS_ROUTES": "+225=fake"})
+
+
+def test_twilio_needs_a_sender(tmp_path: Path) -> None:
+    config = tmp_path / "t.toml"
+    config.write_text(
+        'default_provider = "tw"\n[providers.tw]\nkind = "twilio"\n'
+        'account_sid = "AC00000000000000000000000000000001"\nauth_token = "x"\n'
+    )
+    settings = load_settings({"TIDINGS_CONFIG": str(config)})
+    with pytest.raises(ConfigError, match=r"providers\.tw.*`from`"):
+        build_providers(settings, ProviderContext(base_url="http://x", sink=_sink))
+
+
+def test_the_example_configuration_in_the_repository_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "tidings.toml"
+    settings = load_settings({"TIDINGS_CONFIG": str(example)})
+    providers = build_providers(settings, ProviderContext(base_url=settings.base_url, sink=_sink))
+    assert {p.kind for p in providers.values()} == {"twilio", "orange", "fake"}
+    assert settings.routes["+225"] == ["orange", "twilio"]

@@ -1,21 +1,34 @@
-"""Per-provider rate limiting (a token bucket), for providers that cap sends per second."""
+"""Per-provider rate limiting, for providers that cap sends per second.
+
+Providers count in a sliding window ("5 messages per second" means no second, wherever it starts,
+holds more than 5), so a token bucket that allows a burst on top of the steady rate would overrun
+them. :class:`RateLimiter` keeps at most ``floor(rate)`` sends in any one-second window (a
+fractional rate is rounded down; below 1, one send per ``1 / rate`` seconds), with a small margin
+for the network's jitter between our clock and theirs.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
 import time
+
+MARGIN_SECONDS = 0.02
+"""Added to each window: requests sent a window apart may arrive a little closer together."""
 
 
 class RateLimiter:
-    """Allows ``rate`` acquisitions a second on average, in bursts of at most ``burst``."""
+    """Allows at most ``rate`` acquisitions in any one-second window (for ``rate`` < 1: one every
+    ``1 / rate`` seconds)."""
 
-    def __init__(self, rate: float, burst: float | None = None) -> None:
+    def __init__(self, rate: float) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate)
-        self._tokens = self.burst
-        self._updated = time.monotonic()
+        self.per_window = max(1, math.floor(rate))
+        self.window = (1.0 if rate >= 1 else 1 / rate) + MARGIN_SECONDS
+        self._recent: collections.deque[float] = collections.deque()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
@@ -23,9 +36,9 @@ class RateLimiter:
         async with self._lock:
             while True:
                 now = time.monotonic()
-                self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                while self._recent and now - self._recent[0] >= self.window:
+                    self._recent.popleft()
+                if len(self._recent) < self.per_window:
+                    self._recent.append(now)
                     return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+                await asyncio.sleep(self._recent[0] + self.window - now)
