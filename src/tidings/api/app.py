@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tidings import ids
 from tidings.accept import build_message
 from tidings.api.auth import KeyChecker
+from tidings.api.gateway import add_gateway_routes, gateway_states
 from tidings.api.schemas import ErrorOut, MessageIn, MessageOut, MessagePage, message_json
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
@@ -308,5 +309,11 @@ def create_app(service: Service) -> FastAPI:
         """Orange inbound SMS at the address seed 002's service used (first Orange provider)."""
         return await receive_webhook(orange_provider(), "inbound", request)
 
+    @app.get("/v1/gateways", tags=["gateway"])
+    async def list_gateways(_key: Authenticated) -> Response:
+        """Each Android gateway: its last poll, counts, and whether it went silent."""
+        return json_response({"data": await gateway_states(service)})
+
+    add_gateway_routes(app, service)
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_request_bytes)
     return app

@@ -10,11 +10,13 @@ from tidings.config import Settings, describe_validation_error
 from tidings.errors import ConfigError
 from tidings.providers.base import Provider, ProviderContext
 from tidings.providers.fake import FakeProvider
+from tidings.providers.gateway import GatewayProvider
 from tidings.providers.orange import OrangeProvider
 from tidings.providers.twilio import TwilioProvider
 
 KINDS: dict[str, type[Provider]] = {
     FakeProvider.kind: FakeProvider,
+    GatewayProvider.kind: GatewayProvider,
     OrangeProvider.kind: OrangeProvider,
     TwilioProvider.kind: TwilioProvider,
 }

@@ -215,6 +215,10 @@ class Provider(abc.ABC):
     webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {}
     """The content types each webhook event accepts; an event not listed does not exist."""
 
+    pulls: ClassVar[bool] = False
+    """Whether the provider fetches its own messages (the Android gateway): the dispatcher does not
+    send for it."""
+
     can_poll: ClassVar[bool] = False
     """Whether :meth:`poll` can ask the provider about a message."""
 

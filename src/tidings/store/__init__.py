@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.store.db import create_engine
+from tidings.store.gateways import GatewayStore
 from tidings.store.inbound import InboundStore
 from tidings.store.keys import KeyStore
 from tidings.store.messages import MessageStore
@@ -20,6 +21,7 @@ class Store:
         self.keys = KeyStore(engine)
         self.webhooks = WebhookLogStore(engine)
         self.inbound = InboundStore(engine)
+        self.gateways = GatewayStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:

@@ -667,6 +667,52 @@ class MessageStore:
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).scalar_one_or_none()
 
+    async def fail_over_waiting(
+        self, provider: str, *, waiting_since: datetime, now: datetime | None = None
+    ) -> int:
+        """Move ``pending`` messages of ``provider`` due since before ``waiting_since`` to the next
+        provider in their route (those without one stay); returns how many moved."""
+        now = now or utcnow()
+        query = select(messages.c.id, messages.c.route).where(
+            _status_is(Status.PENDING),
+            messages.c.provider == provider,
+            messages.c.next_attempt_at < waiting_since,
+            messages.c.route.is_not(None),
+        )
+        moved = 0
+        async with self.engine.begin() as conn:
+            for row in (await conn.execute(query)).all():
+                route = list(row.route or [])
+                if provider not in route or route.index(provider) + 1 >= len(route):
+                    continue
+                target = route[route.index(provider) + 1]
+                result = await conn.execute(
+                    update(messages)
+                    .where(
+                        messages.c.id == row.id, _status_is(Status.PENDING), messages.c.provider == provider
+                    )
+                    .values(provider=target, provider_failures=0, next_attempt_at=now, updated_at=now)
+                )
+                if result.rowcount != 1:
+                    continue
+                moved += 1
+                await conn.execute(
+                    insert(message_events),
+                    _event_row(
+                        row.id,
+                        type="failed_over",
+                        source="worker",
+                        status=Status.PENDING,
+                        changed=False,
+                        at=now,
+                        error_message=f"provider {provider} is silent",
+                        detail={"provider": target, "from": provider},
+                    ),
+                )
+            if moved and self.is_postgres:
+                await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": "*"})
+        return moved
+
     async def find_recent_sent(self, provider: str, to: str, since: datetime) -> str | None:
         """The most recent message to ``to`` sent through ``provider`` since ``since`` that is still
         ``sent`` (awaiting its receipt): where a receipt that lost our id most likely belongs."""

@@ -192,3 +192,17 @@ inbound_messages = Table(
     Index("ix_inbound_messages_from", "from", "id"),
     Index("ix_inbound_messages_received_at", "received_at"),
 )
+
+gateways = Table(
+    "gateways",
+    metadata,
+    # One row per Android gateway (a ``kind = "gateway"`` provider), kept up to date by its polls.
+    Column("name", String(64), primary_key=True),
+    Column("first_poll_at", DateTime(), nullable=False),
+    Column("last_poll_at", DateTime(), nullable=False),
+    Column("last_address", String(64)),
+    Column("polls", BigInteger(), nullable=False, server_default="0"),
+    Column("inbound_received", BigInteger(), nullable=False, server_default="0"),
+    Column("updates_received", BigInteger(), nullable=False, server_default="0"),
+    Column("messages_handed_over", BigInteger(), nullable=False, server_default="0"),
+)

@@ -128,7 +128,7 @@ class Dispatcher:
         total = 0
         for name, lane in self.lanes.items():
             free = lane.free
-            if free <= 0:
+            if free <= 0 or lane.provider.pulls:
                 continue
             batch = await self.store.messages.claim(
                 name,
@@ -160,8 +160,37 @@ class Dispatcher:
     async def maintain_once(self) -> None:
         promoted = await self.store.messages.promote_due()
         reaped = await self.store.messages.reap_expired_leases()
-        if promoted or reaped:
+        moved = await self._leave_silent_gateways()
+        if promoted or reaped or moved:
             self.waker.notify()
+
+    async def _leave_silent_gateways(self) -> int:
+        """Move messages that waited too long for a phone that stopped polling to the next
+        provider in their route."""
+        moved = 0
+        now = utcnow()
+        for name, lane in self.lanes.items():
+            settings = lane.provider.settings
+            waited = getattr(settings, "failover_after_seconds", None)
+            if not lane.provider.pulls or waited is None:
+                continue
+            last_poll = await self.store.gateways.last_poll(name)
+            silent_after = float(getattr(settings, "silent_after_seconds", 0))
+            if last_poll is not None and now - last_poll < timedelta(seconds=silent_after):
+                continue
+            count = await self.store.messages.fail_over_waiting(
+                name, waiting_since=now - timedelta(seconds=float(waited)), now=now
+            )
+            if count:
+                log.warning(
+                    "gateway %s is silent (last poll %s): %d waiting messages moved to their next provider",
+                    name,
+                    last_poll.isoformat() + "Z" if last_poll else "never",
+                    count,
+                    extra={"action": "failover", "provider": name, "count": count},
+                )
+            moved += count
+        return moved
 
     async def _maintain(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
