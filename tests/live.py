@@ -66,14 +66,18 @@ class Live:
 
 
 @contextlib.asynccontextmanager
-async def live_service(database_url: str, *, worker: bool = True, **overrides: Any) -> AsyncIterator[Live]:
-    """Start a service on a free port with ``overrides`` as settings; stop everything on exit."""
+async def live_service(
+    database_url: str, *, worker: bool = True, empty: bool = True, **overrides: Any
+) -> AsyncIterator[Live]:
+    """Start a service on a free port with ``overrides`` as settings (on emptied tables, unless
+    ``empty`` is false); stop everything on exit."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = make_settings(database_url, public_url=url, port=port, **overrides)
     service = Service(settings, store=Store.connect(database_url))
     await service.start()
-    await empty_tables(service.store)
+    if empty:
+        await empty_tables(service.store)
     server = _Server(
         uvicorn.Config(
             create_app(service), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False

@@ -34,6 +34,7 @@ def build_message(
     tags: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
     ordered: bool | None = None,
+    callback_url: str | None = None,
 ) -> NewMessage:
     """Validate and normalise one message; raises :class:`InvalidInput` naming the field."""
     number = normalize_e164(to, settings.default_region)
@@ -74,6 +75,7 @@ def build_message(
         metadata=meta,
         route=route,
         ordered=providers[chosen].settings.ordered if ordered is None else ordered,
+        callback_url=callback_url,
     )
 
 

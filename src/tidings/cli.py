@@ -18,7 +18,7 @@ from tidings.api.schemas import message_json
 from tidings.config import Settings, load_settings
 from tidings.errors import ConfigError, TidingsError
 from tidings.providers import ProviderContext, build_providers
-from tidings.service import Service
+from tidings.service import Service, inbound_policy
 from tidings.store import Store
 from tidings.store.migrate import upgrade
 from tidings.tracking import Tracker
@@ -319,7 +319,7 @@ def webhooks_replay(entry_id: Annotated[int, typer.Argument(help="The webhook lo
     settings = _settings()
 
     async def action(store: Store) -> Any:
-        tracker = Tracker(store)
+        tracker = Tracker(store, inbound_policy(settings))
         providers = build_providers(settings, ProviderContext(base_url=settings.base_url, sink=tracker.sink))
         handler = WebhookHandler(store, tracker, providers, settings)
         return await handler.replay(entry_id)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tidings.domain.keywords import DEFAULT_HELP, DEFAULT_OPT_IN, DEFAULT_OPT_OUT
 from tidings.errors import ConfigError
 
 ENV_PREFIX = "TIDINGS_"
@@ -104,6 +105,22 @@ class Settings(BaseModel):
     poll_batch: int = Field(default=50, ge=1, le=10_000)
     poll_check_seconds: float = Field(default=30.0, gt=0)
 
+    opt_out_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_OUT))
+    opt_in_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_OPT_IN))
+    help_keywords: list[str] = Field(default_factory=lambda: list(DEFAULT_HELP))
+    opt_out_scope: Literal["all", "sender"] = "all"
+    """``all``: an opt-out stops every message to the number; ``sender``: only those from the
+    number it was sent to (the message's ``sender``)."""
+    opt_out_reply: str | None = None
+    opt_in_reply: str | None = None
+    help_reply: str | None = None
+    callback_timeout_seconds: float = Field(default=10.0, gt=0)
+    callback_concurrency: int = Field(default=10, ge=1, le=1000)
+    """Callbacks in flight at once, per worker process."""
+    callback_retry_base_seconds: float = Field(default=180.0, gt=0)
+    callback_retry_cap_seconds: float = Field(default=28_800.0, gt=0)
+    """Back-off between deliveries of one callback: with 10 attempts, about a day in all."""
+
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("trusted_proxies")
@@ -151,7 +168,9 @@ class Settings(BaseModel):
         return {"fake": {"kind": "fake"}}
 
 
-_JSON_FIELDS = frozenset({"routes", "trusted_proxies"})
+_JSON_FIELDS = frozenset(
+    {"routes", "trusted_proxies", "opt_out_keywords", "opt_in_keywords", "help_keywords"}
+)
 """Settings whose environment variable holds JSON (a table or a list)."""
 
 

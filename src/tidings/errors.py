@@ -65,6 +65,12 @@ class BodyTooLong(InvalidInput):
     code = "body_too_long"
 
 
+class RecipientOptedOut(InvalidInput):
+    """The recipient opted out of messages."""
+
+    code = "recipient_opted_out"
+
+
 class BadRequest(TidingsError):
     """The request could not be read."""
 

@@ -10,16 +10,34 @@ import asyncio
 import logging
 
 from tidings.config import Settings
+from tidings.domain.keywords import Action, Keywords
 from tidings.providers import Provider, ProviderContext, build_providers
 from tidings.routing import Router
 from tidings.store import Store
 from tidings.store.migrate import current_revision, head_revision, upgrade
+from tidings.store.optouts import InboundPolicy
 from tidings.tracking import Tracker
 from tidings.webhooks import WebhookHandler
+from tidings.worker.callbacks import CallbackSender
 from tidings.worker.dispatcher import Dispatcher
 from tidings.worker.wakeup import PostgresListener, Waker
 
 log = logging.getLogger(__name__)
+
+
+def inbound_policy(settings: Settings) -> InboundPolicy:
+    """What to do with inbound SMS, from the settings."""
+    replies = {
+        Action.OPT_OUT: settings.opt_out_reply,
+        Action.OPT_IN: settings.opt_in_reply,
+        Action.HELP: settings.help_reply,
+    }
+    return InboundPolicy(
+        keywords=Keywords(settings.opt_out_keywords, settings.opt_in_keywords, settings.help_keywords),
+        scope=settings.opt_out_scope,
+        replies={action: text for action, text in replies.items() if text},
+        max_attempts=settings.max_attempts,
+    )
 
 
 class Service:
@@ -30,7 +48,8 @@ class Service:
             sqlite_synchronous=settings.sqlite_synchronous,
             pool_size=settings.pool_size,
         )
-        self.tracker = Tracker(self.store)
+        self.inbound_policy = inbound_policy(settings)
+        self.tracker = Tracker(self.store, self.inbound_policy)
         self.waker = Waker()
         self.context = ProviderContext(base_url=settings.base_url, sink=self.tracker.sink)
         # Built now so that a wrong provider table stops start-up before anything opens.
@@ -64,7 +83,10 @@ class Service:
         return Dispatcher(self.store, self.providers, self.settings, self.waker, tracker=self.tracker)
 
     async def run_worker(self, stop: asyncio.Event) -> None:
-        await self.dispatcher().run(stop)
+        """Send messages and deliver callbacks until ``stop`` is set."""
+        await asyncio.gather(
+            self.dispatcher().run(stop), CallbackSender(self.store, self.settings, self.waker).run(stop)
+        )
 
     async def close(self) -> None:
         if self._listener is not None:

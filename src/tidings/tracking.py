@@ -18,6 +18,7 @@ from tidings.clock import utcnow
 from tidings.providers.base import InboundSms, ProviderReport
 from tidings.store import Store
 from tidings.store.messages import ReportOutcome
+from tidings.store.optouts import InboundPolicy
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ class TrackResult:
 
 
 class Tracker:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, policy: InboundPolicy | None = None) -> None:
         self.store = store
+        self.policy = policy
 
     async def apply(self, provider: str, reports: list[ProviderReport]) -> TrackResult:
         """Apply ``reports`` from ``provider`` in order; reports for unknown messages are logged."""
@@ -118,6 +120,7 @@ class Tracker:
                 sent_at=sms.sent_at,
                 raw=sms.raw,
                 webhook_log_id=webhook_log_id,
+                policy=self.policy,
             )
             if stored is None:
                 log.info(

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from sqlalchemy import text
@@ -23,16 +23,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings import ids
 from tidings.accept import build_message
-from tidings.api.auth import KeyChecker
+from tidings.api.auth import Authenticated, KeyChecker
 from tidings.api.gateway import add_gateway_routes, gateway_states
+from tidings.api.records import add_record_routes
 from tidings.api.schemas import ErrorOut, MessageIn, MessageOut, MessagePage, message_json
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
 from tidings.domain.status import Status
-from tidings.errors import BadRequest, NotFound, PayloadTooLarge, TidingsError, printable
+from tidings.errors import BadRequest, NotFound, PayloadTooLarge, RecipientOptedOut, TidingsError, printable
 from tidings.providers.base import Provider, WebhookRequest
 from tidings.service import Service
-from tidings.store.keys import ApiKey
 from tidings.store.messages import MessageFilter
 
 log = logging.getLogger(__name__)
@@ -96,16 +96,6 @@ class BodyLimit:
 def _field(loc: tuple[int | str, ...]) -> str | None:
     parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)]
     return ".".join(parts) or None
-
-
-async def authenticate(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-    """The API key of the request; a dependency, so a request without one gets 401 before its
-    body is validated."""
-    checker: KeyChecker = request.app.state.keys
-    return await checker.check(authorization)
-
-
-Authenticated = Annotated[ApiKey, Depends(authenticate)]
 
 
 def create_app(service: Service) -> FastAPI:
@@ -200,7 +190,10 @@ def create_app(service: Service) -> FastAPI:
             tags=payload.tags,
             metadata=payload.metadata,
             ordered=payload.ordered,
+            callback_url=payload.callback_url or key.callback_url,
         )
+        if await service.store.opt_outs.blocks(new.to, new.sender):
+            raise RecipientOptedOut(f"{new.to} opted out of messages", field="to")
         request_hash = None
         if idempotency_key is not None:
             canonical = orjson.dumps(payload.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
@@ -315,5 +308,6 @@ def create_app(service: Service) -> FastAPI:
         return json_response({"data": await gateway_states(service)})
 
     add_gateway_routes(app, service)
+    add_record_routes(app, service)
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_request_bytes)
     return app

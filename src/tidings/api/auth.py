@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
 
 from tidings.errors import Unauthorized
 from tidings.store.keys import ApiKey, KeyStore, hash_secret
@@ -37,3 +40,13 @@ class KeyChecker:
                 self._cache.clear()
             self._cache[digest] = (now + self.ttl, key)
         return key
+
+
+async def authenticate(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+    """The API key of the request; a dependency, so a request without one gets 401 before its
+    body is validated."""
+    checker: KeyChecker = request.app.state.keys
+    return await checker.check(authorization)
+
+
+Authenticated = Annotated[ApiKey, Depends(authenticate)]

@@ -114,6 +114,7 @@ def add_gateway_routes(app: FastAPI, service: Service) -> None:
                 updates=parsed.updates,
                 limit=provider.settings.batch_size,
                 address=request.client.host if request.client else None,
+                policy=service.inbound_policy,
             )
         except Exception:
             log.exception(

@@ -22,6 +22,12 @@ class MessageIn(BaseModel):
     provider: str | None = Field(default=None, max_length=64, description="A configured provider's name.")
     tags: list[str] = Field(default_factory=list, description="Labels to find the message by.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Anything the client wants kept.")
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Where this message's status changes are posted (default: the API key's URL).",
+    )
     ordered: bool | None = Field(
         default=None,
         description="Hand over after earlier messages to the same number (default: the provider's setting).",
@@ -73,6 +79,7 @@ class MessageOut(BaseModel):
     ordered: bool
     polled_at: str | None
     polls: int
+    callback_url: str | None
     events: list[EventOut] | None = None
 
 

@@ -8,7 +8,10 @@ from tidings.store.db import create_engine
 from tidings.store.gateways import GatewayStore
 from tidings.store.inbound import InboundStore
 from tidings.store.keys import KeyStore
+from tidings.store.log import LogStore
 from tidings.store.messages import MessageStore
+from tidings.store.optouts import OptOutStore
+from tidings.store.outbox import CallbackStore
 from tidings.store.webhooks import WebhookLogStore
 
 
@@ -20,8 +23,11 @@ class Store:
         self.messages = MessageStore(engine)
         self.keys = KeyStore(engine)
         self.webhooks = WebhookLogStore(engine)
-        self.inbound = InboundStore(engine)
-        self.gateways = GatewayStore(engine)
+        self.inbound = InboundStore(engine, self.messages)
+        self.gateways = GatewayStore(engine, self.messages)
+        self.opt_outs = OptOutStore(engine)
+        self.callbacks = CallbackStore(engine)
+        self.log = LogStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:

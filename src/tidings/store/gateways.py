@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, literal_column, select, update
+from sqlalchemy import and_, bindparam, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -26,7 +26,9 @@ from tidings import ids
 from tidings.clock import utcnow
 from tidings.domain.status import Report, Status, apply_report
 from tidings.providers.gateway import GatewaySms, GatewayUpdate
-from tidings.store.messages import _event_row, _status_is
+from tidings.store.messages import MessageStore, _event_row, _status_is
+from tidings.store.optouts import InboundPolicy, after_inbound
+from tidings.store.outbox import record_events
 from tidings.store.tables import gateways, inbound_messages, message_events, messages
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,9 @@ def _overlap(
 
 
 class GatewayStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, messages_store: MessageStore) -> None:
         self.engine = engine
+        self.messages = messages_store
         self.is_postgres = engine.dialect.name == "postgresql"
 
     async def exchange(
@@ -125,6 +128,7 @@ class GatewayStore:
         limit: int,
         address: str | None = None,
         now: datetime | None = None,
+        policy: InboundPolicy | None = None,
     ) -> Exchange:
         """Process one poll of ``gateway`` in one transaction; see the module docstring."""
         now = now or utcnow()
@@ -132,7 +136,7 @@ class GatewayStore:
             result = Exchange()
             try:
                 async with self.engine.begin() as conn:
-                    await self._store_inbound(conn, gateway, inbound, now, result)
+                    await self._store_inbound(conn, gateway, inbound, now, result, policy)
                     await self._apply_updates(conn, gateway, updates, now, result)
                     await self._hand_over(conn, gateway, limit, now, result)
                     await self._count(conn, gateway, address, now, len(inbound), len(updates), result)
@@ -142,7 +146,13 @@ class GatewayStore:
         raise RuntimeError(f"messages of gateway {gateway} kept changing during a poll")
 
     async def _store_inbound(
-        self, conn: AsyncConnection, gateway: str, inbound: list[GatewaySms], now: datetime, result: Exchange
+        self,
+        conn: AsyncConnection,
+        gateway: str,
+        inbound: list[GatewaySms],
+        now: datetime,
+        result: Exchange,
+        policy: InboundPolicy | None,
     ) -> None:
         if not inbound:
             return
@@ -185,6 +195,8 @@ class GatewayStore:
                 ),
                 rows,
             )
+            for row in rows:
+                await after_inbound(conn, self.messages, row, policy, now)
         result.inbound_stored += len(rows)
 
     async def _apply_updates(
@@ -272,7 +284,7 @@ class GatewayStore:
             if not self.is_postgres and done.rowcount != len(touched):
                 raise _Moved()
         if events:
-            await conn.execute(insert(message_events), events)
+            await record_events(conn, events)
 
     async def _hand_over(
         self, conn: AsyncConnection, gateway: str, limit: int, now: datetime, result: Exchange
@@ -324,8 +336,8 @@ class GatewayStore:
             ).scalars()
             new_ids = list(handed)
             if new_ids:
-                await conn.execute(
-                    insert(message_events),
+                await record_events(
+                    conn,
                     [
                         _event_row(
                             m,

@@ -12,12 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings import ids
 from tidings.clock import utcnow
+from tidings.store.messages import MessageStore
+from tidings.store.optouts import InboundPolicy, after_inbound
 from tidings.store.tables import inbound_messages
 
 
 class InboundStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, messages: MessageStore) -> None:
         self.engine = engine
+        self.messages = messages
         self.is_postgres = engine.dialect.name == "postgresql"
 
     async def insert(
@@ -31,10 +34,13 @@ class InboundStore:
         sent_at: datetime | None = None,
         raw: dict[str, Any] | None = None,
         webhook_log_id: int | None = None,
+        policy: InboundPolicy | None = None,
     ) -> str | None:
-        """Store one inbound message; returns its id, or ``None`` when the provider already
+        """Store one inbound message and, in the same transaction, what it sets off (callbacks,
+        keywords: see ``store/optouts.py``); returns its id, or ``None`` when the provider already
         delivered a message with this ``provider_message_id`` (a resent webhook)."""
-        row = {
+        now = utcnow()
+        row: dict[str, Any] = {
             "id": ids.new_id(),
             "provider": provider,
             "provider_message_id": provider_message_id,
@@ -42,7 +48,7 @@ class InboundStore:
             "to": to,
             "body": body,
             "sent_at": sent_at,
-            "received_at": utcnow(),
+            "received_at": now,
             "raw": raw or {},
             "webhook_log_id": webhook_log_id,
         }
@@ -55,6 +61,8 @@ class InboundStore:
         )
         async with self.engine.begin() as conn:
             stored = (await conn.execute(statement)).scalar_one_or_none()
+            if stored is not None:
+                await after_inbound(conn, self.messages, row, policy, now)
         return str(stored) if stored is not None else None
 
     async def search(

@@ -32,6 +32,8 @@ class ApiKey:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    callback_url: str | None = None
+    """Where this key's application takes callbacks (the default for its messages)."""
 
 
 def _key(row: Any) -> ApiKey:
@@ -42,6 +44,7 @@ def _key(row: Any) -> ApiKey:
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
+        callback_url=getattr(row, "callback_url", None),
     )
 
 

@@ -37,6 +37,7 @@ from tidings import ids
 from tidings.clock import utcnow
 from tidings.domain.status import CANCELLABLE, Report, Status, apply_report
 from tidings.errors import IdempotencyConflict, NotCancellable, NotFound
+from tidings.store.outbox import Recipient, record_events
 from tidings.store.tables import message_events, message_tags, messages
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class NewMessage:
     route: list[str] | None = None
     """The providers to try in order (the first is ``provider``); ``None``: only ``provider``."""
     ordered: bool = False
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,10 +214,56 @@ class MessageStore:
             if existing is not None:
                 return existing, False
         now = now or utcnow()
+        row = self.new_row(
+            new, now, api_key_id=api_key_id, idempotency_key=idempotency_key, request_hash=request_hash
+        )
+        try:
+            async with self.engine.begin() as conn:
+                await self.write_new(conn, row, new)
+        except IntegrityError:
+            # Two requests with the same key raced: the other one won, answer with its message.
+            if idempotency_key is None:
+                raise
+            existing = await self._by_idempotency_key(api_key_id, idempotency_key, request_hash)
+            if existing is None:
+                raise
+            return existing, False
+        # What was written is what a read would return: no second round trip.
+        stored = dict.fromkeys(_MESSAGE_COLUMNS)
+        stored.update(row)
+        return stored, True
+
+    async def write_new(self, conn: AsyncConnection, row: dict[str, Any], new: NewMessage) -> None:
+        """Insert a new message's row, tags and first event in ``conn``'s transaction."""
+        await conn.execute(insert(messages), row)
+        if new.tags:
+            await conn.execute(
+                insert(message_tags), [{"message_id": row["id"], "tag": t} for t in set(new.tags)]
+            )
+        status = Status(row["status"])
+        await record_events(
+            conn,
+            _event_row(
+                row["id"], type="accepted", source="api", status=status, changed=True, at=row["created_at"]
+            ),
+        )
+        if self.is_postgres and status is Status.PENDING:
+            await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": new.provider})
+
+    def new_row(
+        self,
+        new: NewMessage,
+        now: datetime,
+        *,
+        api_key_id: str | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> dict[str, Any]:
+        """The row of a message about to be stored."""
         message_id = ids.new_id()
         scheduled = new.send_at is not None and new.send_at > now
         status = Status.SCHEDULED if scheduled else Status.PENDING
-        row = {
+        return {
             "id": message_id,
             "channel": new.channel,
             "to": new.to,
@@ -238,38 +286,10 @@ class MessageStore:
             "request_hash": request_hash,
             "route": list(new.route) if new.route and len(new.route) > 1 else None,
             "ordered": new.ordered,
+            "callback_url": new.callback_url,
             "provider_failures": 0,
             "polls": 0,
         }
-        try:
-            async with self.engine.begin() as conn:
-                await conn.execute(insert(messages), row)
-                if new.tags:
-                    await conn.execute(
-                        insert(message_tags), [{"message_id": message_id, "tag": t} for t in set(new.tags)]
-                    )
-                await conn.execute(
-                    insert(message_events),
-                    _event_row(
-                        message_id, type="accepted", source="api", status=status, changed=True, at=now
-                    ),
-                )
-                if self.is_postgres and not scheduled:
-                    await conn.execute(
-                        text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": new.provider}
-                    )
-        except IntegrityError:
-            # Two requests with the same key raced: the other one won, answer with its message.
-            if idempotency_key is None:
-                raise
-            existing = await self._by_idempotency_key(api_key_id, idempotency_key, request_hash)
-            if existing is None:
-                raise
-            return existing, False
-        # What was written is what a read would return: no second round trip.
-        stored = dict.fromkeys(_MESSAGE_COLUMNS)
-        stored.update(row)
-        return stored, True
 
     async def _by_idempotency_key(
         self, api_key_id: str | None, key: str, request_hash: str | None
@@ -354,8 +374,8 @@ class MessageStore:
                 )
             )
             if result.rowcount == 1:
-                await conn.execute(
-                    insert(message_events),
+                await record_events(
+                    conn,
                     _event_row(
                         message_id,
                         type="cancelled",
@@ -396,8 +416,8 @@ class MessageStore:
                 )
             ).all()
             if promoted:
-                await conn.execute(
-                    insert(message_events),
+                await record_events(
+                    conn,
                     [
                         _event_row(
                             mid,
@@ -465,8 +485,8 @@ class MessageStore:
         async with self.engine.begin() as conn:
             rows = (await conn.execute(statement)).all()
             if rows:
-                await conn.execute(
-                    insert(message_events),
+                await record_events(
+                    conn,
                     [
                         _event_row(
                             r.id,
@@ -573,8 +593,8 @@ class MessageStore:
                 event_type = "send_error"
             if fail_over_to is not None and self.is_postgres and changed:
                 await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": fail_over_to})
-            await conn.execute(
-                insert(message_events),
+            await record_events(
+                conn,
                 _event_row(
                     message_id,
                     type=event_type,
@@ -636,8 +656,8 @@ class MessageStore:
                 )
             ).all()
             if rows:
-                await conn.execute(
-                    insert(message_events),
+                await record_events(
+                    conn,
                     [
                         _event_row(
                             r.id,
@@ -696,8 +716,8 @@ class MessageStore:
                 if result.rowcount != 1:
                     continue
                 moved += 1
-                await conn.execute(
-                    insert(message_events),
+                await record_events(
+                    conn,
                     _event_row(
                         row.id,
                         type="failed_over",
@@ -801,9 +821,10 @@ class MessageStore:
         """
         for _ in range(_CAS_RETRIES):
             async with self.engine.begin() as conn:
-                current = await self._lock_status(conn, message_id)
-                if current is None:
+                locked = await self._lock_status(conn, message_id)
+                if locked is None:
                     return None
+                current, recipient = locked
                 after = apply_report(current, report.status)
                 values: dict[str, Any] = {}
                 if after != current:
@@ -824,8 +845,8 @@ class MessageStore:
                     if result.rowcount != 1:
                         await conn.rollback()
                         continue
-                await conn.execute(
-                    insert(message_events),
+                await record_events(
+                    conn,
                     _event_row(
                         message_id,
                         type=type,
@@ -839,16 +860,29 @@ class MessageStore:
                         error_message=report.error_message,
                         detail=report.detail,
                     ),
+                    {message_id: recipient},
                 )
                 return ReportOutcome(message_id, current, after)
         raise RuntimeError(f"message {message_id} kept changing while a report was applied")
 
-    async def _lock_status(self, conn: AsyncConnection, message_id: str) -> Status | None:
-        query = select(messages.c.status).where(messages.c.id == message_id)
+    async def _lock_status(
+        self, conn: AsyncConnection, message_id: str
+    ) -> tuple[Status, Recipient | None] | None:
+        """The message's status (locked on PostgreSQL) and where its callbacks go."""
+        query = select(
+            messages.c.status, messages.c.callback_url, messages.c.api_key_id, messages.c.to
+        ).where(messages.c.id == message_id)
         if self.is_postgres:
             query = query.with_for_update()
-        value = (await conn.execute(query)).scalar_one_or_none()
-        return Status(value) if value is not None else None
+        row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        recipient = (
+            Recipient(url=row.callback_url, api_key_id=row.api_key_id, to=row.to)
+            if row.callback_url
+            else None
+        )
+        return Status(row.status), recipient
 
     @staticmethod
     def _status_values(status: Status, report: Report) -> dict[str, Any]:

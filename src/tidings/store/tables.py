@@ -43,6 +43,10 @@ api_keys = Table(
     Column("created_at", DateTime(), nullable=False),
     Column("last_used_at", DateTime()),
     Column("revoked_at", DateTime()),
+    # Where status changes and inbound SMS are posted for this key's application, signed with
+    # callback_secret.
+    Column("callback_url", Text()),
+    Column("callback_secret", String(64)),
 )
 
 messages = Table(
@@ -86,6 +90,7 @@ messages = Table(
     Column("ordered", Boolean(), nullable=False, server_default=false()),
     Column("polled_at", DateTime()),
     Column("polls", Integer(), nullable=False, server_default="0"),
+    Column("callback_url", Text()),
     # The queue: due messages of one provider, oldest first. Partial, so it holds only the
     # waiting rows and stays small however many finished messages the table keeps.
     Index(
@@ -205,4 +210,51 @@ gateways = Table(
     Column("inbound_received", BigInteger(), nullable=False, server_default="0"),
     Column("updates_received", BigInteger(), nullable=False, server_default="0"),
     Column("messages_handed_over", BigInteger(), nullable=False, server_default="0"),
+)
+
+opt_outs = Table(
+    "opt_outs",
+    metadata,
+    # A number that asked not to be sent to: by everyone (scope '*') or by one of our senders.
+    Column("id", String(26), primary_key=True),
+    Column("number", String(64), nullable=False),
+    Column("scope", String(64), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("keyword", String(32)),
+    Column("inbound_id", String(26)),
+    Column("note", Text()),
+    Column("created_at", DateTime(), nullable=False),
+    Index("ix_opt_outs_number_scope", "number", "scope", unique=True),
+)
+
+callbacks = Table(
+    "callbacks",
+    metadata,
+    # The outbox of signed callbacks to client applications, written in the same transaction as
+    # the change each one reports.
+    Column("id", String(26), primary_key=True),
+    Column("api_key_id", String(26)),
+    Column("message_id", String(26)),
+    Column("inbound_id", String(26)),
+    Column("type", String(32), nullable=False),
+    Column("url", Text(), nullable=False),
+    Column("payload", JSON(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("max_attempts", Integer(), nullable=False),
+    Column("next_attempt_at", DateTime(), nullable=False),
+    Column("lease_expires_at", DateTime()),
+    Column("last_status_code", Integer()),
+    Column("last_error", Text()),
+    Column("created_at", DateTime(), nullable=False),
+    Column("updated_at", DateTime(), nullable=False),
+    Column("delivered_at", DateTime()),
+    Index(
+        "ix_callbacks_due",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+    Index("ix_callbacks_message_id", "message_id", "id"),
+    Index("ix_callbacks_status", "status", "id"),
 )

@@ -1,0 +1,357 @@
+"""Client callbacks: the outbox rows, written in the transaction of the change they report, and
+the statements the callback sender uses to deliver them.
+
+Every event that changes a message's status goes through :func:`record_events`, which inserts the
+events and, for a message with a callback URL, one ``message.status`` callback per change. An
+inbound SMS gets an ``inbound`` callback to every API key with a callback URL
+(:func:`inbound_callbacks`). A crash after the commit loses nothing: the rows wait in the table.
+
+Delivery: the oldest pending callback of each message is due first and the next waits for it, so
+callbacks for one message arrive in order; a callback that failed for good no longer holds the
+next one back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, insert, literal_column, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from tidings import ids
+from tidings.clock import to_api, utcnow
+from tidings.errors import NotFound
+from tidings.store.tables import api_keys, callbacks, message_events, messages
+
+MAX_ATTEMPTS = 10
+"""Deliveries tried before a callback is left ``failed`` (visible, and retryable by hand)."""
+
+# Event types that are not worth a callback: the client learnt of them from our answer.
+_SILENT_TYPES = frozenset({"accepted"})
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Where a message's callbacks go."""
+
+    url: str
+    api_key_id: str | None
+    to: str
+
+
+def _pending(status: str) -> Any:
+    return callbacks.c.status == literal_column(f"'{status}'")
+
+
+def status_payload(event: Mapping[str, Any], to: str) -> dict[str, Any]:
+    """The JSON of a ``message.status`` callback for one event."""
+    return {
+        "type": "message.status",
+        "id": event["message_id"],
+        "status": event["status"],
+        "event": event["type"],
+        "provider_status": event.get("provider_status"),
+        "error_code": event.get("error_code"),
+        "error_message": event.get("error_message"),
+        "to": to,
+        "occurred_at": to_api(event["occurred_at"]),
+    }
+
+
+def _row(
+    *, url: str, api_key_id: str | None, type: str, payload: dict[str, Any], now: datetime, **refs: str | None
+) -> dict[str, Any]:
+    return {
+        "id": ids.new_id(),
+        "api_key_id": api_key_id,
+        "message_id": refs.get("message_id"),
+        "inbound_id": refs.get("inbound_id"),
+        "type": type,
+        "url": url,
+        "payload": payload,
+        "status": "pending",
+        "attempts": 0,
+        "max_attempts": MAX_ATTEMPTS,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+async def record_events(
+    conn: AsyncConnection,
+    events: dict[str, Any] | Sequence[dict[str, Any]],
+    recipients: Mapping[str, Recipient | None] | None = None,
+) -> None:
+    """Insert ``events`` and the callbacks their status changes call for, in ``conn``'s transaction.
+
+    ``recipients`` may give each message's callback target (``None``: it has none); messages it
+    does not cover are looked up.
+    """
+    if isinstance(events, dict):
+        events = [events]
+    if not events:
+        return
+    await conn.execute(insert(message_events), list(events))
+    changed = [e for e in events if e["changed"] and e["type"] not in _SILENT_TYPES]
+    if not changed:
+        return
+    known: dict[str, Recipient | None] = dict(recipients or {})
+    missing = sorted({e["message_id"] for e in changed} - known.keys())
+    if missing:
+        rows = await conn.execute(
+            select(messages.c.id, messages.c.callback_url, messages.c.api_key_id, messages.c.to).where(
+                messages.c.id.in_(missing), messages.c.callback_url.is_not(None)
+            )
+        )
+        for row in rows.all():
+            known[row.id] = Recipient(url=row.callback_url, api_key_id=row.api_key_id, to=row.to)
+    now = utcnow()
+    outbox = []
+    for event in changed:
+        target = known.get(event["message_id"])
+        if target is None:
+            continue
+        outbox.append(
+            _row(
+                url=target.url,
+                api_key_id=target.api_key_id,
+                type="message.status",
+                payload=status_payload(event, target.to),
+                now=now,
+                message_id=event["message_id"],
+            )
+        )
+    if outbox:
+        await conn.execute(insert(callbacks), outbox)
+
+
+async def inbound_callbacks(conn: AsyncConnection, inbound: Sequence[Mapping[str, Any]]) -> int:
+    """Queue an ``inbound`` callback for each stored inbound SMS to every active API key with a
+    callback URL; returns how many were queued."""
+    if not inbound:
+        return 0
+    keys = (
+        await conn.execute(
+            select(api_keys.c.id, api_keys.c.callback_url).where(
+                api_keys.c.callback_url.is_not(None), api_keys.c.revoked_at.is_(None)
+            )
+        )
+    ).all()
+    if not keys:
+        return 0
+    now = utcnow()
+    rows = [
+        _row(
+            url=key.callback_url,
+            api_key_id=key.id,
+            type="inbound",
+            payload={
+                "type": "inbound",
+                "id": sms["id"],
+                "from": sms["from"],
+                "to": sms.get("to"),
+                "body": sms["body"],
+                "provider": sms["provider"],
+                "provider_message_id": sms.get("provider_message_id"),
+                "received_at": to_api(sms["received_at"]),
+            },
+            now=now,
+            inbound_id=sms["id"],
+        )
+        for sms in inbound
+        for key in keys
+    ]
+    await conn.execute(insert(callbacks), rows)
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class DueCallback:
+    id: str
+    url: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    secret: str | None
+
+
+class CallbackStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    async def take_due(
+        self, *, limit: int, lease_seconds: float, now: datetime | None = None
+    ) -> list[DueCallback]:
+        """Take up to ``limit`` due callbacks for delivery (``delivering``, under a lease), never
+        one whose message has an earlier callback still waiting."""
+        now = now or utcnow()
+        earlier = callbacks.alias("earlier")
+        waits = exists().where(
+            earlier.c.message_id == callbacks.c.message_id,
+            earlier.c.id < callbacks.c.id,
+            earlier.c.status.in_([literal_column("'pending'"), literal_column("'delivering'")]),
+        )
+        due = (
+            select(callbacks.c.id)
+            .where(
+                _pending("pending"),
+                callbacks.c.next_attempt_at <= now,
+                or_(callbacks.c.message_id.is_(None), ~waits),
+            )
+            .order_by(callbacks.c.next_attempt_at, callbacks.c.id)
+            .limit(limit)
+        )
+        if self.is_postgres:
+            due = due.with_for_update(skip_locked=True, of=callbacks)
+            picked: Any = select(due.cte("picked").prefix_with("MATERIALIZED").c.id)
+        else:
+            picked = due.scalar_subquery()
+        statement = (
+            update(callbacks)
+            .where(callbacks.c.id.in_(picked), _pending("pending"))
+            .values(
+                status="delivering",
+                attempts=callbacks.c.attempts + 1,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                updated_at=now,
+            )
+            .returning(
+                callbacks.c.id,
+                callbacks.c.url,
+                callbacks.c.payload,
+                callbacks.c.attempts,
+                callbacks.c.max_attempts,
+                callbacks.c.api_key_id,
+            )
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(statement)).all()
+            key_ids = sorted({r.api_key_id for r in rows if r.api_key_id})
+            secrets = {}
+            if key_ids:
+                found = await conn.execute(
+                    select(api_keys.c.id, api_keys.c.callback_secret).where(api_keys.c.id.in_(key_ids))
+                )
+                secrets = {k.id: k.callback_secret for k in found.all()}
+        return [
+            DueCallback(
+                id=r.id,
+                url=r.url,
+                payload=dict(r.payload),
+                attempts=r.attempts,
+                max_attempts=r.max_attempts,
+                secret=secrets.get(r.api_key_id) if r.api_key_id else None,
+            )
+            for r in sorted(rows, key=lambda r: str(r.id))
+        ]
+
+    async def delivered(self, callback_id: str, status_code: int) -> None:
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(callbacks)
+                .where(callbacks.c.id == callback_id, _pending("delivering"))
+                .values(
+                    status="delivered",
+                    delivered_at=now,
+                    last_status_code=status_code,
+                    last_error=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+
+    async def not_delivered(
+        self, callback_id: str, *, error: str, status_code: int | None, retry_at: datetime | None
+    ) -> None:
+        """Record a failed delivery: try again at ``retry_at``, or (``None``) give up."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(callbacks)
+                .where(callbacks.c.id == callback_id, _pending("delivering"))
+                .values(
+                    status="pending" if retry_at is not None else "failed",
+                    next_attempt_at=retry_at or now,
+                    last_error=error[:2000],
+                    last_status_code=status_code,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+            )
+
+    async def reap(self, now: datetime | None = None) -> int:
+        """Return callbacks whose sender died mid-delivery to ``pending``."""
+        now = now or utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(callbacks)
+                .where(_pending("delivering"), callbacks.c.lease_expires_at < now)
+                .values(status="pending", next_attempt_at=now, lease_expires_at=None, updated_at=now)
+            )
+        return int(result.rowcount or 0)
+
+    async def search(
+        self,
+        *,
+        status: str | None = None,
+        message_id: str | None = None,
+        before_id: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        query = select(callbacks).order_by(callbacks.c.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(callbacks.c.status == status)
+        if message_id is not None:
+            query = query.where(callbacks.c.message_id == message_id)
+        if before_id is not None:
+            query = query.where(callbacks.c.id < before_id)
+        async with self.engine.connect() as conn:
+            return [{str(k): v for k, v in r._mapping.items()} for r in (await conn.execute(query)).all()]
+
+    async def retry(self, callback_id: str) -> dict[str, Any]:
+        """Queue a ``failed`` callback again, with a fresh set of attempts."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(callbacks)
+                .where(callbacks.c.id == callback_id, callbacks.c.status.in_(["failed", "delivered"]))
+                .values(
+                    status="pending", attempts=0, next_attempt_at=now, lease_expires_at=None, updated_at=now
+                )
+            )
+            row = (await conn.execute(select(callbacks).where(callbacks.c.id == callback_id))).first()
+        if row is None:
+            raise NotFound(f"no callback {callback_id}")
+        if result.rowcount != 1 and row.status not in ("pending", "delivering"):
+            raise NotFound(f"no callback {callback_id}")
+        return {str(k): v for k, v in row._mapping.items()}
+
+    async def set_key_url(self, api_key_id: str, url: str | None, secret: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == api_key_id)
+                .values(callback_url=url, callback_secret=api_keys.c.callback_secret)
+            )
+            await conn.execute(
+                update(api_keys)
+                .where(and_(api_keys.c.id == api_key_id, api_keys.c.callback_secret.is_(None)))
+                .values(callback_secret=secret)
+            )
+
+    async def key_settings(self, api_key_id: str) -> tuple[str | None, str | None]:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(api_keys.c.callback_url, api_keys.c.callback_secret).where(
+                        api_keys.c.id == api_key_id
+                    )
+                )
+            ).first()
+        return (row.callback_url, row.callback_secret) if row is not None else (None, None)
