@@ -275,6 +275,9 @@ def service_env(
         TIDINGS_LOG_LEVEL="INFO",
         TIDINGS_POLL_INTERVAL="0.2",
         TIDINGS_MAINTENANCE_INTERVAL="0.5",
+        # Five processes (four workers and the API), each up to 2 x pool_size connections plus
+        # one to LISTEN: 85, under PostgreSQL's default max_connections of 100.
+        TIDINGS_POOL_SIZE="8",
         **extra,
     )
 

@@ -345,5 +345,9 @@ async def test_a_callback_taken_by_a_worker_that_died_is_delivered_later(
     async with live_service(database_url, empty=False) as live:
         payloads = await receiver.wait(1)
         assert payloads[0]["id"] == sent["id"] and payloads[0]["status"] == "cancelled"
-        [row] = (await live.client.get("/v1/callbacks")).json()["data"]
+        for _ in range(200):
+            [row] = (await live.client.get("/v1/callbacks")).json()["data"]
+            if row["status"] == "delivered":
+                break
+            await asyncio.sleep(0.02)
         assert row["status"] == "delivered" and row["attempts"] == 2

@@ -420,3 +420,41 @@ async def test_the_rate_limit_keeps_sends_under_the_providers_limit(
             await live.wait_for(message_id, "delivered", timeout=20)
         assert fake.stats["rejected"] == 0
         assert fake.stats["accepted"] == 10
+
+
+@pytest.mark.parametrize(
+    ("word", "status", "error_code"),
+    [
+        ("queued", "sent", None),
+        ("accepted", "sent", None),
+        ("scheduled", "sent", None),
+        ("sending", "sent", None),
+        ("sent", "sent", None),
+        ("delivered", "delivered", None),
+        ("read", "delivered", None),
+        ("undelivered", "failed", "30005"),
+        ("failed", "failed", "30008"),
+        ("canceled", "failed", "canceled"),
+        ("something_new", "sent", None),
+    ],
+)
+async def test_every_twilio_status_maps_to_ours(
+    database_url: str, fake: FakeTwilioServer, word: str, status: str, error_code: str | None
+) -> None:
+    providers = {"tw": twilio(fake.url, status_callback=False)}
+    async with live_service(database_url, providers=providers, default_provider="tw") as live:
+        sent = await live.send(to=ORDINARY, body="hello")
+        message = await live.wait_for(sent["id"], "sent")
+        params = {
+            "MessageSid": message["provider_message_id"],
+            "MessageStatus": word,
+            "AccountSid": DEFAULT_ACCOUNT_SID,
+        }
+        if error_code and error_code != "canceled":
+            params["ErrorCode"] = error_code
+        answer, _ = await fake.post_status(f"{live.url}/webhooks/twilio/tw/status", params)
+        assert answer == 200
+        message = await live.message(sent["id"])
+        assert message["status"] == status
+        assert message["error_code"] == error_code
+        assert message["events"][-1]["provider_status"] == word
