@@ -30,7 +30,7 @@ from tidings.api.schemas import ErrorOut, MessageIn, MessageOut, MessagePage, me
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
 from tidings.domain.status import Status
-from tidings.errors import BadRequest, NotFound, PayloadTooLarge, RecipientOptedOut, TidingsError, printable
+from tidings.errors import BadRequest, NotFound, PayloadTooLarge, TidingsError, printable
 from tidings.providers.base import Provider, WebhookRequest
 from tidings.service import Service
 from tidings.store.messages import MessageFilter
@@ -192,8 +192,6 @@ def create_app(service: Service) -> FastAPI:
             ordered=payload.ordered,
             callback_url=payload.callback_url or key.callback_url,
         )
-        if await service.store.opt_outs.blocks(new.to, new.sender):
-            raise RecipientOptedOut(f"{new.to} opted out of messages", field="to")
         request_hash = None
         if idempotency_key is not None:
             canonical = orjson.dumps(payload.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tidings.store.batcher import WriteBatcher
 from tidings.store.db import create_engine
 from tidings.store.gateways import GatewayStore
 from tidings.store.inbound import InboundStore
@@ -20,9 +21,10 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.messages = MessageStore(engine)
+        self.writes = WriteBatcher(engine)
+        self.messages = MessageStore(engine, self.writes)
         self.keys = KeyStore(engine)
-        self.webhooks = WebhookLogStore(engine)
+        self.webhooks = WebhookLogStore(engine, self.writes)
         self.inbound = InboundStore(engine, self.messages)
         self.gateways = GatewayStore(engine, self.messages)
         self.opt_outs = OptOutStore(engine)
@@ -38,6 +40,7 @@ class Store:
         return self.engine.dialect.name == "postgresql"
 
     async def close(self) -> None:
+        await self.writes.close()
         await self.engine.dispose()
 
 

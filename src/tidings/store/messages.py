@@ -36,9 +36,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tidings import ids
 from tidings.clock import utcnow
 from tidings.domain.status import CANCELLABLE, Report, Status, apply_report
-from tidings.errors import IdempotencyConflict, NotCancellable, NotFound
+from tidings.errors import IdempotencyConflict, NotCancellable, NotFound, RecipientOptedOut
+from tidings.store.batcher import WriteBatcher
 from tidings.store.outbox import Recipient, record_events
-from tidings.store.tables import message_events, message_tags, messages
+from tidings.store.tables import message_events, message_tags, messages, opt_outs
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +175,14 @@ def _event_row(
     }
 
 
+class _Moved(Exception):
+    """The message changed between reading its status and writing the new one."""
+
+
 class MessageStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, writes: WriteBatcher | None = None) -> None:
         self.engine = engine
+        self.writes = writes or WriteBatcher(engine)
         self.is_postgres = engine.dialect.name == "postgresql"
 
     def _picked(self, query: Select[Any]) -> Any:
@@ -218,8 +224,8 @@ class MessageStore:
             new, now, api_key_id=api_key_id, idempotency_key=idempotency_key, request_hash=request_hash
         )
         try:
-            async with self.engine.begin() as conn:
-                await self.write_new(conn, row, new)
+            # Group commit: concurrent requests share one transaction and one commit.
+            await self.writes.run(lambda conn: self._write_unless_opted_out(conn, row, new))
         except IntegrityError:
             # Two requests with the same key raced: the other one won, answer with its message.
             if idempotency_key is None:
@@ -232,6 +238,18 @@ class MessageStore:
         stored = dict.fromkeys(_MESSAGE_COLUMNS)
         stored.update(row)
         return stored, True
+
+    async def _write_unless_opted_out(
+        self, conn: AsyncConnection, row: dict[str, Any], new: NewMessage
+    ) -> None:
+        # Checked in the insert's own transaction: no race with an opt-out arriving meanwhile.
+        scopes = [literal_column("'*'")] if new.sender is None else [literal_column("'*'"), new.sender]
+        blocked = await conn.execute(
+            select(opt_outs.c.id).where(opt_outs.c.number == new.to, opt_outs.c.scope.in_(scopes)).limit(1)
+        )
+        if blocked.first() is not None:
+            raise RecipientOptedOut(f"{new.to} opted out of messages", field="to")
+        await self.write_new(conn, row, new)
 
     async def write_new(self, conn: AsyncConnection, row: dict[str, Any], new: NewMessage) -> None:
         """Insert a new message's row, tags and first event in ``conn``'s transaction."""
@@ -819,50 +837,56 @@ class MessageStore:
         on the status read, retried if another writer got there first. A report that changes
         nothing is still recorded. Returns ``None`` when the message does not exist.
         """
-        for _ in range(_CAS_RETRIES):
-            async with self.engine.begin() as conn:
-                locked = await self._lock_status(conn, message_id)
-                if locked is None:
-                    return None
-                current, recipient = locked
-                after = apply_report(current, report.status)
-                values: dict[str, Any] = {}
-                if after != current:
-                    values.update(self._status_values(after, report))
-                elif report.status == current and report.provider_status is not None:
-                    # Same status in the provider's newer words (e.g. MessageWaiting after
-                    # DeliveredToNetwork): keep what it said last.
-                    values["provider_status"] = report.provider_status
-                if extra and (always_extra or after != current):
-                    values.update(extra)
-                if values:
-                    values["updated_at"] = utcnow()
-                    result = await conn.execute(
-                        update(messages)
-                        .where(messages.c.id == message_id, messages.c.status == current.value)
-                        .values(**values)
-                    )
-                    if result.rowcount != 1:
-                        await conn.rollback()
-                        continue
-                await record_events(
-                    conn,
-                    _event_row(
-                        message_id,
-                        type=type,
-                        source=report.source,
-                        status=report.status or current,
-                        changed=after != current,
-                        at=report.occurred_at,
-                        recorded_at=utcnow(),
-                        provider_status=report.provider_status,
-                        error_code=report.error_code,
-                        error_message=report.error_message,
-                        detail=report.detail,
-                    ),
-                    {message_id: recipient},
+
+        async def write(conn: AsyncConnection) -> ReportOutcome | None:
+            locked = await self._lock_status(conn, message_id)
+            if locked is None:
+                return None
+            current, recipient = locked
+            after = apply_report(current, report.status)
+            values: dict[str, Any] = {}
+            if after != current:
+                values.update(self._status_values(after, report))
+            elif report.status == current and report.provider_status is not None:
+                # Same status in the provider's newer words (e.g. MessageWaiting after
+                # DeliveredToNetwork): keep what it said last.
+                values["provider_status"] = report.provider_status
+            if extra and (always_extra or after != current):
+                values.update(extra)
+            if values:
+                values["updated_at"] = utcnow()
+                result = await conn.execute(
+                    update(messages)
+                    .where(messages.c.id == message_id, messages.c.status == current.value)
+                    .values(**values)
                 )
-                return ReportOutcome(message_id, current, after)
+                if result.rowcount != 1:
+                    raise _Moved()
+            await record_events(
+                conn,
+                _event_row(
+                    message_id,
+                    type=type,
+                    source=report.source,
+                    status=report.status or current,
+                    changed=after != current,
+                    at=report.occurred_at,
+                    recorded_at=utcnow(),
+                    provider_status=report.provider_status,
+                    error_code=report.error_code,
+                    error_message=report.error_message,
+                    detail=report.detail,
+                ),
+                {message_id: recipient},
+            )
+            return ReportOutcome(message_id, current, after)
+
+        for _ in range(_CAS_RETRIES):
+            try:
+                # Group commit: reports arriving together share one transaction.
+                return await self.writes.run(write)
+            except _Moved:
+                continue
         raise RuntimeError(f"message {message_id} kept changing while a report was applied")
 
     async def _lock_status(

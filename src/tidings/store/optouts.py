@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -173,15 +173,6 @@ class OptOutStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def blocks(self, number: str, sender: str | None) -> bool:
-        """Whether a message to ``number`` from ``sender`` must be refused."""
-        scopes = [ALL_SENDERS] if sender is None else [ALL_SENDERS, sender]
-        query = (
-            select(opt_outs.c.id).where(opt_outs.c.number == number, opt_outs.c.scope.in_(scopes)).limit(1)
-        )
-        async with self.engine.connect() as conn:
-            return (await conn.execute(query)).first() is not None
-
     async def add(self, number: str, scope: str, *, note: str | None = None) -> tuple[bool, int]:
         async with self.engine.begin() as conn:
             return await opt_out(conn, number, scope, source="api", note=note, now=utcnow())
@@ -198,10 +189,5 @@ class OptOutStore:
             query = query.where(opt_outs.c.number == number)
         if after_id is not None:
             query = query.where(opt_outs.c.id < after_id)
-        async with self.engine.connect() as conn:
-            return [{str(k): v for k, v in r._mapping.items()} for r in (await conn.execute(query)).all()]
-
-    async def get(self, number: str) -> list[dict[str, Any]]:
-        query = select(opt_outs).where(or_(opt_outs.c.number == number))
         async with self.engine.connect() as conn:
             return [{str(k): v for k, v in r._mapping.items()} for r in (await conn.execute(query)).all()]

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.clock import utcnow
+from tidings.store.batcher import WriteBatcher
 from tidings.store.tables import webhook_log
 
 # Headers that carry credentials; they are never stored.
@@ -48,8 +49,9 @@ class WebhookEntry:
 
 
 class WebhookLogStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, writes: WriteBatcher | None = None) -> None:
         self.engine = engine
+        self.writes = writes or WriteBatcher(engine)
 
     async def record(
         self,
@@ -63,7 +65,8 @@ class WebhookLogStore:
         remote_ip: str | None,
     ) -> int:
         """Store a request as it arrived (headers without credentials); returns its id."""
-        async with self.engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> int:
             result = await conn.execute(
                 insert(webhook_log)
                 .values(
@@ -81,6 +84,8 @@ class WebhookLogStore:
             )
             return int(result.scalar_one())
 
+        return await self.writes.run(write)
+
     async def finish(
         self,
         entry_id: int,
@@ -96,7 +101,8 @@ class WebhookLogStore:
         duration_ms: float | None = None,
     ) -> None:
         """Complete an entry with what processing it did."""
-        async with self.engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(
                 update(webhook_log)
                 .where(webhook_log.c.id == entry_id)
@@ -112,6 +118,8 @@ class WebhookLogStore:
                     duration_ms=duration_ms,
                 )
             )
+
+        await self.writes.run(write)
 
     async def get(self, entry_id: int) -> WebhookEntry | None:
         async with self.engine.connect() as conn:
