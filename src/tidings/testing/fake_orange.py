@@ -77,10 +77,7 @@ import base64
 import binascii
 import contextlib
 import hmac
-import logging
 import random
-import signal
-import sys
 import time
 import uuid
 from collections import deque
@@ -90,7 +87,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -101,6 +97,15 @@ from tidings.providers.fake_rules import (
     TEMPORARY_FAILURE,
     TEMPORARY_THEN_OK,
 )
+from tidings.testing.http_fake import (
+    JSON,
+    FakeHttpServer,
+    PostPolicy,
+    cli_parser,
+    json_response,
+    over_rate,
+    run_until_signalled,
+)
 
 __all__ = [
     "DELIVERY_UNCERTAIN",
@@ -110,8 +115,6 @@ __all__ = [
     "FakeOrangeServer",
     "main",
 ]
-
-logger = logging.getLogger(__name__)
 
 DELIVERY_UNCERTAIN = "+12025550106"
 """Accepted, then notified ``DeliveryUncertain``."""
@@ -127,6 +130,14 @@ NOTIFICATION_TIMEOUT_S = 10.0
 NOTIFICATION_CONNECTION_LIMIT = 64
 """At most this many notification posts are in flight at once."""
 
+_NOTIFICATIONS = PostPolicy(
+    kind="notification",
+    attempts=NOTIFICATION_RETRIES + 1,
+    backoff_s=NOTIFICATION_BACKOFF_S,
+    timeout_s=NOTIFICATION_TIMEOUT_S,
+    connection_limit=NOTIFICATION_CONNECTION_LIMIT,
+)
+
 TOKEN_PATH = "/oauth/v3/token"
 OUTBOUND_PREFIX = "/smsmessaging/v1/outbound"
 
@@ -136,8 +147,7 @@ DELIVERED_TO_TERMINAL = "DeliveredToTerminal"
 DELIVERY_IMPOSSIBLE = "DeliveryImpossible"
 DELIVERY_UNCERTAIN_STATUS = "DeliveryUncertain"
 
-_JSON = "application/json"
-_RATE_WINDOW_S = 1.0
+_JSON_HEADERS = {"Content-Type": JSON}
 
 
 @dataclass
@@ -211,23 +221,19 @@ class _Stats:
 # --- answers --------------------------------------------------------------------------------------
 
 
-def _json_response(status: int, payload: object, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), content_type=_JSON, headers=headers)
-
-
 def _gateway_error(status: int, code: int, message: str, description: str) -> web.Response:
-    return _json_response(status, {"code": code, "message": message, "description": description})
+    return json_response(status, {"code": code, "message": message, "description": description})
 
 
 def _oauth_error(status: int, error: str, description: str) -> web.Response:
-    return _json_response(status, {"error": error, "error_description": description})
+    return json_response(status, {"error": error, "error_description": description})
 
 
 def _service_exception(status: int, message_id: str, text: str, variables: list[str]) -> web.Response:
     body = {
         "requestError": {"serviceException": {"messageId": message_id, "text": text, "variables": variables}}
     }
-    return _json_response(status, body)
+    return json_response(status, body)
 
 
 _SVC0001_TEXT = "A service error occurred. Error code is %1"
@@ -286,7 +292,7 @@ def _no_bundle() -> web.Response:
             }
         }
     }
-    return _json_response(403, body)
+    return json_response(403, body)
 
 
 def _is_tel(value: object) -> bool:
@@ -321,7 +327,7 @@ class _Send:
 
 def _parse_send(raw: bytes, content_type: str, path_sender: str) -> _Send | web.Response:
     """The validated send request, or the 400 answer that refuses it."""
-    if content_type != _JSON:
+    if content_type != JSON:
         return _service_exception(400, "SVC0001", _SVC0001_TEXT, ["Content-Type must be application/json"])
     try:
         payload = orjson.loads(raw)
@@ -395,10 +401,11 @@ def _statuses(address: str, config: FakeOrangeConfig) -> tuple[list[str], bool]:
     return [final], True
 
 
-class FakeOrangeServer:
+class FakeOrangeServer(FakeHttpServer):
     """A fake Orange SMS API on a real socket: :meth:`start` it, send it messages, then :meth:`stop` it."""
 
     def __init__(self, config: FakeOrangeConfig | None = None) -> None:
+        super().__init__("fake Orange server", _NOTIFICATIONS)
         self.config = config if config is not None else FakeOrangeConfig()
         self._rng = random.Random(self.config.seed)
         self._stats = _Stats()
@@ -419,17 +426,6 @@ class FakeOrangeServer:
         self._window: deque[float] = deque()
         """The monotonic times of the sends admitted in the last second."""
         self._expected_pair = f"{self.config.client_id}:{self.config.client_secret}".encode()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._url: str | None = None
-
-    @property
-    def url(self) -> str:
-        """The base URL, like ``http://127.0.0.1:54321``; only known once started."""
-        if self._url is None:
-            raise RuntimeError("the fake Orange server is not started")
-        return self._url
 
     @property
     def stats(self) -> dict[str, object]:
@@ -454,67 +450,29 @@ class FakeOrangeServer:
         request.delivery_status = status
         self._pinned.add(request_id)
 
-    def _build_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post(TOKEN_PATH, self._handle_token)
-        app.router.add_post(OUTBOUND_PREFIX + "/{sender}/requests", self._handle_send)
-        app.router.add_get(
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post(TOKEN_PATH, self._handle_token)
+        router.add_post(OUTBOUND_PREFIX + "/{sender}/requests", self._handle_send)
+        router.add_get(
             OUTBOUND_PREFIX + "/{sender}/requests/{request_id}/deliveryInfos", self._handle_delivery_infos
         )
-        app.router.add_get("/_stats", self._handle_stats)
-        app.router.add_post("/_reset", self._handle_reset)
-        app.router.add_get("/", self._handle_health)
-        return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on ``host``:``port`` (0 picks a free port) and return the base URL."""
-        if self._runner is not None:
-            raise RuntimeError("the fake Orange server is already started")
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=NOTIFICATION_CONNECTION_LIMIT),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=NOTIFICATION_TIMEOUT_S, sock_read=NOTIFICATION_TIMEOUT_S
-            ),
-        )
-        runner = web.AppRunner(self._build_app(), access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            await self._session.close()
-            self._session = None
-            raise
-        self._runner = runner
-        bound_port = runner.addresses[0][1]
-        shown_host = f"[{host}]" if ":" in host else host
-        self._url = f"http://{shown_host}:{bound_port}"
-        logger.info("fake Orange listening on %s", self._url)
-        return self._url
-
-    async def stop(self) -> None:
-        """Stop listening, cancel the notifications still pending and close the client session."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-        self._url = None
+    def _reset(self) -> None:
+        # Notifications already scheduled still go out, but they count into the old (discarded) stats.
+        # Issued tokens stay valid, so a running client does not have to log in again.
+        self._stats = _Stats()
+        self._rng = random.Random(self.config.seed)
+        self.requests = {}
+        self.sends = []
+        self._answers.clear()
+        self._by_correlator.clear()
+        self._attempts.clear()
+        self._pinned.clear()
+        self._window.clear()
 
     async def wait_for_notifications(self, timeout: float) -> None:
         """Wait until no notification is pending; raise :class:`TimeoutError` after ``timeout`` seconds."""
-        async with asyncio.timeout(timeout):
-            while pending := {task for task in self._tasks if not task.done()}:
-                await asyncio.wait(pending)
+        await self._wait_for_tasks(timeout)
 
     async def post_inbound(
         self, url: str, sender: str, destination: str, message: str, *, message_id: str | None = None
@@ -534,18 +492,11 @@ class FakeOrangeServer:
                 }
             }
         }
-        return await self._post_once(url, orjson.dumps(payload))
+        return await self._post_once(url, orjson.dumps(payload), _JSON_HEADERS)
 
     async def post_delivery(self, url: str, payload: dict[str, Any]) -> tuple[int, bytes]:
         """Post any delivery notification JSON to ``url`` once; return the answer's status and body."""
-        return await self._post_once(url, orjson.dumps(payload))
-
-    async def _post_once(self, url: str, body: bytes) -> tuple[int, bytes]:
-        session = self._session
-        if session is None:
-            raise RuntimeError("the fake Orange server is not started")
-        async with session.post(url, data=body, headers={"Content-Type": _JSON}) as response:
-            return response.status, await response.read()
+        return await self._post_once(url, orjson.dumps(payload), _JSON_HEADERS)
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -565,20 +516,6 @@ class FakeOrangeServer:
         if time.monotonic() >= expires_at:
             return _expired_credentials()
         return None
-
-    def _over_rate(self) -> bool:
-        """True when this send is over ``max_per_second``; otherwise counts it into the window."""
-        limit = self.config.max_per_second
-        if limit is None:
-            return False
-        now = time.monotonic()
-        window = self._window
-        while window and window[0] <= now - _RATE_WINDOW_S:
-            window.popleft()
-        if len(window) >= limit:
-            return True
-        window.append(now)
-        return False
 
     async def _pause(self) -> None:
         latency = self.config.latency_ms
@@ -618,7 +555,7 @@ class FakeOrangeServer:
         lifetime = self.config.token_lifetime_s
         self._tokens[token] = time.monotonic() + lifetime
         self._stats.tokens_issued += 1
-        return _json_response(
+        return json_response(
             200,
             {"token_type": "Bearer", "access_token": token, "expires_in": lifetime},
             headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
@@ -638,7 +575,7 @@ class FakeOrangeServer:
         refused = self._check_bearer(request.headers.get("Authorization"))
         if refused is not None:
             return refused
-        if self._over_rate():
+        if over_rate(self._window, self.config.max_per_second):
             return _too_many_requests()
         parsed = _parse_send(raw, request.content_type, self._path_sender(request))
         if isinstance(parsed, web.Response):
@@ -649,7 +586,7 @@ class FakeOrangeServer:
             if original is not None:
                 stats.replayed += 1
                 answer = self._answers[original]
-                return _json_response(201, answer, headers={"Location": self._resource_url_of(answer)})
+                return json_response(201, answer, headers={"Location": self._resource_url_of(answer)})
 
         key = (parsed.address, parsed.message)
         attempt = self._attempts.get(key, 0) + 1
@@ -686,7 +623,7 @@ class FakeOrangeServer:
             counts = stats.accepted_by_correlator
             counts[parsed.client_correlator] = counts.get(parsed.client_correlator, 0) + 1
         self._schedule_timeline(stats, accepted)
-        return _json_response(201, answer, headers={"Location": resource_url})
+        return json_response(201, answer, headers={"Location": resource_url})
 
     @staticmethod
     def _resource_url_of(answer: dict[str, Any]) -> str:
@@ -709,34 +646,12 @@ class FakeOrangeServer:
                 "resourceURL": self._resource_url(found.sender, found.id) + "/deliveryInfos",
             }
         }
-        return _json_response(200, body)
-
-    async def _handle_stats(self, request: web.Request) -> web.Response:
-        return _json_response(200, self._stats.as_dict())
-
-    async def _handle_reset(self, request: web.Request) -> web.Response:
-        # Notifications already scheduled still go out, but they count into the old (discarded) stats.
-        # Issued tokens stay valid, so a running client does not have to log in again.
-        self._stats = _Stats()
-        self._rng = random.Random(self.config.seed)
-        self.requests = {}
-        self.sends = []
-        self._answers.clear()
-        self._by_correlator.clear()
-        self._attempts.clear()
-        self._pinned.clear()
-        self._window.clear()
-        return web.Response(status=204)
-
-    async def _handle_health(self, request: web.Request) -> web.Response:
-        return _json_response(200, {"status": "ok"})
+        return json_response(200, body)
 
     # --- notifications --------------------------------------------------------------------------
 
     def _schedule_timeline(self, stats: _Stats, accepted: FakeOrangeRequest) -> None:
-        task = asyncio.create_task(self._run_timeline(stats, accepted))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._run_timeline(stats, accepted))
 
     async def _run_timeline(self, stats: _Stats, accepted: FakeOrangeRequest) -> None:
         """Move the request through its statuses, posting a notification for each when one is due."""
@@ -766,48 +681,20 @@ class FakeOrangeServer:
         if accepted.callback_data is not None:
             notification = {"callbackData": accepted.callback_data, **notification}
         body = orjson.dumps({"deliveryInfoNotification": notification})
-        if await self._post_notification(accepted.notify_url, body):
+        if await self._post_with_retries(accepted.notify_url, body, _JSON_HEADERS):
             stats.notifications_sent += 1
         else:
             stats.notifications_failed += 1
-
-    async def _post_notification(self, url: str, body: bytes) -> bool:
-        """Post one notification, retrying; true when the receiver answered 2xx."""
-        session = self._session
-        if session is None:
-            return False
-        backoff = NOTIFICATION_BACKOFF_S
-        attempts = NOTIFICATION_RETRIES + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                async with session.post(url, data=body, headers={"Content-Type": _JSON}) as response:
-                    answer = response.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.debug("notification to %s, attempt %d: %r", url, attempt, exc)
-            else:
-                if answer < 500:
-                    if not 200 <= answer < 300:
-                        logger.debug("notification to %s refused with %d", url, answer)
-                    return 200 <= answer < 300
-                logger.debug("notification to %s, attempt %d: HTTP %d", url, attempt, answer)
-            if attempt < attempts:
-                await asyncio.sleep(backoff)
-                backoff *= 2
-        logger.debug("gave up posting a notification to %s", url)
-        return False
 
 
 # --- command line ---------------------------------------------------------------------------------
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tidings.testing.fake_orange",
-        description="Run a fake of Orange's SMS API over HTTP (for tests).",
+    parser = cli_parser(
+        "tidings.testing.fake_orange", "Run a fake of Orange's SMS API over HTTP (for tests)."
     )
     defaults = FakeOrangeConfig()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--client-id", default=defaults.client_id)
     parser.add_argument("--client-secret", default=defaults.client_secret)
     parser.add_argument(
@@ -820,7 +707,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the fake Orange API until SIGTERM or SIGINT."""
+    args = _parse_args(argv)
     config = FakeOrangeConfig(
         client_id=args.client_id,
         client_secret=args.client_secret,
@@ -830,31 +719,7 @@ async def _serve(args: argparse.Namespace) -> None:
         max_per_second=args.max_per_second,
         seed=args.seed,
     )
-    server = FakeOrangeServer(config)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):  # not available on Windows
-            loop.add_signal_handler(signum, stopping.set)
-    url = await server.start(args.host, args.port)
-    try:
-        sys.stdout.write(f"listening on {url}\n")
-        sys.stdout.flush()
-        await stopping.wait()
-    finally:
-        await server.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the fake Orange API until SIGTERM or SIGINT."""
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(args))
-    else:
-        uvloop.run(_serve(args))
+    run_until_signalled(FakeOrangeServer(config), args.host, args.port)
 
 
 if __name__ == "__main__":

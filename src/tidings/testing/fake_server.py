@@ -32,28 +32,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import hmac
-import logging
 import random
-import signal
-import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from tidings.providers.fake_rules import ERROR_CODES, FakeBehaviour, Outcome, decide
+from tidings.testing.http_fake import (
+    JSON,
+    FakeHttpServer,
+    PostPolicy,
+    cli_parser,
+    json_response,
+    run_until_signalled,
+)
 
 __all__ = ["FakeProviderServer", "FakeServerConfig", "main", "sign"]
-
-logger = logging.getLogger(__name__)
 
 RECEIPT_ATTEMPTS = 5
 """How many times one receipt is posted before the server gives up."""
@@ -65,7 +66,13 @@ RECEIPT_CONNECTION_LIMIT = 64
 """At most this many receipt posts are in flight at once."""
 SIGNATURE_HEADER = "X-Fake-Signature"
 
-_JSON = "application/json"
+_RECEIPTS = PostPolicy(
+    kind="receipt",
+    attempts=RECEIPT_ATTEMPTS,
+    backoff_s=RECEIPT_BACKOFF_S,
+    timeout_s=RECEIPT_TIMEOUT_S,
+    connection_limit=RECEIPT_CONNECTION_LIMIT,
+)
 _ACCEPTED = frozenset({Outcome.DELIVERED, Outcome.RECEIPT_FAILED, Outcome.NO_RECEIPT})
 
 
@@ -116,16 +123,12 @@ class _Stats:
         }
 
 
-def _json_response(status: int, payload: object, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), content_type=_JSON, headers=headers)
-
-
 def _error_body(code: str, message: str) -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.Response(status=status, body=_error_body(code, message), content_type=_JSON)
+    return web.Response(status=status, body=_error_body(code, message), content_type=JSON)
 
 
 _PERMANENT_BODY = _error_body(*ERROR_CODES[Outcome.PERMANENT])
@@ -141,92 +144,34 @@ def _utc_timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class FakeProviderServer:
+class FakeProviderServer(FakeHttpServer):
     """A fake SMS provider on a real socket: :meth:`start` it, send it messages, then :meth:`stop` it."""
 
     def __init__(self, config: FakeServerConfig | None = None) -> None:
+        super().__init__("fake provider server", _RECEIPTS)
         self.config = config if config is not None else FakeServerConfig()
         self._rng = random.Random(self.config.seed)
         self._stats = _Stats()
         self._expected_auth = (
             f"Bearer {self.config.token}".encode() if self.config.token is not None else None
         )
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._url: str | None = None
-
-    @property
-    def url(self) -> str:
-        """The base URL, like ``http://127.0.0.1:54321``; only known once started."""
-        if self._url is None:
-            raise RuntimeError("the fake provider server is not started")
-        return self._url
 
     @property
     def stats(self) -> dict[str, object]:
         """The same counters as ``GET /_stats``."""
         return self._stats.as_dict()
 
-    def _build_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/messages", self._handle_send)
-        app.router.add_get("/_stats", self._handle_stats)
-        app.router.add_post("/_reset", self._handle_reset)
-        app.router.add_get("/", self._handle_health)
-        return app
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_post("/v1/messages", self._handle_send)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on ``host``:``port`` (0 picks a free port) and return the base URL."""
-        if self._runner is not None:
-            raise RuntimeError("the fake provider server is already started")
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=RECEIPT_CONNECTION_LIMIT),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # Socket-level limits only: a "total" timeout would also count the wait for a pooled
-            # connection, and time out (then duplicate) receipts queued behind the connection limit.
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=RECEIPT_TIMEOUT_S, sock_read=RECEIPT_TIMEOUT_S
-            ),
-        )
-        runner = web.AppRunner(self._build_app(), access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            await self._session.close()
-            self._session = None
-            raise
-        self._runner = runner
-        bound_port = runner.addresses[0][1]
-        shown_host = f"[{host}]" if ":" in host else host
-        self._url = f"http://{shown_host}:{bound_port}"
-        logger.info("fake provider listening on %s", self._url)
-        return self._url
-
-    async def stop(self) -> None:
-        """Stop listening, cancel the receipts still pending and close the client session."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-        self._url = None
+    def _reset(self) -> None:
+        # Receipts already scheduled still go out, but they count into the old (discarded) stats.
+        self._stats = _Stats()
+        self._rng = random.Random(self.config.seed)
 
     async def wait_for_receipts(self, timeout: float) -> None:
         """Wait until no receipt is pending; raise :class:`TimeoutError` after ``timeout`` seconds."""
-        async with asyncio.timeout(timeout):
-            while pending := {task for task in self._tasks if not task.done()}:
-                await asyncio.wait(pending)
+        await self._wait_for_tasks(timeout)
 
     # --- handlers -------------------------------------------------------------------------------
 
@@ -278,11 +223,11 @@ class FakeProviderServer:
         stats.attempts[reference] = attempt
         outcome = decide(to, attempt, self.config.behaviour, self._rng)
         if outcome is Outcome.PERMANENT:
-            return web.Response(status=400, body=_PERMANENT_BODY, content_type=_JSON), None
+            return web.Response(status=400, body=_PERMANENT_BODY, content_type=JSON), None
         if outcome is Outcome.TEMPORARY:
             return (
                 web.Response(
-                    status=429, body=_TEMPORARY_BODY, content_type=_JSON, headers={"Retry-After": "1"}
+                    status=429, body=_TEMPORARY_BODY, content_type=JSON, headers={"Retry-After": "1"}
                 ),
                 None,
             )
@@ -290,33 +235,19 @@ class FakeProviderServer:
         stats.accepted += 1
         stats.accepted_by_reference[reference] = stats.accepted_by_reference.get(reference, 0) + 1
         provider_id = "FK" + uuid.uuid4().hex
-        response = _json_response(
+        response = json_response(
             201, {"id": provider_id, "status": "accepted", "to": to, "reference": reference}
         )
         if receipt_url is None or outcome is Outcome.NO_RECEIPT:
             return response, None
         return response, (receipt_url, provider_id, reference, outcome)
 
-    async def _handle_stats(self, request: web.Request) -> web.Response:
-        return _json_response(200, self._stats.as_dict())
-
-    async def _handle_reset(self, request: web.Request) -> web.Response:
-        # Receipts already scheduled still go out, but they count into the old (discarded) stats.
-        self._stats = _Stats()
-        self._rng = random.Random(self.config.seed)
-        return web.Response(status=204)
-
-    async def _handle_health(self, request: web.Request) -> web.Response:
-        return _json_response(200, {"status": "ok"})
-
     # --- receipts -------------------------------------------------------------------------------
 
     def _schedule_receipt(
         self, stats: _Stats, url: str, provider_id: str, reference: str, outcome: Outcome
     ) -> None:
-        task = asyncio.create_task(self._send_receipt(stats, url, provider_id, reference, outcome))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._send_receipt(stats, url, provider_id, reference, outcome))
 
     async def _send_receipt(
         self, stats: _Stats, url: str, provider_id: str, reference: str, outcome: Outcome
@@ -339,49 +270,22 @@ class FakeProviderServer:
                 "timestamp": _utc_timestamp(),
             }
         )
-        headers = {"Content-Type": _JSON}
+        headers = {"Content-Type": JSON}
         if self.config.webhook_secret is not None:
             headers[SIGNATURE_HEADER] = sign(self.config.webhook_secret, body)
-        if await self._post_receipt(url, body, headers):
+        if await self._post_with_retries(url, body, headers):
             stats.receipts_sent += 1
         else:
             stats.receipts_failed += 1
-
-    async def _post_receipt(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
-        """Post one receipt, retrying; true when the receiver answered 2xx."""
-        session = self._session
-        if session is None:
-            return False
-        backoff = RECEIPT_BACKOFF_S
-        for attempt in range(1, RECEIPT_ATTEMPTS + 1):
-            try:
-                async with session.post(url, data=body, headers=headers) as response:
-                    answer = response.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.debug("receipt to %s, attempt %d: %r", url, attempt, exc)
-            else:
-                if answer < 500:
-                    if not 200 <= answer < 300:
-                        logger.debug("receipt to %s refused with %d", url, answer)
-                    return 200 <= answer < 300
-                logger.debug("receipt to %s, attempt %d: HTTP %d", url, attempt, answer)
-            if attempt < RECEIPT_ATTEMPTS:
-                await asyncio.sleep(backoff)
-                backoff *= 2
-        logger.debug("gave up posting a receipt to %s", url)
-        return False
 
 
 # --- command line ---------------------------------------------------------------------------------
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tidings.testing.fake_server",
-        description="Run a fake SMS provider over HTTP (for tests and benchmarks).",
+    parser = cli_parser(
+        "tidings.testing.fake_server", "Run a fake SMS provider over HTTP (for tests and benchmarks)."
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--token", default=None, help="bearer token callers must send")
     parser.add_argument("--webhook-secret", default=None, help="secret that signs receipts")
     parser.add_argument("--latency-ms", type=float, default=0.0)
@@ -393,7 +297,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the fake provider until SIGTERM or SIGINT."""
+    args = _parse_args(argv)
     config = FakeServerConfig(
         token=args.token,
         webhook_secret=args.webhook_secret,
@@ -406,31 +312,7 @@ async def _serve(args: argparse.Namespace) -> None:
         ),
         seed=args.seed,
     )
-    server = FakeProviderServer(config)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):  # not available on Windows
-            loop.add_signal_handler(signum, stopping.set)
-    url = await server.start(args.host, args.port)
-    try:
-        sys.stdout.write(f"listening on {url}\n")
-        sys.stdout.flush()
-        await stopping.wait()
-    finally:
-        await server.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the fake provider until SIGTERM or SIGINT."""
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(args))
-    else:
-        uvloop.run(_serve(args))
+    run_until_signalled(FakeProviderServer(config), args.host, args.port)
 
 
 if __name__ == "__main__":

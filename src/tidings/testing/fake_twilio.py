@@ -71,13 +71,9 @@ import collections
 import contextlib
 import hashlib
 import hmac
-import logging
 import math
 import random
 import re
-import signal
-import sys
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +82,6 @@ from email.utils import format_datetime
 from urllib.parse import urlencode
 
 import aiohttp
-import orjson
 import phonenumbers
 from aiohttp import web
 
@@ -97,6 +92,15 @@ from tidings.providers.fake_rules import (
     TEMPORARY_FAILURE,
     TEMPORARY_THEN_OK,
 )
+from tidings.testing.http_fake import (
+    FakeHttpServer,
+    PostPolicy,
+    cli_parser,
+    json_response,
+    over_rate,
+    post_once,
+    run_until_signalled,
+)
 
 __all__ = [
     "FakeTwilioConfig",
@@ -105,8 +109,6 @@ __all__ = [
     "main",
     "signature",
 ]
-
-logger = logging.getLogger(__name__)
 
 API_VERSION = "2010-04-01"
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -130,7 +132,13 @@ CALLBACK_TIMEOUT_S = 10.0
 CALLBACK_CONNECTION_LIMIT = 64
 """At most this many callback posts are in flight at once."""
 
-_JSON = "application/json"
+_CALLBACKS = PostPolicy(
+    kind="status callback",
+    attempts=CALLBACK_ATTEMPTS,
+    backoff_s=CALLBACK_BACKOFF_S,
+    timeout_s=CALLBACK_TIMEOUT_S,
+    connection_limit=CALLBACK_CONNECTION_LIMIT,
+)
 _FORM = "application/x-www-form-urlencoded"
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 _ERROR_MESSAGES = {
@@ -289,10 +297,6 @@ class _Stats:
         }
 
 
-def _json_response(status: int, payload: object, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), content_type=_JSON, headers=headers)
-
-
 def _twilio_error(
     status: int, code: int, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -302,7 +306,7 @@ def _twilio_error(
         "more_info": f"https://www.twilio.com/docs/errors/{code}",
         "status": status,
     }
-    return _json_response(status, payload, headers)
+    return json_response(status, payload, headers)
 
 
 def _field(form: Mapping[str, object], name: str) -> str | None:
@@ -323,10 +327,11 @@ def _basic_credentials(authorization: str | None) -> tuple[bytes, bytes]:
     return login, password
 
 
-class FakeTwilioServer:
+class FakeTwilioServer(FakeHttpServer):
     """A fake Twilio on a real socket: :meth:`start` it, send it messages, then :meth:`stop` it."""
 
     def __init__(self, config: FakeTwilioConfig | None = None) -> None:
+        super().__init__("fake Twilio server", _CALLBACKS)
         self.config = config if config is not None else FakeTwilioConfig()
         self.messages: dict[str, FakeTwilioMessage] = {}
         """Every accepted message, by SID."""
@@ -335,90 +340,47 @@ class FakeTwilioServer:
         self._rng = random.Random(self.config.seed)
         self._stats = _Stats()
         self._recent_sends: collections.deque[float] = collections.deque()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._task_by_sid: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._url: str | None = None
-
-    @property
-    def url(self) -> str:
-        """The base URL, like ``http://127.0.0.1:54321``; only known once started."""
-        if self._url is None:
-            raise RuntimeError("the fake Twilio server is not started")
-        return self._url
 
     @property
     def stats(self) -> dict[str, object]:
         """The same counters as ``GET /_stats``."""
         return self._stats.as_dict()
 
-    def _build_app(self) -> web.Application:
-        app = web.Application()
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
         base = f"/{API_VERSION}/Accounts/{{account_sid}}"
-        app.router.add_post(f"{base}/Messages.json", self._handle_send)
-        app.router.add_get(f"{base}/Messages/{{sid}}.json", self._handle_fetch)
-        app.router.add_get("/_stats", self._handle_stats)
-        app.router.add_post("/_reset", self._handle_reset)
-        app.router.add_get("/", self._handle_health)
-        return app
+        router.add_post(f"{base}/Messages.json", self._handle_send)
+        router.add_get(f"{base}/Messages/{{sid}}.json", self._handle_fetch)
+
+    def _reset(self) -> None:
+        # Steps already scheduled still run, but on messages no longer stored, and they count into
+        # the old (discarded) stats.
+        self._stats = _Stats()
+        self.messages = {}
+        self.sends = []
+        self._recent_sends.clear()
+        self._rng = random.Random(self.config.seed)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on ``host``:``port`` (0 picks a free port) and return the base URL."""
-        if self._runner is not None:
-            raise RuntimeError("the fake Twilio server is already started")
-        self._stopping = asyncio.Event()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CALLBACK_CONNECTION_LIMIT),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # Socket-level limits only: a "total" timeout would also count the wait for a pooled
-            # connection, and time out (then duplicate) callbacks queued behind the connection limit.
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=CALLBACK_TIMEOUT_S, sock_read=CALLBACK_TIMEOUT_S
-            ),
-        )
-        runner = web.AppRunner(self._build_app(), access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            await self._session.close()
-            self._session = None
-            raise
-        self._runner = runner
-        bound_port = runner.addresses[0][1]
-        shown_host = f"[{host}]" if ":" in host else host
-        self._url = f"http://{shown_host}:{bound_port}"
-        logger.info("fake Twilio listening on %s", self._url)
-        return self._url
+        if self._runner is None:
+            # The last stop set the old event; a new one (rather than clearing it) also suits a
+            # restart in another event loop.
+            self._stopping = asyncio.Event()
+        return await super().start(host, port)
 
     async def stop(self) -> None:
         """Stop listening, cut short the delayed answers, cancel pending callbacks, close the session."""
+        # Set first: stopping the runner waits for the handlers, some of which are pausing.
         self._stopping.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await super().stop()
         self._task_by_sid.clear()
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-        self._url = None
 
     async def wait_for_callbacks(self, timeout: float) -> None:
         """Wait until no message has status steps (or callbacks) pending; :class:`TimeoutError` after
         ``timeout`` seconds."""
-        async with asyncio.timeout(timeout):
-            while pending := {task for task in self._tasks if not task.done()}:
-                await asyncio.wait(pending)
+        await self._wait_for_tasks(timeout)
 
     def set_status(self, sid: str, status: str, error_code: int | None = None) -> None:
         """Make ``GET`` report ``status`` (and ``error_code``) for message ``sid``, posting no callback.
@@ -517,7 +479,7 @@ class FakeTwilioServer:
             return _twilio_error(400, 21603, "A 'From' phone number is required."), None
         if _E164.fullmatch(to) is None:
             return _twilio_error(400, 21211, f"The 'To' number {to} is not a valid phone number."), None
-        if self._over_rate_limit():
+        if over_rate(self._recent_sends, self.config.max_per_second):
             return _twilio_error(429, 20429, "Too Many Requests", {"Retry-After": "1"}), None
 
         key = f"{to}|{body}"
@@ -546,21 +508,7 @@ class FakeTwilioServer:
         )
         self.messages[message.sid] = message
         self.sends.append(message)
-        return _json_response(201, self._resource(message)), message
-
-    def _over_rate_limit(self) -> bool:
-        """Whether a send now is over ``max_per_second``; records it when it is not."""
-        limit = self.config.max_per_second
-        if limit is None:
-            return False
-        now = time.monotonic()
-        recent = self._recent_sends
-        while recent and recent[0] <= now - 1.0:
-            recent.popleft()
-        if len(recent) >= limit:
-            return True
-        recent.append(now)
-        return False
+        return json_response(201, self._resource(message)), message
 
     async def _handle_fetch(self, request: web.Request) -> web.Response:
         if not self._authenticated(request.match_info["account_sid"], request.headers.get("Authorization")):
@@ -568,23 +516,7 @@ class FakeTwilioServer:
         message = self.messages.get(request.match_info["sid"])
         if message is None:
             return _twilio_error(404, 20404, f"The requested resource {request.path} was not found")
-        return _json_response(200, self._resource(message))
-
-    async def _handle_stats(self, request: web.Request) -> web.Response:
-        return _json_response(200, self._stats.as_dict())
-
-    async def _handle_reset(self, request: web.Request) -> web.Response:
-        # Steps already scheduled still run, but on messages no longer stored, and they count into
-        # the old (discarded) stats.
-        self._stats = _Stats()
-        self.messages = {}
-        self.sends = []
-        self._recent_sends.clear()
-        self._rng = random.Random(self.config.seed)
-        return web.Response(status=204)
-
-    async def _handle_health(self, request: web.Request) -> web.Response:
-        return _json_response(200, {"status": "ok"})
+        return json_response(200, self._resource(message))
 
     def _resource(self, message: FakeTwilioMessage) -> dict[str, object]:
         uri = f"/{API_VERSION}/Accounts/{self.config.account_sid}/Messages/{message.sid}"
@@ -637,10 +569,8 @@ class FakeTwilioServer:
         if self._stopping.is_set():
             return
         steps = _STEPS_BY_NUMBER.get(message.to, _DELIVERED_STEPS)
-        task = asyncio.create_task(self._run_steps(stats, message, steps))
-        self._tasks.add(task)
+        task = self._spawn(self._run_steps(stats, message, steps))
         self._task_by_sid[message.sid] = task
-        task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda done: self._forget_task(message.sid, done))
 
     def _forget_task(self, sid: str, task: asyncio.Task[None]) -> None:
@@ -715,45 +645,19 @@ class FakeTwilioServer:
         return urlencode(params).encode("ascii"), headers
 
     async def _deliver_callback(self, url: str, params: Mapping[str, str]) -> bool:
-        """Post one status callback, retrying; true when the receiver answered 2xx."""
-        session = self._session
-        if session is None:
-            return False
+        """Post one signed status callback, retrying; true when the receiver answered 2xx."""
         data, headers = self._signed_request(url, params, None)
-        backoff = CALLBACK_BACKOFF_S
-        for attempt in range(1, CALLBACK_ATTEMPTS + 1):
-            try:
-                async with session.post(url, data=data, headers=headers) as response:
-                    answer = response.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                logger.debug("status callback to %s, attempt %d: %r", url, attempt, exc)
-            else:
-                if answer < 500:
-                    if not 200 <= answer < 300:
-                        logger.debug("status callback to %s refused with %d", url, answer)
-                    return 200 <= answer < 300
-                logger.debug("status callback to %s, attempt %d: HTTP %d", url, attempt, answer)
-            if attempt < CALLBACK_ATTEMPTS:
-                await asyncio.sleep(backoff)
-                backoff *= 2
-        logger.debug("gave up posting a status callback to %s", url)
-        return False
+        return await self._post_with_retries(url, data, headers)
 
     async def _post_form(
         self, url: str, params: Mapping[str, str], auth_token: str | None
     ) -> tuple[int, bytes]:
         data, headers = self._signed_request(url, params, auth_token)
         if self._session is not None:
-            return await _post(self._session, url, data, headers)
+            return await self._post_once(url, data, headers)
+        # A test may post webhooks with a fake it never started.
         async with aiohttp.ClientSession() as session:
-            return await _post(session, url, data, headers)
-
-
-async def _post(
-    session: aiohttp.ClientSession, url: str, data: bytes, headers: Mapping[str, str]
-) -> tuple[int, bytes]:
-    async with session.post(url, data=data, headers=headers) as response:
-        return response.status, await response.read()
+            return await post_once(session, url, data, headers)
 
 
 def _country(number: str) -> str:
@@ -769,12 +673,10 @@ def _country(number: str) -> str:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tidings.testing.fake_twilio",
-        description="Run a fake Twilio Programmable Messaging API over HTTP (for tests and benchmarks).",
+    parser = cli_parser(
+        "tidings.testing.fake_twilio",
+        "Run a fake Twilio Programmable Messaging API over HTTP (for tests and benchmarks).",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--account-sid", default=DEFAULT_ACCOUNT_SID)
     parser.add_argument("--auth-token", default=DEFAULT_AUTH_TOKEN)
     parser.add_argument("--callback-delay-ms", type=float, default=30.0)
@@ -786,7 +688,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the fake Twilio server until SIGTERM or SIGINT."""
+    args = _parse_args(argv)
     config = FakeTwilioConfig(
         account_sid=args.account_sid,
         auth_token=args.auth_token,
@@ -797,31 +701,7 @@ async def _serve(args: argparse.Namespace) -> None:
         max_per_second=args.max_per_second,
         seed=args.seed,
     )
-    server = FakeTwilioServer(config)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):  # not available on Windows
-            loop.add_signal_handler(signum, stopping.set)
-    url = await server.start(args.host, args.port)
-    try:
-        sys.stdout.write(f"listening on {url}\n")
-        sys.stdout.flush()
-        await stopping.wait()
-    finally:
-        await server.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the fake Twilio server until SIGTERM or SIGINT."""
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(args))
-    else:
-        uvloop.run(_serve(args))
+    run_until_signalled(FakeTwilioServer(config), args.host, args.port)
 
 
 if __name__ == "__main__":
