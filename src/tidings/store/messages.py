@@ -10,7 +10,7 @@ transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -225,7 +225,13 @@ class MessageStore:
         )
         try:
             # Group commit: concurrent requests share one transaction and one commit.
-            await self.writes.run(lambda conn: self._write_unless_opted_out(conn, row, new))
+            # NOTIFY goes once per provider per batch, however many messages the batch holds.
+            await self.writes.run(
+                lambda conn: self._write_unless_opted_out(conn, row, new, notify=False),
+                once=(("notify", new.provider), self._notifier(new.provider))
+                if self._notifies(row)
+                else None,
+            )
         except IntegrityError:
             # Two requests with the same key raced: the other one won, answer with its message.
             if idempotency_key is None:
@@ -239,8 +245,17 @@ class MessageStore:
         stored.update(row)
         return stored, True
 
+    def _notifies(self, row: dict[str, Any]) -> bool:
+        return self.is_postgres and row["status"] == Status.PENDING.value
+
+    def _notifier(self, provider: str) -> Callable[[AsyncConnection], Awaitable[None]]:
+        async def notify(conn: AsyncConnection) -> None:
+            await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": provider})
+
+        return notify
+
     async def _write_unless_opted_out(
-        self, conn: AsyncConnection, row: dict[str, Any], new: NewMessage
+        self, conn: AsyncConnection, row: dict[str, Any], new: NewMessage, *, notify: bool = True
     ) -> None:
         # Checked in the insert's own transaction: no race with an opt-out arriving meanwhile.
         scopes = [literal_column("'*'")] if new.sender is None else [literal_column("'*'"), new.sender]
@@ -249,9 +264,11 @@ class MessageStore:
         )
         if blocked.first() is not None:
             raise RecipientOptedOut(f"{new.to} opted out of messages", field="to")
-        await self.write_new(conn, row, new)
+        await self.write_new(conn, row, new, notify=notify)
 
-    async def write_new(self, conn: AsyncConnection, row: dict[str, Any], new: NewMessage) -> None:
+    async def write_new(
+        self, conn: AsyncConnection, row: dict[str, Any], new: NewMessage, *, notify: bool = True
+    ) -> None:
         """Insert a new message's row, tags and first event in ``conn``'s transaction."""
         await conn.execute(insert(messages), row)
         if new.tags:
@@ -265,8 +282,8 @@ class MessageStore:
                 row["id"], type="accepted", source="api", status=status, changed=True, at=row["created_at"]
             ),
         )
-        if self.is_postgres and status is Status.PENDING:
-            await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": new.provider})
+        if notify and self._notifies(row):
+            await self._notifier(new.provider)(conn)
 
     def new_row(
         self,
