@@ -66,3 +66,22 @@ async def test_a_once_write_runs_once_per_transaction(batcher: WriteBatcher) -> 
     await asyncio.gather(*(batcher.run(put(f"k{n}", n), once=("note", note)) for n in range(20)))
     assert batcher.commits == 1
     assert await count(batcher, "notes") == 1
+
+
+async def test_items_are_written_together_and_a_refused_one_fails_alone(batcher: WriteBatcher) -> None:
+    calls: list[int] = []
+
+    async def put_many(conn: AsyncConnection, items: list[tuple[str, int]]) -> list[object]:
+        calls.append(len(items))
+        keep = [{"k": k, "v": v} for k, v in items if v >= 0]
+        await conn.execute(text("INSERT INTO t (k, v) VALUES (:k, :v)"), keep)
+        return [k if v >= 0 else ValueError(f"{k} is negative") for k, v in items]
+
+    results = await asyncio.gather(
+        *(batcher.run_many(put_many, (f"k{n}", n if n != 3 else -1)) for n in range(10)),
+        return_exceptions=True,
+    )
+    assert calls == [10]
+    assert isinstance(results[3], ValueError)
+    assert [r for n, r in enumerate(results) if n != 3] == [f"k{n}" for n in range(10) if n != 3]
+    assert await count(batcher, "t") == 9

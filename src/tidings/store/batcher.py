@@ -8,12 +8,20 @@ caller its write is done. So the guarantee does not change (a caller hears back 
 write is durable); only the number of commits does. Batches form by themselves: while one commits,
 the next fills up.
 
-If any write in a batch fails, the whole transaction is rolled back and each write of that batch
-is run again alone, so one bad write (a unique-key race, say) never takes others down with it.
+Two kinds of write:
+
+- :meth:`WriteBatcher.run` takes a function of the connection, run as it is;
+- :meth:`WriteBatcher.run_many` takes an *item* and a bulk function: the items of one batch that
+  name the same bulk function are written together, in a constant number of statements, and the
+  bulk function says per item whether it was written or refused (so one refused message does not
+  fail its neighbours).
 
 A write may also ask for a statement to run ``once`` per transaction, however many writes of the
 batch ask (the same ``NOTIFY`` for a hundred new messages, say): it runs after the writes, before
 the commit.
+
+If the transaction fails, it is rolled back and each write of that batch runs again alone, so one
+bad write (a unique-key race, say) never takes others down with it.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -31,16 +40,27 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Write = Callable[[AsyncConnection], Awaitable[Any]]
 Once = tuple[Hashable, Write]
+Bulk = Callable[[AsyncConnection, list[Any]], Awaitable[Sequence[Any]]]
+"""Writes items together; returns one result per item, an exception instance for a refused one."""
 
 MAX_BATCH = 256
 """Most writes committed together (bounds how long one batch holds the write lock)."""
+
+
+@dataclass
+class _Entry:
+    future: asyncio.Future[Any]
+    write: Write | None = None
+    bulk: Bulk | None = None
+    item: Any = None
+    once: Once | None = None
 
 
 class WriteBatcher:
     def __init__(self, engine: AsyncEngine, max_batch: int = MAX_BATCH) -> None:
         self.engine = engine
         self.max_batch = max_batch
-        self._queue: list[tuple[Write, Once | None, asyncio.Future[Any]]] = []
+        self._queue: list[_Entry] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
@@ -51,15 +71,26 @@ class WriteBatcher:
 
         ``once`` is ``(key, write)``: run that write once per transaction for each distinct key.
         """
+        result: T = await self._enqueue(_Entry(future=self._future(), write=write, once=once))
+        return result
+
+    async def run_many(self, bulk: Bulk, item: Any, *, once: Once | None = None) -> Any:
+        """Write ``item`` together with the other items of the batch for the same ``bulk``
+        function; returns its result once committed, or raises the exception it was refused with."""
+        return await self._enqueue(_Entry(future=self._future(), bulk=bulk, item=item, once=once))
+
+    def _future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _enqueue(self, entry: _Entry) -> Any:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._drain())
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.append((write, once, future))
+        self._queue.append(entry)
         assert self._wake is not None
         self._wake.set()
-        return await future
+        return await entry.future
 
     async def close(self) -> None:
         """Finish what is queued, then stop."""
@@ -81,48 +112,51 @@ class WriteBatcher:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 await self._commit(batch)
 
-    async def _commit(self, batch: list[tuple[Write, Once | None, asyncio.Future[Any]]]) -> None:
-        results: list[Any] = []
+    async def _write(self, conn: AsyncConnection, batch: list[_Entry]) -> list[tuple[_Entry, Any, bool]]:
+        """Run ``batch`` in ``conn``; each entry with its result and whether that is a refusal."""
+        done: list[tuple[_Entry, Any, bool]] = []
+        groups: dict[Bulk, list[_Entry]] = {}
+        finals: dict[Hashable, Write] = {}
+        for entry in batch:
+            if entry.bulk is not None:
+                groups.setdefault(entry.bulk, []).append(entry)
+            else:
+                assert entry.write is not None
+                done.append((entry, await entry.write(conn), False))
+            if entry.once is not None:
+                finals.setdefault(*entry.once)
+        for bulk, entries in groups.items():
+            results = await bulk(conn, [e.item for e in entries])
+            for entry, result in zip(entries, results, strict=True):
+                done.append((entry, result, isinstance(result, BaseException)))
+        for final in finals.values():
+            await final(conn)
+        return done
+
+    async def _commit(self, batch: list[_Entry]) -> None:
         try:
             async with self.engine.begin() as conn:
-                finals: dict[Hashable, Write] = {}
-                for write, once, _future in batch:
-                    results.append(await write(conn))
-                    if once is not None:
-                        finals.setdefault(*once)
-                for final in finals.values():
-                    await final(conn)
+                done = await self._write(conn, batch)
         except asyncio.CancelledError:
-            for _write, _once, future in batch:
-                if not future.done():
-                    future.cancel()
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.cancel()
             raise
         except Exception as exc:
             if len(batch) == 1:
-                if not batch[0][2].done():
-                    batch[0][2].set_exception(exc)
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
                 return
             # One of them failed and took the transaction with it: each alone, then.
-            for write, once, future in batch:
-                await self._alone(write, once, future)
+            for entry in batch:
+                await self._commit([entry])
             return
         self.commits += 1
         self.writes += len(batch)
-        for (_write, _once, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    async def _alone(self, write: Write, once: Once | None, future: asyncio.Future[Any]) -> None:
-        try:
-            async with self.engine.begin() as conn:
-                result = await write(conn)
-                if once is not None:
-                    await once[1](conn)
-        except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
-            return
-        self.commits += 1
-        self.writes += 1
-        if not future.done():
-            future.set_result(result)
+        for entry, result, refused in done:
+            if entry.future.done():
+                continue
+            if refused:
+                entry.future.set_exception(result)
+            else:
+                entry.future.set_result(result)

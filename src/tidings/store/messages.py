@@ -224,10 +224,12 @@ class MessageStore:
             new, now, api_key_id=api_key_id, idempotency_key=idempotency_key, request_hash=request_hash
         )
         try:
-            # Group commit: concurrent requests share one transaction and one commit.
-            # NOTIFY goes once per provider per batch, however many messages the batch holds.
-            await self.writes.run(
-                lambda conn: self._write_unless_opted_out(conn, row, new, notify=False),
+            # Group commit: concurrent requests share one transaction and one commit, and the
+            # batch's messages are written together (a few statements however many there are);
+            # NOTIFY goes once per provider per batch.
+            await self.writes.run_many(
+                self._insert_many,
+                (row, new),
                 once=(("notify", new.provider), self._notifier(new.provider))
                 if self._notifies(row)
                 else None,
@@ -254,17 +256,44 @@ class MessageStore:
 
         return notify
 
-    async def _write_unless_opted_out(
-        self, conn: AsyncConnection, row: dict[str, Any], new: NewMessage, *, notify: bool = True
-    ) -> None:
+    async def _insert_many(
+        self, conn: AsyncConnection, items: list[tuple[dict[str, Any], NewMessage]]
+    ) -> list[RecipientOptedOut | None]:
+        """Write a batch of new messages in a constant number of statements; a message to a
+        number that opted out is refused (its result is the exception) and the rest written."""
         # Checked in the insert's own transaction: no race with an opt-out arriving meanwhile.
-        scopes = [literal_column("'*'")] if new.sender is None else [literal_column("'*'"), new.sender]
-        blocked = await conn.execute(
-            select(opt_outs.c.id).where(opt_outs.c.number == new.to, opt_outs.c.scope.in_(scopes)).limit(1)
+        numbers = sorted({new.to for _row, new in items})
+        found = await conn.execute(
+            select(opt_outs.c.number, opt_outs.c.scope).where(opt_outs.c.number.in_(numbers))
         )
-        if blocked.first() is not None:
-            raise RecipientOptedOut(f"{new.to} opted out of messages", field="to")
-        await self.write_new(conn, row, new, notify=notify)
+        blocked = {(r.number, r.scope) for r in found.all()}
+        results: list[RecipientOptedOut | None] = []
+        rows: list[dict[str, Any]] = []
+        tags: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for row, new in items:
+            if (new.to, "*") in blocked or (new.sender is not None and (new.to, new.sender) in blocked):
+                results.append(RecipientOptedOut(f"{new.to} opted out of messages", field="to"))
+                continue
+            results.append(None)
+            rows.append(row)
+            tags.extend({"message_id": row["id"], "tag": t} for t in set(new.tags))
+            events.append(
+                _event_row(
+                    row["id"],
+                    type="accepted",
+                    source="api",
+                    status=Status(row["status"]),
+                    changed=True,
+                    at=row["created_at"],
+                )
+            )
+        if rows:
+            await conn.execute(insert(messages), rows)
+            if tags:
+                await conn.execute(insert(message_tags), tags)
+            await record_events(conn, events)
+        return results
 
     async def write_new(
         self, conn: AsyncConnection, row: dict[str, Any], new: NewMessage, *, notify: bool = True

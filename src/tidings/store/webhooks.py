@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.clock import utcnow
@@ -26,6 +26,19 @@ _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The headers worth keeping for an audit, without credentials."""
     return {k.lower(): v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+
+
+_FINISHED = (
+    "verified",
+    "processed",
+    "response_status",
+    "error",
+    "message_id",
+    "reports",
+    "unmatched",
+    "inbound",
+    "duration_ms",
+)
 
 
 @dataclass(frozen=True)
@@ -65,26 +78,26 @@ class WebhookLogStore:
         remote_ip: str | None,
     ) -> int:
         """Store a request as it arrived (headers without credentials); returns its id."""
+        row = {
+            "received_at": utcnow(),
+            "provider": provider,
+            "kind": kind,
+            "event": event,
+            "url": url,
+            "headers": redact_headers(headers),
+            "body": body,
+            "remote_ip": remote_ip,
+            "processed": False,
+        }
+        entry_id: int = await self.writes.run_many(self._record_many, row)
+        return entry_id
 
-        async def write(conn: AsyncConnection) -> int:
-            result = await conn.execute(
-                insert(webhook_log)
-                .values(
-                    received_at=utcnow(),
-                    provider=provider,
-                    kind=kind,
-                    event=event,
-                    url=url,
-                    headers=redact_headers(headers),
-                    body=body,
-                    remote_ip=remote_ip,
-                    processed=False,
-                )
-                .returning(webhook_log.c.id)
-            )
-            return int(result.scalar_one())
-
-        return await self.writes.run(write)
+    async def _record_many(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
+        # One multi-row INSERT for the batch, its ids back in the order of the rows.
+        result = await conn.execute(
+            insert(webhook_log).returning(webhook_log.c.id, sort_by_parameter_order=True), rows
+        )
+        return [int(i) for i in result.scalars()]
 
     async def finish(
         self,
@@ -101,25 +114,28 @@ class WebhookLogStore:
         duration_ms: float | None = None,
     ) -> None:
         """Complete an entry with what processing it did."""
+        values = {
+            "b_id": entry_id,
+            "b_verified": verified,
+            "b_processed": processed,
+            "b_response_status": response_status,
+            "b_error": error,
+            "b_message_id": message_id,
+            "b_reports": reports,
+            "b_unmatched": unmatched,
+            "b_inbound": inbound,
+            "b_duration_ms": duration_ms,
+        }
+        await self.writes.run_many(self._finish_many, values)
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(
-                update(webhook_log)
-                .where(webhook_log.c.id == entry_id)
-                .values(
-                    verified=verified,
-                    processed=processed,
-                    response_status=response_status,
-                    error=error,
-                    message_id=message_id,
-                    reports=reports,
-                    unmatched=unmatched,
-                    inbound=inbound,
-                    duration_ms=duration_ms,
-                )
-            )
-
-        await self.writes.run(write)
+    async def _finish_many(self, conn: AsyncConnection, items: list[dict[str, Any]]) -> list[None]:
+        statement = (
+            update(webhook_log)
+            .where(webhook_log.c.id == bindparam("b_id"))
+            .values({name: bindparam(f"b_{name}") for name in _FINISHED})
+        )
+        await conn.execute(statement, items)
+        return [None] * len(items)
 
     async def get(self, entry_id: int) -> WebhookEntry | None:
         async with self.engine.connect() as conn:
