@@ -26,7 +26,7 @@ from tidings import ids
 from tidings.clock import utcnow
 from tidings.domain.status import Report, Status, apply_report
 from tidings.providers.gateway import GatewaySms, GatewayUpdate
-from tidings.store.messages import MessageStore, _event_row, _status_is
+from tidings.store.messages import MessageStore, _event_row, _status_columns, _status_is
 from tidings.store.optouts import InboundPolicy, after_inbound
 from tidings.store.outbox import record_events
 from tidings.store.tables import gateways, inbound_messages, message_events, messages
@@ -73,33 +73,18 @@ _TRACKED = (
 )
 """The columns a gateway update may change."""
 
-_STATUS_TIME = {Status.SENT: "sent_at", Status.DELIVERED: "delivered_at", Status.FAILED: "failed_at"}
-
 
 class _Moved(Exception):
     """A message changed under the poll; the poll is run again."""
 
 
 def _advance(row: dict[str, Any], after: Status, report: Report) -> None:
-    """Apply one update to a message's columns held in ``row`` (the rules of
-    ``MessageStore._status_values``, on values rather than SQL)."""
+    """Apply one update to a message's columns held in ``row``."""
     row["_touched"] = True
     # Even an update that keeps the status acknowledges the handover (provider_status).
     row["provider_status"] = report.provider_status
-    if after.value == row["status"]:
-        return
-    row["status"] = after.value
-    column = _STATUS_TIME.get(after)
-    if column is not None:
-        row[column] = report.occurred_at
-    if after in (Status.SENT, Status.DELIVERED) and row["sent_at"] is None:
-        row["sent_at"] = report.occurred_at
-    if after is Status.FAILED:
-        row["error_code"], row["error_message"] = report.error_code, report.error_message
-    elif after is Status.DELIVERED:
-        row["error_code"], row["error_message"] = None, None
-    if after in (Status.SENT, Status.FAILED, Status.DELIVERED):
-        row["lease_owner"], row["lease_expires_at"] = None, None
+    if after.value != row["status"]:
+        row.update(_status_columns(after, report, row["sent_at"]))
 
 
 def _overlap(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    bindparam,
     case,
     exists,
     false,
@@ -173,6 +174,54 @@ def _event_row(
         "occurred_at": at,
         "recorded_at": recorded_at or at,
     }
+
+
+_REPORTED = (
+    "status",
+    "provider_status",
+    "provider_message_id",
+    "error_code",
+    "error_message",
+    "sent_at",
+    "delivered_at",
+    "failed_at",
+    "lease_owner",
+    "lease_expires_at",
+)
+"""The columns a report may change."""
+
+
+@dataclass(frozen=True)
+class _ReportItem:
+    message_id: str
+    report: Report
+    type: str
+    extra: dict[str, Any] | None
+    always_extra: bool
+
+
+def _status_columns(status: Status, report: Report, sent_at: datetime | None) -> dict[str, Any]:
+    """The columns that change when a report moves a message to ``status``: its timestamp, the
+    provider's words, the error (set on failure, cleared on delivery: the truth wins) and the
+    lease, given the ``sent_at`` it had."""
+    values: dict[str, Any] = {"status": status.value}
+    if report.provider_status is not None:
+        values["provider_status"] = report.provider_status
+    column = _STATUS_TIMESTAMP.get(status)
+    if column is not None and column != "cancelled_at":
+        values[column] = report.occurred_at
+    if status in (Status.SENT, Status.DELIVERED):
+        values["sent_at"] = sent_at or report.occurred_at
+    if status is Status.FAILED:
+        values["error_code"] = report.error_code
+        values["error_message"] = report.error_message
+    elif status is Status.DELIVERED:
+        values["error_code"] = None
+        values["error_message"] = None
+    if status in (Status.SENT, Status.FAILED, Status.DELIVERED):
+        values["lease_owner"] = None
+        values["lease_expires_at"] = None
+    return values
 
 
 class _Moved(Exception):
@@ -884,97 +933,93 @@ class MessageStore:
         nothing is still recorded. Returns ``None`` when the message does not exist.
         """
 
-        async def write(conn: AsyncConnection) -> ReportOutcome | None:
-            locked = await self._lock_status(conn, message_id)
-            if locked is None:
-                return None
-            current, recipient = locked
-            after = apply_report(current, report.status)
-            values: dict[str, Any] = {}
-            if after != current:
-                values.update(self._status_values(after, report))
-            elif report.status == current and report.provider_status is not None:
-                # Same status in the provider's newer words (e.g. MessageWaiting after
-                # DeliveredToNetwork): keep what it said last.
-                values["provider_status"] = report.provider_status
-            if extra and (always_extra or after != current):
-                values.update(extra)
-            if values:
-                values["updated_at"] = utcnow()
-                result = await conn.execute(
-                    update(messages)
-                    .where(messages.c.id == message_id, messages.c.status == current.value)
-                    .values(**values)
-                )
-                if result.rowcount != 1:
-                    raise _Moved()
-            await record_events(
-                conn,
-                _event_row(
-                    message_id,
-                    type=type,
-                    source=report.source,
-                    status=report.status or current,
-                    changed=after != current,
-                    at=report.occurred_at,
-                    recorded_at=utcnow(),
-                    provider_status=report.provider_status,
-                    error_code=report.error_code,
-                    error_message=report.error_message,
-                    detail=report.detail,
-                ),
-                {message_id: recipient},
-            )
-            return ReportOutcome(message_id, current, after)
-
+        item = _ReportItem(message_id, report, type, extra, always_extra)
         for _ in range(_CAS_RETRIES):
             try:
-                # Group commit: reports arriving together share one transaction.
-                return await self.writes.run(write)
+                # Group commit: reports arriving together are applied together, set-based.
+                outcome: ReportOutcome | None = await self.writes.run_many(self._apply_many, item)
+                return outcome
             except _Moved:
                 continue
         raise RuntimeError(f"message {message_id} kept changing while a report was applied")
 
-    async def _lock_status(
-        self, conn: AsyncConnection, message_id: str
-    ) -> tuple[Status, Recipient | None] | None:
-        """The message's status (locked on PostgreSQL) and where its callbacks go."""
+    async def _apply_many(
+        self, conn: AsyncConnection, items: list[_ReportItem]
+    ) -> list[ReportOutcome | None]:
+        """Apply a batch of reports in a constant number of statements: one read of the messages
+        (locked on PostgreSQL), the status machine in memory in arrival order, one compare-and-set
+        update per message (as one executemany) and one insert of the events."""
+        wanted = sorted({i.message_id for i in items})
         query = select(
-            messages.c.status, messages.c.callback_url, messages.c.api_key_id, messages.c.to
-        ).where(messages.c.id == message_id)
+            *(messages.c[name] for name in ("id", "callback_url", "api_key_id", "to", *_REPORTED))
+        ).where(messages.c.id.in_(wanted))
         if self.is_postgres:
             query = query.with_for_update()
-        row = (await conn.execute(query)).first()
-        if row is None:
-            return None
-        recipient = (
-            Recipient(url=row.callback_url, api_key_id=row.api_key_id, to=row.to)
-            if row.callback_url
+        rows = {r.id: dict(r._mapping) for r in (await conn.execute(query)).all()}
+        before = {m: row["status"] for m, row in rows.items()}
+        touched: set[str] = set()
+        events: list[dict[str, Any]] = []
+        outcomes: list[ReportOutcome | None] = []
+        now = utcnow()
+        for item in items:
+            row = rows.get(item.message_id)
+            if row is None:
+                outcomes.append(None)
+                continue
+            current = Status(row["status"])
+            report = item.report
+            after = apply_report(current, report.status)
+            values: dict[str, Any] = {}
+            if after != current:
+                values.update(_status_columns(after, report, row["sent_at"]))
+            elif report.status == current and report.provider_status is not None:
+                # Same status in the provider's newer words (e.g. MessageWaiting after
+                # DeliveredToNetwork): keep what it said last.
+                values["provider_status"] = report.provider_status
+            if item.extra and (item.always_extra or after != current):
+                values.update(item.extra)
+            if values:
+                row.update(values)
+                touched.add(item.message_id)
+            events.append(
+                _event_row(
+                    item.message_id,
+                    type=item.type,
+                    source=report.source,
+                    status=report.status or current,
+                    changed=after != current,
+                    at=report.occurred_at,
+                    recorded_at=now,
+                    provider_status=report.provider_status,
+                    error_code=report.error_code,
+                    error_message=report.error_message,
+                    detail=report.detail,
+                )
+            )
+            outcomes.append(ReportOutcome(item.message_id, current, after))
+        if touched:
+            statement = (
+                update(messages)
+                .where(messages.c.id == bindparam("b_id"), messages.c.status == bindparam("b_before"))
+                .values({name: bindparam(f"b_{name}") for name in _REPORTED} | {"updated_at": now})
+            )
+            params = [
+                {"b_id": m, "b_before": before[m]} | {f"b_{n}": rows[m][n] for n in _REPORTED}
+                for m in sorted(touched)
+            ]
+            done = await conn.execute(statement, params)
+            # On PostgreSQL the rows are locked since they were read, and asyncpg reports no count
+            # for a batch. SQLite reads outside the write lock: another writer may have moved one.
+            if not self.is_postgres and done.rowcount != len(touched):
+                raise _Moved()
+        recipients = {
+            m: Recipient(url=row["callback_url"], api_key_id=row["api_key_id"], to=row["to"])
+            if row["callback_url"]
             else None
-        )
-        return Status(row.status), recipient
-
-    @staticmethod
-    def _status_values(status: Status, report: Report) -> dict[str, Any]:
-        values: dict[str, Any] = {"status": status.value}
-        if report.provider_status is not None:
-            values["provider_status"] = report.provider_status
-        column = _STATUS_TIMESTAMP.get(status)
-        if column is not None:
-            values[column] = report.occurred_at
-        if status in (Status.SENT, Status.DELIVERED):
-            values["sent_at"] = func.coalesce(messages.c.sent_at, report.occurred_at)
-        if status is Status.FAILED:
-            values["error_code"] = report.error_code
-            values["error_message"] = report.error_message
-        elif status is Status.DELIVERED:
-            # The truth wins: a delivered message carries no error, whatever failed before.
-            values["error_code"] = None
-            values["error_message"] = None
-        if status in (Status.SENT, Status.FAILED, Status.DELIVERED):
-            values["lease_owner"] = None
-            values["lease_expires_at"] = None
-        return values
+            for m, row in rows.items()
+        }
+        await record_events(conn, events, recipients)
+        return outcomes
 
     async def ids_with_status(self, statuses: Sequence[Status]) -> list[str]:
         """Ids of the messages in ``statuses`` (for tests and tools; not for hot paths)."""
