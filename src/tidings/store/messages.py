@@ -957,7 +957,9 @@ class MessageStore:
             query = query.with_for_update()
         rows = {r.id: dict(r._mapping) for r in (await conn.execute(query)).all()}
         before = {m: row["status"] for m, row in rows.items()}
-        touched: set[str] = set()
+        # Only the columns a message's reports changed are written: another writer may have
+        # changed others since the read (on SQLite, which reads outside the write lock).
+        touched: dict[str, set[str]] = {}
         events: list[dict[str, Any]] = []
         outcomes: list[ReportOutcome | None] = []
         now = utcnow()
@@ -980,7 +982,7 @@ class MessageStore:
                 values.update(item.extra)
             if values:
                 row.update(values)
-                touched.add(item.message_id)
+                touched.setdefault(item.message_id, set()).update(values)
             events.append(
                 _event_row(
                     item.message_id,
@@ -997,20 +999,23 @@ class MessageStore:
                 )
             )
             outcomes.append(ReportOutcome(item.message_id, current, after))
-        if touched:
+        by_columns: dict[frozenset[str], list[str]] = {}
+        for message_id, changed in sorted(touched.items()):
+            by_columns.setdefault(frozenset(changed), []).append(message_id)
+        for columns, message_ids in by_columns.items():
             statement = (
                 update(messages)
                 .where(messages.c.id == bindparam("b_id"), messages.c.status == bindparam("b_before"))
-                .values({name: bindparam(f"b_{name}") for name in _REPORTED} | {"updated_at": now})
+                .values({name: bindparam(f"b_{name}") for name in sorted(columns)} | {"updated_at": now})
             )
             params = [
-                {"b_id": m, "b_before": before[m]} | {f"b_{n}": rows[m][n] for n in _REPORTED}
-                for m in sorted(touched)
+                {"b_id": m, "b_before": before[m]} | {f"b_{n}": rows[m][n] for n in columns}
+                for m in message_ids
             ]
             done = await conn.execute(statement, params)
             # On PostgreSQL the rows are locked since they were read, and asyncpg reports no count
             # for a batch. SQLite reads outside the write lock: another writer may have moved one.
-            if not self.is_postgres and done.rowcount != len(touched):
+            if not self.is_postgres and done.rowcount != len(message_ids):
                 raise _Moved()
         recipients = {
             m: Recipient(url=row["callback_url"], api_key_id=row["api_key_id"], to=row["to"])
