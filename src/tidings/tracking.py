@@ -9,7 +9,6 @@ machine in ``store``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,22 +23,6 @@ log = logging.getLogger(__name__)
 
 RECIPIENT_FALLBACK = timedelta(hours=24)
 """How far back a receipt without a usable id is matched by its recipient's number."""
-
-
-ADDRESS_CHARS = 64
-ID_CHARS = 128
-
-
-def _fit(value: str, limit: int) -> str:
-    # A provider that sends a longer address than any number or sender id must not make its
-    # webhook fail (and be resent) for ever: keep what fits.
-    return value if len(value) <= limit else value[:limit]
-
-
-def _fit_id(value: str | None) -> str | None:
-    if value is None or len(value) <= ID_CHARS:
-        return value
-    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -113,10 +96,10 @@ class Tracker:
         for sms in inbound:
             stored = await self.store.inbound.insert(
                 provider=provider,
-                sender=_fit(sms.sender, ADDRESS_CHARS),
-                to=_fit(sms.to, ADDRESS_CHARS) if sms.to is not None else None,
+                sender=sms.sender,
+                to=sms.to,
                 body=sms.body,
-                provider_message_id=_fit_id(sms.provider_message_id),
+                provider_message_id=sms.provider_message_id,
                 sent_at=sms.sent_at,
                 raw=sms.raw,
                 webhook_log_id=webhook_log_id,

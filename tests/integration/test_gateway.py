@@ -340,3 +340,16 @@ async def test_concurrent_polls_of_one_phone_hand_each_message_over_once(live: L
     for message_id in ids:
         message = await live.message(message_id)
         assert message["attempts"] == 1
+
+
+async def test_odd_inbound_values_are_stored_not_refused_for_ever(live: Live) -> None:
+    # A failing request would be resent by the app for ever: values that do not fit are made to.
+    app = App(live)
+    long_id = "x" * 300
+    odd = [{"id": long_id, "from": "+2547" + "0" * 100, "content": "nul\x00inside"}]
+    for _ in range(2):
+        await app.poll(odd)
+    [stored] = await live.service.store.inbound.search()
+    assert len(stored["from"]) == 64
+    assert stored["body"] == "nul\ufffdinside"
+    assert stored["provider_message_id"].startswith("sha256:")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,8 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 
 
 SQLITE_BUSY_ERRORS = (sqlite3.OperationalError,)
+
+
+def plain(row: Mapping[Any, Any]) -> dict[str, Any]:
+    # Result keys are SQLAlchemy's str subclass; JSON encoders want plain str.
+    return {str(k): v for k, v in row.items()}

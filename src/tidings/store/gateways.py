@@ -26,8 +26,9 @@ from tidings import ids
 from tidings.clock import utcnow
 from tidings.domain.status import Report, Status, apply_report
 from tidings.providers.gateway import GatewaySms, GatewayUpdate
+from tidings.store.inbound import inbound_row, store_rows
 from tidings.store.messages import MessageStore, _event_row, _status_columns, _status_is
-from tidings.store.optouts import InboundPolicy, after_inbound
+from tidings.store.optouts import InboundPolicy
 from tidings.store.outbox import record_events
 from tidings.store.tables import gateways, inbound_messages, message_events, messages
 
@@ -141,48 +142,39 @@ class GatewayStore:
     ) -> None:
         if not inbound:
             return
+        candidates = [
+            inbound_row(
+                provider=gateway,
+                sender=sms.sender,
+                body=sms.body,
+                now=now,
+                provider_message_id=sms.id,
+                sent_at=sms.sent_at,
+                raw=sms.raw,
+            )
+            for sms in inbound
+        ]
         known = set(
             (
                 await conn.execute(
                     select(inbound_messages.c.provider_message_id).where(
                         inbound_messages.c.provider == gateway,
-                        inbound_messages.c.provider_message_id.in_(sorted({m.id for m in inbound})),
+                        inbound_messages.c.provider_message_id.in_(
+                            sorted({r["provider_message_id"] for r in candidates})
+                        ),
                     )
                 )
             ).scalars()
         )
         rows = []
-        for sms in inbound:
-            if sms.id in known:
-                result.inbound_duplicates += 1
+        for row in candidates:
+            if row["provider_message_id"] in known:
                 continue
-            known.add(sms.id)
-            rows.append(
-                {
-                    "id": ids.new_id(),
-                    "provider": gateway,
-                    "provider_message_id": sms.id,
-                    "from": sms.sender,
-                    "to": None,
-                    "body": sms.body,
-                    "sent_at": sms.sent_at,
-                    "received_at": now,
-                    "raw": sms.raw,
-                    "webhook_log_id": None,
-                }
-            )
-        if rows:
-            dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert
-            # A concurrent poll may store the same SMS first: the index keeps it once.
-            await conn.execute(
-                dialect_insert(inbound_messages).on_conflict_do_nothing(
-                    index_elements=["provider", "provider_message_id"]
-                ),
-                rows,
-            )
-            for row in rows:
-                await after_inbound(conn, self.messages, row, policy, now)
-        result.inbound_stored += len(rows)
+            known.add(row["provider_message_id"])
+            rows.append(row)
+        stored = await store_rows(conn, rows, policy, self.messages)
+        result.inbound_stored += len(stored)
+        result.inbound_duplicates += len(candidates) - len(stored)
 
     async def _apply_updates(
         self,

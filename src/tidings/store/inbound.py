@@ -2,19 +2,83 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
 from tidings.clock import utcnow
+from tidings.store.db import plain
 from tidings.store.messages import MessageStore
 from tidings.store.optouts import InboundPolicy, after_inbound
 from tidings.store.tables import inbound_messages
+
+ADDRESS_CHARS = 64
+ID_CHARS = 128
+
+
+def _text(value: str, limit: int | None = None) -> str:
+    # PostgreSQL cannot store NUL in text, and a longer address than any number or sender id
+    # does not fit its column: a provider's odd input must not make its request fail (and be
+    # resent) for ever, so keep what can be kept.
+    value = value.replace("\x00", "\ufffd")
+    return value if limit is None or len(value) <= limit else value[:limit]
+
+
+def inbound_row(
+    *,
+    provider: str,
+    sender: str,
+    body: str,
+    now: datetime,
+    to: str | None = None,
+    provider_message_id: str | None = None,
+    sent_at: datetime | None = None,
+    raw: dict[str, Any] | None = None,
+    webhook_log_id: int | None = None,
+) -> dict[str, Any]:
+    """The row of one inbound SMS, made to fit its columns (an over-long id is hashed, so a
+    resend still finds it)."""
+    if provider_message_id is not None and len(provider_message_id) > ID_CHARS:
+        provider_message_id = "sha256:" + hashlib.sha256(provider_message_id.encode()).hexdigest()
+    return {
+        "id": ids.new_id(),
+        "provider": provider,
+        "provider_message_id": provider_message_id,
+        "from": _text(sender, ADDRESS_CHARS),
+        "to": _text(to, ADDRESS_CHARS) if to is not None else None,
+        "body": _text(body),
+        "sent_at": sent_at,
+        "received_at": now,
+        "raw": raw or {},
+        "webhook_log_id": webhook_log_id,
+    }
+
+
+async def store_rows(
+    conn: AsyncConnection, rows: list[dict[str, Any]], policy: InboundPolicy | None, messages: MessageStore
+) -> list[dict[str, Any]]:
+    """Insert inbound rows, skipping those a provider already delivered (a resend, or a
+    concurrent request that stored it first), and run what each new one sets off in the same
+    transaction (callbacks, keywords: ``store/optouts.py``); returns the rows stored."""
+    if not rows:
+        return []
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    result = await conn.execute(
+        dialect_insert(inbound_messages)
+        .on_conflict_do_nothing(index_elements=["provider", "provider_message_id"])
+        .returning(inbound_messages.c.id),
+        rows,
+    )
+    stored_ids = set(result.scalars())
+    stored = [row for row in rows if row["id"] in stored_ids]
+    for row in stored:
+        await after_inbound(conn, messages, row, policy, row["received_at"])
+    return stored
 
 
 class InboundStore:
@@ -39,31 +103,20 @@ class InboundStore:
         """Store one inbound message and, in the same transaction, what it sets off (callbacks,
         keywords: see ``store/optouts.py``); returns its id, or ``None`` when the provider already
         delivered a message with this ``provider_message_id`` (a resent webhook)."""
-        now = utcnow()
-        row: dict[str, Any] = {
-            "id": ids.new_id(),
-            "provider": provider,
-            "provider_message_id": provider_message_id,
-            "from": sender,
-            "to": to,
-            "body": body,
-            "sent_at": sent_at,
-            "received_at": now,
-            "raw": raw or {},
-            "webhook_log_id": webhook_log_id,
-        }
-        dialect_insert = postgresql.insert if self.is_postgres else sqlite.insert
-        statement = (
-            dialect_insert(inbound_messages)
-            .values(row)
-            .on_conflict_do_nothing(index_elements=["provider", "provider_message_id"])
-            .returning(inbound_messages.c.id)
+        row = inbound_row(
+            provider=provider,
+            sender=sender,
+            body=body,
+            now=utcnow(),
+            to=to,
+            provider_message_id=provider_message_id,
+            sent_at=sent_at,
+            raw=raw,
+            webhook_log_id=webhook_log_id,
         )
         async with self.engine.begin() as conn:
-            stored = (await conn.execute(statement)).scalar_one_or_none()
-            if stored is not None:
-                await after_inbound(conn, self.messages, row, policy, now)
-        return str(stored) if stored is not None else None
+            stored = await store_rows(conn, [row], policy, self.messages)
+        return str(row["id"]) if stored else None
 
     async def search(
         self,
@@ -89,8 +142,4 @@ class InboundStore:
             query = query.where(inbound_messages.c.id < after_id)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_plain(r._mapping) for r in rows]
-
-
-def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
-    return {str(k): v for k, v in row.items()}
+        return [plain(r._mapping) for r in rows]

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from sqlalchemy import String, cast, literal, null, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tidings.store.db import plain
 from tidings.store.tables import inbound_messages, message_events, messages
 
 Kind = Literal["OUTBOUND", "INBOUND", "STATUS_UPDATE"]
@@ -109,4 +110,4 @@ class LogStore:
             at, row_id = before
             page = page.where(or_(rows.c.at < at, (rows.c.at == at) & (rows.c.id < row_id)))
         async with self.engine.connect() as conn:
-            return [{str(k): v for k, v in r._mapping.items()} for r in (await conn.execute(page)).all()]
+            return [plain(r._mapping) for r in (await conn.execute(page)).all()]

@@ -10,7 +10,7 @@ transaction.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +39,7 @@ from tidings.clock import utcnow
 from tidings.domain.status import CANCELLABLE, Report, Status, apply_report
 from tidings.errors import IdempotencyConflict, NotCancellable, NotFound, RecipientOptedOut
 from tidings.store.batcher import WriteBatcher
+from tidings.store.db import plain
 from tidings.store.outbox import Recipient, record_events
 from tidings.store.tables import message_events, message_tags, messages, opt_outs
 
@@ -142,11 +143,6 @@ def _status_is(status: Status) -> ColumnElement[bool]:
     return messages.c.status == literal_column(f"'{status.value}'")
 
 
-def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
-    # Result keys are SQLAlchemy's str subclass; JSON encoders want plain str.
-    return {str(k): v for k, v in row.items()}
-
-
 def _event_row(
     message_id: str,
     *,
@@ -208,7 +204,7 @@ def _status_columns(status: Status, report: Report, sent_at: datetime | None) ->
     if report.provider_status is not None:
         values["provider_status"] = report.provider_status
     column = _STATUS_TIMESTAMP.get(status)
-    if column is not None and column != "cancelled_at":
+    if column is not None:
         values[column] = report.occurred_at
     if status in (Status.SENT, Status.DELIVERED):
         values["sent_at"] = sent_at or report.occurred_at
@@ -417,14 +413,14 @@ class MessageStore:
             return None
         if row["request_hash"] != request_hash:
             raise IdempotencyConflict(field="Idempotency-Key")
-        return _plain(row)
+        return plain(row)
 
     # -- reading ---------------------------------------------------------------------------------
 
     async def get(self, message_id: str) -> dict[str, Any] | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(messages).where(messages.c.id == message_id))).mappings().first()
-        return _plain(row) if row is not None else None
+        return plain(row) if row is not None else None
 
     async def events(self, message_id: str) -> list[dict[str, Any]]:
         query = (
@@ -433,7 +429,7 @@ class MessageStore:
             .order_by(message_events.c.id)
         )
         async with self.engine.connect() as conn:
-            return [_plain(r) for r in (await conn.execute(query)).mappings()]
+            return [plain(r) for r in (await conn.execute(query)).mappings()]
 
     async def search(
         self, filters: MessageFilter, *, after_id: str | None = None, limit: int = 50
@@ -460,7 +456,7 @@ class MessageStore:
             conditions.append(messages.c.id < after_id)
         query = query.where(*conditions).order_by(messages.c.id.desc()).limit(limit)
         async with self.engine.connect() as conn:
-            return [_plain(r) for r in (await conn.execute(query)).mappings()]
+            return [plain(r) for r in (await conn.execute(query)).mappings()]
 
     async def count_by_status(self) -> dict[str, int]:
         query = select(messages.c.status, func.count()).group_by(messages.c.status)

@@ -22,6 +22,7 @@ from tidings.clock import utcnow
 from tidings.domain.keywords import Action, Keywords
 from tidings.domain.segments import analyze
 from tidings.domain.status import CANCELLABLE, Status
+from tidings.store.db import plain
 from tidings.store.messages import MessageStore, NewMessage, _event_row
 from tidings.store.outbox import inbound_callbacks, record_events
 from tidings.store.tables import messages, opt_outs
@@ -190,4 +191,4 @@ class OptOutStore:
         if after_id is not None:
             query = query.where(opt_outs.c.id < after_id)
         async with self.engine.connect() as conn:
-            return [{str(k): v for k, v in r._mapping.items()} for r in (await conn.execute(query)).all()]
+            return [plain(r._mapping) for r in (await conn.execute(query)).all()]

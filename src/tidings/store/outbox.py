@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tidings import ids
 from tidings.clock import to_api, utcnow
 from tidings.errors import NotFound
+from tidings.store.db import plain
 from tidings.store.tables import api_keys, callbacks, message_events, messages
 
 MAX_ATTEMPTS = 10
@@ -312,7 +313,7 @@ class CallbackStore:
         if before_id is not None:
             query = query.where(callbacks.c.id < before_id)
         async with self.engine.connect() as conn:
-            return [{str(k): v for k, v in r._mapping.items()} for r in (await conn.execute(query)).all()]
+            return [plain(r._mapping) for r in (await conn.execute(query)).all()]
 
     async def retry(self, callback_id: str) -> dict[str, Any]:
         """Queue a ``failed`` callback again, with a fresh set of attempts."""
@@ -330,7 +331,7 @@ class CallbackStore:
             raise NotFound(f"no callback {callback_id}")
         if result.rowcount != 1 and row.status not in ("pending", "delivering"):
             raise NotFound(f"no callback {callback_id}")
-        return {str(k): v for k, v in row._mapping.items()}
+        return plain(row._mapping)
 
     async def set_key_url(self, api_key_id: str, url: str | None, secret: str) -> None:
         async with self.engine.begin() as conn:
