@@ -1,31 +1,44 @@
-"""Exceptions raised by tidings.
+"""Every exception tidings raises, in one tree.
 
-Every exception derives from :class:`TidingsError`. Each carries a stable ``code`` (used as the
-``error.code`` of API responses) and an HTTP status. The docstring of each class is its default
-message.
+Each class has a stable ``code`` (the ``error.code`` of API answers) and an HTTP status, and its
+docstring's first line is its default message. Errors from libraries underneath (aiohttp,
+SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``raise … from exc``.
 
-    TidingsError
-    ├── ConfigError            a setting is missing or wrong; start-up stops
-    ├── InvalidInput           422: a field of a request is not acceptable
+    TidingsError                     500 internal_error
+    ├── ConfigError                  a setting is missing or wrong; start-up stops
+    ├── InvalidInput                 422: a field of a request is not acceptable
     │   ├── InvalidPhoneNumber
-    │   └── BodyTooLong
-    ├── BadRequest             400: the request cannot be read (bad JSON, bad cursor)
-    ├── Unauthorized           401: missing, unknown or revoked API key
-    ├── NotFound               404
-    ├── Conflict               409
+    │   ├── BodyTooLong
+    │   └── RecipientOptedOut
+    ├── BadRequest                   400: the request cannot be read (bad JSON, bad cursor)
+    ├── Unauthorized                 401: missing, unknown or revoked API key
+    ├── NotFound                     404
+    ├── Conflict                     409
     │   ├── IdempotencyConflict
     │   └── NotCancellable
-    └── PayloadTooLarge        413
+    ├── PayloadTooLarge              413
+    ├── WebhookRejected              400: a provider's webhook request was refused
+    │   ├── WebhookUnauthorized      403: its signature (or token) does not verify
+    │   ├── AddressNotAllowed        403: it comes from outside the provider's allowlist
+    │   ├── WebhookUnknownEvent      404: the provider has no such webhook
+    │   ├── WebhookTooLarge          413
+    │   └── WebhookMediaType         415
+    ├── GatewayProtocolError         400: not a request the Android gateway app sends
+    └── ProviderError                a provider did not accept a message (raised by adapters)
+        ├── TemporaryProviderError   429, 5xx, timeouts, connection errors: retried with back-off
+        └── PermanentProviderError   refused for good: the message fails at once
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 
 class TidingsError(Exception):
     """Something went wrong in tidings."""
 
-    code = "internal_error"
-    http_status = 500
+    code: str = "internal_error"
+    http_status: int = 500
 
     def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
         self.message = message or (self.__doc__ or self.code).strip().splitlines()[0]
@@ -116,6 +129,92 @@ class PayloadTooLarge(TidingsError):
 
     code = "payload_too_large"
     http_status = 413
+
+
+class WebhookRejected(TidingsError):
+    """The webhook could not be accepted."""
+
+    code = "webhook_rejected"
+    http_status = 400
+
+
+class WebhookUnauthorized(WebhookRejected):
+    """The webhook's signature does not verify."""
+
+    code = "invalid_signature"
+    http_status = 403
+
+
+class AddressNotAllowed(WebhookRejected):
+    """The request does not come from an address this provider's webhooks may come from."""
+
+    code = "address_not_allowed"
+    http_status = 403
+
+
+class WebhookUnknownEvent(WebhookRejected):
+    """This provider has no such webhook."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class WebhookTooLarge(WebhookRejected):
+    """The webhook body is larger than this provider's limit."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class WebhookMediaType(WebhookRejected):
+    """The webhook's content type is not the one this provider sends."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class GatewayProtocolError(TidingsError):
+    """The request is not one the gateway app sends."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class ProviderError(TidingsError):
+    """The provider did not accept the message.
+
+    ``code`` is the provider's own error code (``21211``, ``SVC0004``, ``http_503``…), ``raw``
+    its answer, ``retry_after`` the seconds it asked us to wait, if it said.
+    """
+
+    temporary: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        raw: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        # Instances carry the provider's code; the class's is the fallback.
+        self.code = code if code is not None else type(self).code
+        self.raw = raw or {}
+        self.retry_after = retry_after
+
+
+class TemporaryProviderError(ProviderError):
+    """Try again later."""
+
+    code = "provider_unavailable"
+    temporary = True
+
+
+class PermanentProviderError(ProviderError):
+    """Do not try again."""
+
+    code = "provider_refused"
 
 
 def printable(value: str | None, field: str) -> str | None:

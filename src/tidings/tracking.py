@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from tidings.clock import utcnow
-from tidings.providers.base import InboundSms, ProviderReport
+from tidings.domain.reports import InboundMessage, ProviderReport
 from tidings.store import Store
 from tidings.store.messages import ReportOutcome
 from tidings.store.optouts import InboundPolicy
@@ -89,7 +89,7 @@ class Tracker:
         await self.apply(provider, reports)
 
     async def keep_inbound(
-        self, provider: str, inbound: list[InboundSms], *, webhook_log_id: int | None = None
+        self, provider: str, inbound: list[InboundMessage], *, webhook_log_id: int | None = None
     ) -> int:
         """Store inbound SMS once each (a provider's resend is skipped); returns how many were new."""
         new = 0

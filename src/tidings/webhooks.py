@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tidings.config import Settings
-from tidings.errors import BadRequest, NotFound
-from tidings.providers.base import Provider, WebhookRejected, WebhookRequest, WebhookResult
+from tidings.errors import AddressNotAllowed, BadRequest, NotFound, WebhookRejected, WebhookTooLarge
+from tidings.providers.base import Provider, WebhookRequest, WebhookResult
 from tidings.store import Store
 from tidings.store.webhooks import WebhookEntry
 from tidings.tracking import Tracker
@@ -33,20 +33,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Query parameters that may carry a credential (Orange's notifyURL token, for one).
 _SECRET_PARAMS = frozenset({"token", "secret", "key", "password", "signature", "auth", "access_token"})
-
-
-class AddressNotAllowed(WebhookRejected):
-    """The request does not come from an address this provider's webhooks may come from."""
-
-    code = "address_not_allowed"
-    http_status = 403
-
-
-class WebhookTooLarge(WebhookRejected):
-    """The webhook body is larger than this provider's limit."""
-
-    code = "payload_too_large"
-    http_status = 413
 
 
 def _networks(cidrs: Sequence[str]) -> list[Network]:

@@ -19,7 +19,8 @@ import pytest
 
 from tests.conftest import make_settings
 from tidings.clock import utcnow
-from tidings.domain.status import Report, Status
+from tidings.domain.reports import Report
+from tidings.domain.status import Status
 from tidings.providers.fake_rules import (
     NO_RECEIPT,
     PERMANENT_FAILURE,

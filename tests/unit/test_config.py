@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from tidings.config import load_settings
+from tidings.domain.reports import ProviderReport
 from tidings.errors import ConfigError
 from tidings.providers import build_providers
-from tidings.providers.base import ProviderContext, ProviderReport
+from tidings.providers.base import ProviderContext
 from tidings.providers.fake import FakeProvider
 
 

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.domain.status import Status
-from tidings.providers.gateway import GatewayProtocolError, parse_poll
+from tidings.errors import GatewayProtocolError
+from tidings.providers.gateway import parse_poll
 from tidings.store.gateways import _overlap
 
 

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.domain.status import (
-    CANCELLABLE,
-    RANK,
-    Report,
-    Status,
-    apply_report,
-    moves_up_from,
-    replay,
-)
+from tidings.domain.reports import Report
+from tidings.domain.status import CANCELLABLE, RANK, Status, apply_report, moves_up_from
 
 T0 = datetime(2026, 1, 1)
 REPORTABLE = [s for s in Status if s is not Status.CANCELLED]
@@ -67,41 +59,8 @@ def test_cancelled_cannot_be_reported() -> None:
         moves_up_from(Status.CANCELLED)
 
 
-def test_a_duplicate_report_changes_nothing_but_is_recorded() -> None:
-    final, events = replay(Status.SENDING, [report(Status.SENT, 1), report(Status.SENT, 2)])
-    assert final is Status.SENT
-    assert [e.changed for e in events] == [True, False]
-
-
 @given(st.sampled_from(REPORTABLE), st.sampled_from(REPORTABLE))
 def test_a_report_never_moves_a_message_down(current: Status, reported: Status) -> None:
     after = apply_report(current, reported)
     assert RANK[after] >= RANK[current]
     assert RANK[after] == max(RANK[current], RANK[reported])
-
-
-reports_strategy = st.lists(
-    st.builds(
-        report,
-        st.sampled_from(REPORTABLE),
-        st.integers(min_value=0, max_value=5),
-        st.sampled_from([None, "DeliveredToNetwork", "undelivered", "SENT"]),
-    ),
-    max_size=8,
-)
-
-
-@given(reports_strategy, st.data(), st.sampled_from([Status.SCHEDULED, Status.PENDING, Status.SENDING]))
-def test_any_permutation_of_reports_gives_the_same_status_and_events(
-    reports: list[Report], data: st.DataObject, initial: Status
-) -> None:
-    permuted = data.draw(st.permutations(reports))
-    final_a, events_a = replay(initial, reports)
-    final_b, events_b = replay(initial, permuted)
-    assert final_a is final_b
-    # Every report is one event, whatever it changed: the same multiset of reports either way.
-    assert Counter(e.report for e in events_a) == Counter(e.report for e in events_b)
-    assert len(events_a) == len(reports)
-    # And the final status is the highest one reported (or where it started).
-    expected = max([initial, *(r.status for r in reports)], key=RANK.__getitem__)
-    assert final_a is expected

@@ -20,8 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from tidings.clock import to_api, utcnow
-from tidings.errors import TidingsError
-from tidings.providers.gateway import GatewayProtocolError, GatewayProvider, parse_poll
+from tidings.errors import GatewayProtocolError, TidingsError
+from tidings.providers.gateway import GatewayProvider, parse_poll
 from tidings.service import Service
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,7 @@ nothing. This module does no I/O; ``store`` turns these rules into compare-and-s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 
 class Status(StrEnum):
@@ -41,19 +38,8 @@ RANK: dict[Status, int] = {
 }
 """Order of the statuses a report can move between; ``cancelled`` stands outside it."""
 
-FINAL = frozenset({Status.DELIVERED, Status.FAILED, Status.CANCELLED})
-"""Statuses after which the worker makes no more attempts (``failed`` can still become ``delivered``)."""
-
 CANCELLABLE = frozenset({Status.SCHEDULED, Status.PENDING})
 """Statuses from which a message may be cancelled: it has not been handed to a provider."""
-
-RETRYABLE_FROM = Status.SENDING
-"""The worker's retry is the one downward step: ``sending → pending``."""
-
-
-def reportable(status: Status) -> bool:
-    """Whether ``status`` can be the subject of a report (everything but ``cancelled``)."""
-    return status in RANK
 
 
 def moves_up_from(target: Status) -> frozenset[Status]:
@@ -74,45 +60,3 @@ def apply_report(current: Status, reported: Status | None) -> Status:
     if reported is not None and current in moves_up_from(reported):
         return reported
     return current
-
-
-@dataclass(frozen=True)
-class Report:
-    """One statement about a message's status from any source.
-
-    ``provider_status`` keeps the provider's own word (``DeliveredToNetwork``, ``undelivered``…);
-    ``detail`` the raw payload it came in. ``status`` is ``None`` for a report that carries no
-    status we can act on; it is recorded and changes nothing.
-    """
-
-    status: Status | None
-    source: str
-    occurred_at: datetime
-    provider_status: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-@dataclass(frozen=True)
-class Event:
-    """What is recorded for a report: the report itself and whether it changed the status."""
-
-    report: Report
-    status_before: Status
-    status_after: Status
-
-    @property
-    def changed(self) -> bool:
-        return self.status_before != self.status_after
-
-
-def replay(initial: Status, reports: list[Report]) -> tuple[Status, list[Event]]:
-    """Apply ``reports`` in order to a message that starts in ``initial``; one event per report."""
-    status = initial
-    events: list[Event] = []
-    for report in reports:
-        after = apply_report(status, report.status)
-        events.append(Event(report=report, status_before=status, status_after=after))
-        status = after
-    return status, events

@@ -1,13 +1,12 @@
 """The provider adapter contract.
 
 An adapter is small: it builds the provider's request and reads its answer (:meth:`Provider.send`),
-verifies and reads the provider's webhooks (:meth:`Provider.parse_webhook`), and sorts errors into
-temporary (retry later) and permanent (fail now). Claiming, retries, rate limits, the status
-machine and logging live once, in ``worker/`` and ``store/``.
-
-    ProviderError                  raised by send()
-    ├── TemporaryProviderError     429, 5xx, timeouts, connection errors: retried with back-off
-    └── PermanentProviderError     the provider refused the message for good: failed at once
+verifies and reads the provider's webhooks (:meth:`Provider.parse_webhook`), optionally asks the
+provider about a message (:meth:`Provider.poll`), and sorts errors into temporary (retry later)
+and permanent (fail now) by raising the ``ProviderError`` subclasses of ``tidings.errors``.
+Claiming, retries, rate limits, the status machine and logging live once, in ``worker/``,
+``services/`` and ``store/``. An adapter declares the channels it sends (``channels``); a message
+carries a channel-specific content (``domain.content``).
 """
 
 from __future__ import annotations
@@ -16,14 +15,15 @@ import abc
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, ClassVar
 
 import aiohttp
 
 from tidings.config import ProviderSettings
-from tidings.domain.status import Report, Status
-from tidings.errors import TidingsError
+from tidings.domain.content import Channel, Content, EmailContent, SmsContent
+from tidings.domain.reports import InboundMessage, ProviderReport, Report
+from tidings.domain.status import Status
+from tidings.errors import WebhookMediaType, WebhookUnknownEvent
 
 
 @dataclass(frozen=True)
@@ -32,73 +32,46 @@ class OutboundMessage:
 
     id: str
     to: str
-    body: str
     sender: str | None
     attempt: int
+    content: Content
+
+    @property
+    def channel(self) -> Channel:
+        return Channel.EMAIL if isinstance(self.content, EmailContent) else Channel.SMS
+
+    @property
+    def sms(self) -> SmsContent:
+        """The SMS content (an SMS adapter is only given SMS)."""
+        if not isinstance(self.content, SmsContent):
+            raise TypeError(f"message {self.id} is not an SMS")
+        return self.content
+
+    @property
+    def email(self) -> EmailContent:
+        """The email content (an email adapter is only given email)."""
+        if not isinstance(self.content, EmailContent):
+            raise TypeError(f"message {self.id} is not an email")
+        return self.content
 
 
 @dataclass(frozen=True)
 class SendResult:
-    """The provider accepted the message."""
+    """The provider accepted the message.
 
-    provider_message_id: str | None
+    ``provider_message_ids`` are the provider's ids for it: usually one, but a provider that gives
+    one id per SMS part (SMPP) gives several, and a receipt for any of them finds the message.
+    """
+
+    provider_message_ids: tuple[str, ...] = ()
     provider_status: str | None = None
     status: Status = Status.SENT
     raw: dict[str, Any] = field(default_factory=dict)
 
-
-class ProviderError(Exception):
-    """The provider did not accept the message."""
-
-    temporary: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        raw: dict[str, Any] | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.raw = raw or {}
-        self.retry_after = retry_after
-
-
-class TemporaryProviderError(ProviderError):
-    """Try again later."""
-
-    temporary = True
-
-
-class PermanentProviderError(ProviderError):
-    """Do not try again."""
-
-
-@dataclass(frozen=True)
-class ProviderReport:
-    """A report from a provider about one message, found by our id, else by the provider's id,
-    else (for providers that lose both, like Orange's receipts without ``callbackData``) as the
-    most recent ``sent`` message to ``recipient``."""
-
-    report: Report
-    message_id: str | None = None
-    provider_message_id: str | None = None
-    recipient: str | None = None
-
-
-@dataclass(frozen=True)
-class InboundSms:
-    """An SMS someone sent to one of our numbers."""
-
-    sender: str
-    body: str
-    to: str | None = None
-    provider_message_id: str | None = None
-    sent_at: datetime | None = None
-    raw: dict[str, Any] = field(default_factory=dict)
+    @property
+    def provider_message_id(self) -> str | None:
+        """The provider's main id (the first)."""
+        return self.provider_message_ids[0] if self.provider_message_ids else None
 
 
 @dataclass(frozen=True)
@@ -129,7 +102,7 @@ class WebhookRequest:
 @dataclass(frozen=True)
 class WebhookResult:
     reports: list[ProviderReport] = field(default_factory=list)
-    inbound: list[InboundSms] = field(default_factory=list)
+    inbound: list[InboundMessage] = field(default_factory=list)
     body: bytes = b"OK"
     content_type: str = "text/plain"
     status: int = 200
@@ -143,34 +116,6 @@ class PollRequest:
     to: str
     sender: str | None
     provider_message_id: str
-
-
-class WebhookRejected(TidingsError):
-    """The webhook could not be accepted."""
-
-    code = "webhook_rejected"
-    http_status = 400
-
-
-class WebhookUnauthorized(WebhookRejected):
-    """The webhook's signature does not verify."""
-
-    code = "invalid_signature"
-    http_status = 403
-
-
-class WebhookUnknownEvent(WebhookRejected):
-    """This provider has no such webhook."""
-
-    code = "not_found"
-    http_status = 404
-
-
-class WebhookMediaType(WebhookRejected):
-    """The webhook's content type is not the one this provider sends."""
-
-    code = "unsupported_media_type"
-    http_status = 415
 
 
 ReportSink = Callable[[str, list[ProviderReport]], Awaitable[None]]
@@ -194,6 +139,8 @@ class Provider(abc.ABC):
 
     kind: ClassVar[str]
     settings_model: ClassVar[type[ProviderSettings]] = ProviderSettings
+    channels: ClassVar[frozenset[Channel]] = frozenset({Channel.SMS})
+    """The channels this provider sends on."""
 
     def __init__(self, name: str, settings: ProviderSettings, context: ProviderContext) -> None:
         self.name = name
@@ -210,7 +157,7 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     async def send(self, message: OutboundMessage) -> SendResult:
-        """Hand one message to the provider; raise a :class:`ProviderError` when it refuses."""
+        """Hand one message to the provider; raise a ``tidings.errors.ProviderError`` when it refuses."""
 
     webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {}
     """The content types each webhook event accepts; an event not listed does not exist."""
@@ -240,11 +187,6 @@ class Provider(abc.ABC):
         (``tidings webhooks replay``) without its secrets, which are not logged.
         """
         return None
-
-    @property
-    def verifies_webhooks(self) -> bool:
-        """Whether :meth:`verify_webhook` checks anything with the current settings."""
-        return False
 
     async def parse_webhook(self, event: str, request: WebhookRequest) -> WebhookResult:
         """Read a verified webhook posted to ``/webhooks/{kind}/{name}/{event}``."""

@@ -30,18 +30,20 @@ from pydantic import Field
 
 from tidings.clock import to_db, utcnow
 from tidings.config import ProviderSettings
-from tidings.domain.status import Report, Status
-from tidings.providers.base import (
-    OutboundMessage,
+from tidings.domain.reports import ProviderReport, Report
+from tidings.domain.status import Status
+from tidings.errors import (
     PermanentProviderError,
-    Provider,
-    ProviderReport,
-    SendResult,
     TemporaryProviderError,
     WebhookRejected,
+    WebhookUnauthorized,
+)
+from tidings.providers.base import (
+    OutboundMessage,
+    Provider,
+    SendResult,
     WebhookRequest,
     WebhookResult,
-    WebhookUnauthorized,
     signatures_match,
 )
 from tidings.providers.fake_rules import ERROR_CODES, FakeBehaviour, Outcome, decide
@@ -126,7 +128,7 @@ class FakeProvider(Provider):
             self._receipts.add(task)
             task.add_done_callback(self._receipts.discard)
         return SendResult(
-            provider_message_id=provider_id,
+            provider_message_ids=(provider_id,),
             provider_status="accepted",
             raw={"id": provider_id, "status": "accepted"},
         )
@@ -164,7 +166,7 @@ class FakeProvider(Provider):
         payload = {
             "to": message.to,
             "from": message.sender,
-            "body": message.body,
+            "body": message.sms.text,
             "reference": message.id,
             "receipt_url": self.context.webhook_url(self.kind, self.name, "status"),
         }
@@ -189,7 +191,9 @@ class FakeProvider(Provider):
             data = {"body": raw_body[:500].decode("utf-8", "replace")}
         if status in (200, 201, 202):
             return SendResult(
-                provider_message_id=data.get("id"), provider_status=data.get("status"), raw=data
+                provider_message_ids=(str(data["id"]),) if data.get("id") else (),
+                provider_status=data.get("status"),
+                raw=data,
             )
         found = data.get("error")
         error: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -203,10 +207,6 @@ class FakeProvider(Provider):
     @property
     def _webhook_secret(self) -> str | None:
         return self.settings.webhook_secret if self.settings.url else self._secret
-
-    @property
-    def verifies_webhooks(self) -> bool:
-        return bool(self._webhook_secret)
 
     def verify_webhook(self, event: str, request: WebhookRequest) -> None:
         secret = self._webhook_secret

@@ -30,8 +30,8 @@ from pydantic import Field
 from tidings.clock import to_db
 from tidings.config import ProviderSettings
 from tidings.domain.status import Status
-from tidings.errors import TidingsError
-from tidings.providers.base import OutboundMessage, Provider, SendResult, TemporaryProviderError
+from tidings.errors import GatewayProtocolError, TemporaryProviderError
+from tidings.providers.base import OutboundMessage, Provider, SendResult
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,6 @@ class GatewaySettings(ProviderSettings):
     failover_after_seconds: float | None = Field(default=None, gt=0)
     """Pending messages that waited this long for a silent phone move to the next provider in their
     route (unset: they wait for the phone)."""
-
-
-class GatewayProtocolError(TidingsError):
-    """The request is not one the gateway app sends."""
-
-    code = "bad_request"
-    http_status = 400
 
 
 @dataclass(frozen=True)

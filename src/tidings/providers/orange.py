@@ -53,21 +53,22 @@ from pydantic import Field, field_validator
 from tidings import ids
 from tidings.clock import to_db, utcnow
 from tidings.config import ProviderSettings
-from tidings.domain.status import Report, Status
-from tidings.providers.base import (
-    InboundSms,
-    OutboundMessage,
+from tidings.domain.reports import InboundMessage, ProviderReport, Report
+from tidings.domain.status import Status
+from tidings.errors import (
     PermanentProviderError,
+    TemporaryProviderError,
+    WebhookRejected,
+    WebhookUnauthorized,
+)
+from tidings.providers.base import (
+    OutboundMessage,
     PollRequest,
     Provider,
     ProviderContext,
-    ProviderReport,
     SendResult,
-    TemporaryProviderError,
-    WebhookRejected,
     WebhookRequest,
     WebhookResult,
-    WebhookUnauthorized,
     signatures_match,
 )
 
@@ -137,6 +138,10 @@ class _Answer:
 
 def _strip_tel(address: str) -> str:
     return address[4:] if address.lower().startswith("tel:") else address
+
+
+def _ids(value: str | None) -> tuple[str, ...]:
+    return (value,) if value else ()
 
 
 def _last_segment(url: str) -> str | None:
@@ -392,7 +397,7 @@ class OrangeProvider(Provider):
         sender_name = message.sender or self.settings.sender_name
         if sender_name:
             request["senderName"] = sender_name
-        request["outboundSMSTextMessage"] = {"message": message.body}
+        request["outboundSMSTextMessage"] = {"message": message.sms.text}
         request["clientCorrelator"] = message.id
         request["receiptRequest"] = {"notifyURL": self.notify_url(), "callbackData": message.id}
         answer = await self._authorized(
@@ -407,7 +412,7 @@ class OrangeProvider(Provider):
             if not isinstance(resource, str):
                 resource = answer.location
             return SendResult(
-                provider_message_id=_last_segment(resource) if isinstance(resource, str) else None,
+                provider_message_ids=_ids(_last_segment(resource) if isinstance(resource, str) else None),
                 raw=answer.data,
             )
         raise self._error(answer)
@@ -467,10 +472,6 @@ class OrangeProvider(Provider):
 
     # -- webhooks --------------------------------------------------------------------------------
 
-    @property
-    def verifies_webhooks(self) -> bool:
-        return bool(self.settings.webhook_token)
-
     def verify_webhook(self, event: str, request: WebhookRequest) -> None:
         expected = self.settings.webhook_token
         if not expected:
@@ -516,7 +517,7 @@ class OrangeProvider(Provider):
             )
         return reports
 
-    def _inbound(self, data: Any) -> InboundSms:
+    def _inbound(self, data: Any) -> InboundMessage:
         notification = data.get("inboundSMSMessageNotification") if isinstance(data, dict) else None
         sms = notification.get("inboundSMSMessage") if isinstance(notification, dict) else None
         if not isinstance(sms, dict):
@@ -541,7 +542,7 @@ class OrangeProvider(Provider):
             message_id = "sha256:" + hashlib.sha256(key).hexdigest()
         elif len(str(message_id)) > MAX_ID:
             message_id = "sha256:" + hashlib.sha256(str(message_id).encode()).hexdigest()
-        return InboundSms(
+        return InboundMessage(
             sender=_strip_tel(sender),
             to=_strip_tel(destination) if isinstance(destination, str) and destination else None,
             body=body,

@@ -34,20 +34,21 @@ from pydantic import Field, model_validator
 
 from tidings.clock import utcnow
 from tidings.config import ProviderSettings
-from tidings.domain.status import Report, Status
-from tidings.providers.base import (
-    InboundSms,
-    OutboundMessage,
+from tidings.domain.reports import InboundMessage, ProviderReport, Report
+from tidings.domain.status import Status
+from tidings.errors import (
     PermanentProviderError,
-    PollRequest,
-    Provider,
-    ProviderReport,
-    SendResult,
     TemporaryProviderError,
     WebhookRejected,
+    WebhookUnauthorized,
+)
+from tidings.providers.base import (
+    OutboundMessage,
+    PollRequest,
+    Provider,
+    SendResult,
     WebhookRequest,
     WebhookResult,
-    WebhookUnauthorized,
     signatures_match,
 )
 
@@ -167,7 +168,7 @@ class TwilioProvider(Provider):
     # -- sending ---------------------------------------------------------------------------------
 
     async def send(self, message: OutboundMessage) -> SendResult:
-        form = {"To": message.to, "Body": message.body}
+        form = {"To": message.to, "Body": message.sms.text}
         sender = message.sender or self.settings.from_
         if sender is not None:
             form["From"] = sender
@@ -181,7 +182,7 @@ class TwilioProvider(Provider):
         status, data, headers = await self._request("POST", self._messages_url + ".json", form)
         if status in (200, 201):
             return SendResult(
-                provider_message_id=str(data["sid"]) if data.get("sid") else None,
+                provider_message_ids=(str(data["sid"]),) if data.get("sid") else (),
                 provider_status=str(data.get("status") or "queued"),
                 raw=data,
             )
@@ -231,10 +232,6 @@ class TwilioProvider(Provider):
         return PermanentProviderError(text, code=code, raw=data)
 
     # -- webhooks --------------------------------------------------------------------------------
-
-    @property
-    def verifies_webhooks(self) -> bool:
-        return True
 
     def verify_webhook(self, event: str, request: WebhookRequest) -> None:
         given = request.header(SIGNATURE_HEADER)
@@ -289,12 +286,12 @@ class TwilioProvider(Provider):
             detail=detail,
         )
 
-    def _inbound(self, params: dict[str, str]) -> InboundSms:
+    def _inbound(self, params: dict[str, str]) -> InboundMessage:
         sid = params.get("MessageSid") or params.get("SmsMessageSid") or params.get("SmsSid")
         sender = params.get("From")
         if not sid or not sender or "Body" not in params:
             raise WebhookRejected("an inbound message needs MessageSid, From and Body")
-        return InboundSms(
+        return InboundMessage(
             sender=sender,
             to=params.get("To"),
             body=params["Body"],

@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
 from tidings.clock import utcnow
-from tidings.domain.status import Report, Status, apply_report
+from tidings.domain.reports import Report
+from tidings.domain.status import Status, apply_report
 from tidings.providers.gateway import GatewaySms, GatewayUpdate
 from tidings.store.inbound import inbound_row, store_rows
 from tidings.store.messages import MessageStore, _event_row, _status_columns, _status_is

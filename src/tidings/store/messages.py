@@ -36,7 +36,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
 from tidings.clock import utcnow
-from tidings.domain.status import CANCELLABLE, Report, Status, apply_report
+from tidings.domain.content import SmsContent
+from tidings.domain.reports import Report
+from tidings.domain.status import CANCELLABLE, Status, apply_report
 from tidings.errors import IdempotencyConflict, NotCancellable, NotFound, RecipientOptedOut
 from tidings.store.batcher import WriteBatcher
 from tidings.store.db import plain
@@ -93,6 +95,12 @@ class Claimed:
     max_attempts: int
     route: list[str] | None = None
     provider_failures: int = 0
+    segments: int = 1
+    encoding: str = "GSM-7"
+
+    @property
+    def content(self) -> SmsContent:
+        return SmsContent(text=self.body, segments=self.segments, encoding=self.encoding)
 
     def next_provider(self) -> str | None:
         """The provider after the current one in the route, if there is one."""
@@ -589,6 +597,8 @@ class MessageStore:
                 messages.c.max_attempts,
                 messages.c.route,
                 messages.c.provider_failures,
+                messages.c.segments,
+                messages.c.encoding,
             )
         )
         async with self.engine.begin() as conn:
@@ -620,6 +630,8 @@ class MessageStore:
                 max_attempts=r.max_attempts,
                 route=list(r.route) if r.route else None,
                 provider_failures=r.provider_failures,
+                segments=r.segments,
+                encoding=r.encoding,
             )
             for r in rows
         ]

@@ -25,16 +25,11 @@ from datetime import timedelta
 
 from tidings.clock import utcnow
 from tidings.config import Settings
+from tidings.domain.reports import ProviderReport, Report
 from tidings.domain.retry import RetryPolicy
-from tidings.domain.status import Report, Status
-from tidings.providers.base import (
-    OutboundMessage,
-    PollRequest,
-    Provider,
-    ProviderError,
-    ProviderReport,
-    TemporaryProviderError,
-)
+from tidings.domain.status import Status
+from tidings.errors import ProviderError, TemporaryProviderError
+from tidings.providers.base import OutboundMessage, PollRequest, Provider
 from tidings.store import Store
 from tidings.store.messages import Claimed
 from tidings.tracking import Tracker
@@ -278,7 +273,11 @@ class Dispatcher:
 
     async def _send_and_record(self, provider: Provider, message: Claimed) -> None:
         outbound = OutboundMessage(
-            id=message.id, to=message.to, body=message.body, sender=message.sender, attempt=message.attempts
+            id=message.id,
+            to=message.to,
+            sender=message.sender,
+            attempt=message.attempts,
+            content=message.content,
         )
         try:
             result = await provider.send(outbound)
