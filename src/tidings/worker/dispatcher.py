@@ -55,6 +55,10 @@ class Lane:
     def free(self) -> int:
         return self.provider.settings.concurrency - len(self.tasks)
 
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A place in the provider's rate limit for one request, held while it runs."""
+        return self.limiter.slot() if self.limiter is not None else contextlib.nullcontext()
+
 
 class Dispatcher:
     def __init__(
@@ -216,17 +220,16 @@ class Dispatcher:
                 now=now,
             )
             for message in batch:
-                if lane.limiter is not None:
-                    await lane.limiter.acquire()
                 try:
-                    report = await provider.poll(
-                        PollRequest(
-                            id=message.id,
-                            to=message.to,
-                            sender=message.sender,
-                            provider_message_id=message.provider_message_id,
+                    async with lane.slot():
+                        report = await provider.poll(
+                            PollRequest(
+                                id=message.id,
+                                to=message.to,
+                                sender=message.sender,
+                                provider_message_id=message.provider_message_id,
+                            )
                         )
-                    )
                 except Exception as exc:
                     log.warning(
                         "status poll failed: %s",
@@ -260,9 +263,7 @@ class Dispatcher:
 
     async def _send(self, lane: Lane, message: Claimed) -> None:
         try:
-            if lane.limiter is not None:
-                await lane.limiter.acquire()
-            await self._send_and_record(lane.provider, message)
+            await self._send_and_record(lane, message)
         except Exception:
             # Recording failed (e.g. the database went away). The lease will expire and the
             # reaper will return the message to the queue: nothing is lost.
@@ -271,7 +272,8 @@ class Dispatcher:
                 extra={"action": "send", "message_id": message.id},
             )
 
-    async def _send_and_record(self, provider: Provider, message: Claimed) -> None:
+    async def _send_and_record(self, lane: Lane, message: Claimed) -> None:
+        provider = lane.provider
         outbound = OutboundMessage(
             id=message.id,
             to=message.to,
@@ -280,7 +282,8 @@ class Dispatcher:
             content=message.content,
         )
         try:
-            result = await provider.send(outbound)
+            async with lane.slot():
+                result = await provider.send(outbound)
         except ProviderError as exc:
             await self._record_error(message, exc)
             return
