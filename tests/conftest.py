@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tidings.config import Settings
-from tidings.service import Service
+from tidings.services import Service
 from tidings.store import Store
 from tidings.store.migrate import upgrade
 from tidings.store.tables import metadata

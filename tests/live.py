@@ -15,7 +15,7 @@ import uvicorn
 
 from tests.conftest import empty_tables, make_settings
 from tidings.api.app import create_app
-from tidings.service import Service
+from tidings.services import Service
 from tidings.store import Store
 
 

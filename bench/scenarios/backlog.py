@@ -44,7 +44,7 @@ async def _time_claims(store: Store, batch: int) -> list[float]:
     timings: list[float] = []
     for _ in range(CLAIMS):
         started = time.perf_counter()
-        claimed = await store.messages.claim("fake", worker="bench", limit=batch, lease_seconds=3600)
+        claimed = await store.queue.claim("fake", worker="bench", limit=batch, lease_seconds=3600)
         timings.append((time.perf_counter() - started) * 1000)
         assert len(claimed) == batch, f"claimed {len(claimed)} of {batch}"
     return timings

@@ -13,16 +13,13 @@ import orjson
 import typer
 
 from tidings import logs
-from tidings.accept import build_message
 from tidings.api.schemas import message_json
 from tidings.config import Settings, load_settings
 from tidings.errors import ConfigError, TidingsError
-from tidings.providers import ProviderContext, build_providers
-from tidings.service import Service, inbound_policy
+from tidings.services import Service
+from tidings.services.accepting import SendRequest
 from tidings.store import Store
 from tidings.store.migrate import upgrade
-from tidings.tracking import Tracker
-from tidings.webhooks import WebhookHandler
 
 app = typer.Typer(help="tidings: self-hosted SMS delivery with truthful statuses.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -72,6 +69,17 @@ async def _with_store(
         return await action(store)
     finally:
         await store.close()
+
+
+async def _with_service(settings: Settings, action: Callable[[Service], Awaitable[T]]) -> T:
+    """Run ``action`` on a started service (no worker, no API): what the CLI's one-off commands
+    use, so that they go through the same services as the API."""
+    service = _service(settings)
+    try:
+        await service.start()
+        return await action(service)
+    finally:
+        await service.close()
 
 
 async def _first_key(service: Service) -> None:
@@ -203,23 +211,24 @@ def send(
     body: Annotated[str, typer.Argument(help="Message text.")],
     provider: Annotated[str | None, typer.Option(help="Provider name.")] = None,
     sender: Annotated[str | None, typer.Option(help="Sender id or number.")] = None,
+    callback_url: Annotated[str | None, typer.Option(help="Where its status changes are posted.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Sending again with the same key returns the first message.")
+    ] = None,
 ) -> None:
     """Queue a message (a running worker sends it) and print it as JSON."""
     settings = _settings()
-    service = _service(settings)
+    request = SendRequest(to=to, body=body, sender=sender, provider=provider, callback_url=callback_url)
+
+    async def action(service: Service) -> dict[str, Any]:
+        row, _created = await service.accepting.accept(request, idempotency_key=idempotency_key)
+        return row
+
     try:
-        new = build_message(
-            settings, service.providers, service.router, to=to, body=body, sender=sender, provider=provider
-        )
+        row = _run(_with_service(settings, action))
     except TidingsError as exc:
         typer.echo(f"tidings: {exc.message}", err=True)
         raise typer.Exit(1) from exc
-
-    async def action(store: Store) -> dict[str, Any]:
-        row, _ = await store.messages.insert(new)
-        return row
-
-    row = _run(_with_store(settings, action))
     typer.echo(orjson.dumps(message_json(row), option=orjson.OPT_INDENT_2).decode())
 
 
@@ -228,16 +237,15 @@ def status(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> No
     """Print a message, with its event history, as JSON."""
     settings = _settings()
 
-    async def action(store: Store) -> dict[str, Any] | None:
-        row = await store.messages.get(message_id)
-        if row is None:
-            return None
-        return message_json(row, await store.messages.events(message_id))
+    async def action(service: Service) -> dict[str, Any]:
+        row, history = await service.messages.get(message_id)
+        return message_json(row, history)
 
-    found = _run(_with_store(settings, action))
-    if found is None:
-        typer.echo(f"tidings: no message {message_id}", err=True)
-        raise typer.Exit(1)
+    try:
+        found = _run(_with_service(settings, action))
+    except TidingsError as exc:
+        typer.echo(f"tidings: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
 
 
@@ -318,14 +326,11 @@ def webhooks_replay(entry_id: Annotated[int, typer.Argument(help="The webhook lo
     """Process a logged webhook request again (after fixing what made it fail)."""
     settings = _settings()
 
-    async def action(store: Store) -> Any:
-        tracker = Tracker(store, inbound_policy(settings))
-        providers = build_providers(settings, ProviderContext(base_url=settings.base_url, sink=tracker.sink))
-        handler = WebhookHandler(store, tracker, providers, settings)
-        return await handler.replay(entry_id)
+    async def action(service: Service) -> Any:
+        return await service.webhooks.replay(entry_id)
 
     try:
-        entry = _run(_with_store(settings, action))
+        entry = _run(_with_service(settings, action))
     except TidingsError as exc:
         typer.echo(f"tidings: {exc.message}", err=True)
         raise typer.Exit(1) from exc

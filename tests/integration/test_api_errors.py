@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tests.conftest import make_settings
 from tidings import ids
 from tidings.api.app import create_app
-from tidings.service import Service
+from tidings.services import Service
 from tidings.store import Store
 
 KENYA = "+254712345678"

@@ -387,7 +387,7 @@ async def test_cancel_a_message_already_sending_is_409_not_cancellable_and_chang
     client: httpx.AsyncClient, store: Store
 ) -> None:
     message = await send(client)
-    claimed = await store.messages.claim("fake", worker="w", limit=10, lease_seconds=60)
+    claimed = await store.queue.claim("fake", worker="w", limit=10, lease_seconds=60)
     assert [c.id for c in claimed] == [message["id"]]
 
     response = await client.post(f"/v1/messages/{message['id']}/cancel")

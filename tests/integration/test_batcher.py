@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tidings.domain.messages import NewMessage
+from tidings.store import Store
 from tidings.store.batcher import WriteBatcher
-from tidings.store.db import create_engine
+from tidings.store.db import create_engine, plain_postgres_dsn
+from tidings.store.messages import NOTIFY_CHANNEL
+from tidings.store.migrate import upgrade
 
 
 @pytest.fixture
@@ -19,7 +25,6 @@ async def batcher(tmp_path: Path) -> AsyncIterator[WriteBatcher]:
     engine = create_engine(f"sqlite:///{tmp_path / 'b.db'}")
     async with engine.begin() as conn:
         await conn.execute(text("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)"))
-        await conn.execute(text("CREATE TABLE notes (n INTEGER)"))
     writes = WriteBatcher(engine)
     yield writes
     await writes.close()
@@ -59,15 +64,6 @@ async def test_a_failing_write_fails_alone(batcher: WriteBatcher) -> None:
     assert await count(batcher, "t") == 3
 
 
-async def test_a_once_write_runs_once_per_transaction(batcher: WriteBatcher) -> None:
-    async def note(conn: AsyncConnection) -> None:
-        await conn.execute(text("INSERT INTO notes (n) VALUES (1)"))
-
-    await asyncio.gather(*(batcher.run(put(f"k{n}", n), once=("note", note)) for n in range(20)))
-    assert batcher.commits == 1
-    assert await count(batcher, "notes") == 1
-
-
 async def test_items_are_written_together_and_a_refused_one_fails_alone(batcher: WriteBatcher) -> None:
     calls: list[int] = []
 
@@ -85,3 +81,32 @@ async def test_items_are_written_together_and_a_refused_one_fails_alone(batcher:
     assert isinstance(results[3], ValueError)
     assert [r for n, r in enumerate(results) if n != 3] == [f"k{n}" for n in range(10) if n != 3]
     assert await count(batcher, "t") == 9
+
+
+async def test_a_batch_of_new_messages_wakes_workers_once_per_provider(postgres_database: str) -> None:
+    # A committed batch sends one NOTIFY per provider with due messages, however many messages it
+    # holds; scheduled messages wake nobody.
+    store = Store.connect(postgres_database)
+    await upgrade(store.engine)
+    heard: list[str] = []
+    listener = await asyncpg.connect(plain_postgres_dsn(postgres_database))
+    await listener.add_listener(NOTIFY_CHANNEL, lambda *args: heard.append(args[-1]))
+    try:
+        due = [
+            NewMessage.sms(to="+254712345678", text=f"m{n}", provider="a" if n % 2 else "b", max_attempts=3)
+            for n in range(40)
+        ]
+        later = NewMessage.sms(
+            to="+254712345678", text="later", provider="c", max_attempts=3, send_at=datetime(2100, 1, 1)
+        )
+        # Started together, the inserts all queue before the batcher runs: one batch, one commit.
+        await asyncio.gather(*(store.messages.insert(m) for m in [*due, later]))
+        assert store.writes.commits == 1
+        async with asyncio.timeout(10):
+            while len(heard) < 2:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # and nothing more arrives
+        assert sorted(heard) == ["a", "b"]
+    finally:
+        await listener.close()
+        await store.close()

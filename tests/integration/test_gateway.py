@@ -313,7 +313,7 @@ async def test_a_request_that_fails_can_be_resent_safely(live: Live, monkeypatch
     app = App(live)
     sent = await live.send(to=TO, body="hello")
     await live.wait_for(sent["id"], "pending")
-    store = live.service.store.gateways
+    store = live.service.gateway
     real = store.exchange
 
     async def broken(*args: Any, **kwargs: Any) -> Any:

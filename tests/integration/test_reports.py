@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tidings import ids
+from tidings.domain.messages import NewMessage
 from tidings.domain.reports import Report
 from tidings.domain.status import RANK, Status
 from tidings.store import Store
-from tidings.store.messages import NewMessage
+from tidings.store.reports import ReportItem
 
 T0 = datetime(2026, 1, 1)
 REPORTABLE = [s for s in Status if s is not Status.CANCELLED]
@@ -40,18 +41,16 @@ async def message_in(store: Store, initial: Status) -> str:
     # A provider of its own, so that earlier examples' messages (the store is shared) stay apart.
     provider = ids.new_id()
     send_at = datetime(2100, 1, 1) if initial is Status.SCHEDULED else None
-    new = NewMessage(
+    new = NewMessage.sms(
         to="+254712345678",
-        body="hi",
-        segments=1,
-        encoding="GSM-7",
+        text="hi",
         provider=provider,
         max_attempts=3,
         send_at=send_at,
     )
     row, _ = await store.messages.insert(new)
     if initial is Status.SENDING:
-        [claimed] = await store.messages.claim(provider, worker="w", limit=1, lease_seconds=60)
+        [claimed] = await store.queue.claim(provider, worker="w", limit=1, lease_seconds=60)
         assert claimed.id == row["id"]
     return str(row["id"])
 
@@ -64,8 +63,8 @@ def recorded(events: list[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
 
 async def test_a_duplicate_report_changes_nothing_but_is_recorded(store: Store) -> None:
     message_id = await message_in(store, Status.SENDING)
-    first = await store.messages.apply_report(message_id, report(Status.SENT, 1))
-    second = await store.messages.apply_report(message_id, report(Status.SENT, 2))
+    first = await store.reports.apply(ReportItem(message_id, report(Status.SENT, 1)))
+    second = await store.reports.apply(ReportItem(message_id, report(Status.SENT, 2)))
     assert first is not None and first.changed
     assert second is not None and not second.changed
     events = [e for e in await store.messages.events(message_id) if e["type"] == "report"]
@@ -83,7 +82,7 @@ async def test_any_permutation_of_reports_gives_the_same_status_and_history(
     first, second = await message_in(store, initial), await message_in(store, initial)
     for message_id, order in ((first, reports), (second, permuted)):
         for item in order:
-            outcome = await store.messages.apply_report(message_id, item)
+            outcome = await store.reports.apply(ReportItem(message_id, item))
             assert outcome is not None
     row_a, row_b = await store.messages.get(first), await store.messages.get(second)
     assert row_a is not None and row_b is not None

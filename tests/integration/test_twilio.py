@@ -355,9 +355,9 @@ async def test_a_failed_webhook_is_kept_and_can_be_replayed_from_the_cli(
         database_url, providers={"tw": twilio(fake.url)}, default_provider="tw", worker=False
     ) as live:
         sent = await live.send(to=ORDINARY, body="hello")
-        await live.service.store.messages.claim("tw", worker="w", limit=1, lease_seconds=60)
-        await live.service.store.messages.record_accepted(
-            sent["id"], worker="w", provider_message_id="SM" + "e" * 32, provider_status="queued"
+        await live.service.store.queue.claim("tw", worker="w", limit=1, lease_seconds=60)
+        await live.service.store.reports.record_accepted(
+            sent["id"], provider_message_ids=["SM" + "e" * 32], provider_status="queued"
         )
         tracker = live.service.tracker
         real_apply = tracker.apply

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import make_settings
 from tidings.clock import utcnow
+from tidings.domain.messages import NewMessage
 from tidings.domain.reports import Report
 from tidings.domain.status import Status
 from tidings.providers.fake_rules import (
@@ -28,9 +29,9 @@ from tidings.providers.fake_rules import (
     TEMPORARY_FAILURE,
     TEMPORARY_THEN_OK,
 )
-from tidings.service import Service
+from tidings.services import Service
 from tidings.store import Store
-from tidings.store.messages import NewMessage
+from tidings.store.reports import ReportItem
 from tidings.worker.dispatcher import Dispatcher
 
 ORDINARY = "+12025550123"
@@ -46,11 +47,9 @@ ServiceFactory = Callable[..., Awaitable[Service]]
 
 
 def new_message(to: str = ORDINARY, *, max_attempts: int = 5, send_at: datetime | None = None) -> NewMessage:
-    return NewMessage(
+    return NewMessage.sms(
         to=to,
-        body="hello from the worker tests",
-        segments=1,
-        encoding="GSM-7",
+        text="hello from the worker tests",
         provider="fake",
         max_attempts=max_attempts,
         send_at=send_at,
@@ -264,7 +263,7 @@ async def test_scheduled_message_is_promoted_then_delivered_not_before(store: St
 async def test_expired_lease_is_reaped_and_the_message_delivered(store: Store, worker: Service) -> None:
     message_id = await insert(store, max_attempts=3)
     # A worker claims it and dies: it never sends, never records anything.
-    claimed = await store.messages.claim("fake", worker="ghost", limit=1, lease_seconds=0.1)
+    claimed = await store.queue.claim("fake", worker="ghost", limit=1, lease_seconds=0.1)
     assert [c.id for c in claimed] == [message_id]
     assert (await get(store, message_id))["status"] == "sending"
     await asyncio.sleep(0.15)
@@ -288,7 +287,7 @@ async def test_expired_lease_is_reaped_and_the_message_delivered(store: Store, w
 
 async def test_expired_lease_with_attempts_used_up_fails(store: Store, worker: Service) -> None:
     message_id = await insert(store, max_attempts=1)
-    claimed = await store.messages.claim("fake", worker="ghost", limit=1, lease_seconds=0.1)
+    claimed = await store.queue.claim("fake", worker="ghost", limit=1, lease_seconds=0.1)
     assert [(c.id, c.attempts, c.max_attempts) for c in claimed] == [(message_id, 1, 1)]
     await asyncio.sleep(0.15)
     async with running(worker):
@@ -308,9 +307,9 @@ async def test_expired_lease_with_attempts_used_up_fails(store: Store, worker: S
 async def test_claim_takes_at_most_limit_messages(store: Store) -> None:
     """The dispatcher asks for as many messages as it has free slots; the store must not give more."""
     ids = [await insert(store) for _ in range(6)]
-    first = await store.messages.claim("fake", worker="w1", limit=2, lease_seconds=60)
+    first = await store.queue.claim("fake", worker="w1", limit=2, lease_seconds=60)
     assert len(first) == 2, f"asked for 2, claimed {len(first)}"
-    second = await store.messages.claim("fake", worker="w2", limit=3, lease_seconds=60)
+    second = await store.queue.claim("fake", worker="w2", limit=3, lease_seconds=60)
     assert len(second) == 3, f"asked for 3, claimed {len(second)}"
     assert not {c.id for c in first} & {c.id for c in second}
     # Oldest first.
@@ -391,10 +390,10 @@ async def test_reports_in_any_order_end_the_same(store: Store) -> None:
     assert len(orders) == 24
     for order in orders:
         message_id = await insert(store)
-        claimed = await store.messages.claim("fake", worker="w", limit=1, lease_seconds=60)
+        claimed = await store.queue.claim("fake", worker="w", limit=1, lease_seconds=60)
         assert [c.id for c in claimed] == [message_id]
         for report in order:
-            outcome = await store.messages.apply_report(message_id, report)
+            outcome = await store.reports.apply(ReportItem(message_id, report))
             assert outcome is not None
         row = await get(store, message_id)
         shown = [r.status.value for r in order]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tidings.domain.status import Status
 from tidings.errors import GatewayProtocolError
 from tidings.providers.gateway import parse_poll
-from tidings.store.gateways import _overlap
+from tidings.services.gateway import repeated_prefix
 
 
 def test_items_are_read_and_malformed_ones_skipped_with_a_reason() -> None:
@@ -53,10 +53,10 @@ keys = st.lists(
 def test_a_resent_request_is_recognised_whatever_came_before(earlier: list[Key], batch: list[Key]) -> None:
     recorded = earlier + batch
     # The whole batch was recorded already: all of it is a repeat.
-    assert _overlap(recorded, batch) == len(batch)
+    assert repeated_prefix(recorded, batch) == len(batch)
     # A batch that repeats its start and adds more: only the new part is kept.
-    assert _overlap(recorded, [*batch, ("DELIVERED", None)]) == len(batch)
+    assert repeated_prefix(recorded, [*batch, ("DELIVERED", None)]) == len(batch)
 
 
 def test_a_new_update_equal_to_an_older_one_is_not_a_repeat() -> None:
-    assert _overlap([("UNSENT", None), ("PENDING", None)], [("UNSENT", None)]) == 0
+    assert repeated_prefix([("UNSENT", None), ("PENDING", None)], [("UNSENT", None)]) == 0

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from tidings.config import Settings
 from tidings.errors import ConfigError
-from tidings.routing import Router
+from tidings.services.routing import Router
 
 PROVIDERS = ("orange", "twilio", "fake", "phone")
 

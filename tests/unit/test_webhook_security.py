@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from tidings.config import ProviderSettings, Settings
+from tidings.services.webhooks import client_address, redact_url
 from tidings.store.webhooks import redact_headers
-from tidings.webhooks import client_address, redact_url
 
 PROXIES = [ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("10.0.0.0/8")]
 

@@ -162,6 +162,10 @@ class Provider(abc.ABC):
     webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {}
     """The content types each webhook event accepts; an event not listed does not exist."""
 
+    legacy_webhook_paths: ClassVar[Mapping[str, str]] = {}
+    """Other paths this kind's webhooks may arrive at (path → event), for a service being
+    replaced; the first configured provider of the kind takes them."""
+
     pulls: ClassVar[bool] = False
     """Whether the provider fetches its own messages (the Android gateway): the dispatcher does not
     send for it."""

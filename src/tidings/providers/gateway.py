@@ -3,7 +3,8 @@
 The phone polls ``POST /api/sms`` every 30 s (and at once after a full batch) with the SMS it
 received and the status updates of the messages it was given; the answer lists the messages due
 for it. Nothing is pushed, so the dispatcher never sends for this provider: the poll hands messages
-over (see ``store/gateways.py`` and ``api/gateway.py``). This module reads the app's JSON.
+over (see ``services/gateway.py`` and ``api/gateway.py``). This module reads the app's JSON and
+turns it into what every provider gives tidings: inbound messages and reports.
 
 The app's words and ours (the app's word is kept as ``provider_status``, the medic-webapp name for
 the step in the event's ``detail``):
@@ -27,8 +28,9 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import Field
 
-from tidings.clock import to_db
+from tidings.clock import to_db, utcnow
 from tidings.config import ProviderSettings
+from tidings.domain.reports import InboundMessage, ProviderReport, Report
 from tidings.domain.status import Status
 from tidings.errors import GatewayProtocolError, TemporaryProviderError
 from tidings.providers.base import OutboundMessage, Provider, SendResult
@@ -42,6 +44,10 @@ STATUSES: dict[str, tuple[Status, str]] = {
     "DELIVERED": (Status.DELIVERED, "delivered"),
     "FAILED": (Status.FAILED, "failed"),
 }
+
+
+UPDATE_EVENT = "gateway_update"
+"""How a phone's status update is named in a message's history."""
 
 
 class GatewaySettings(ProviderSettings):
@@ -174,6 +180,35 @@ class GatewayProvider(Provider):
     pulls: ClassVar[bool] = True
 
     settings: GatewaySettings
+
+    def inbound(self, poll: GatewayPoll) -> list[InboundMessage]:
+        """The SMS the phone received."""
+        return [
+            InboundMessage(
+                sender=sms.sender, body=sms.body, provider_message_id=sms.id, sent_at=sms.sent_at, raw=sms.raw
+            )
+            for sms in poll.inbound
+        ]
+
+    def reports(self, poll: GatewayPoll) -> list[ProviderReport]:
+        """The phone's status updates as reports, in the order it sent them."""
+        now = utcnow()
+        return [
+            ProviderReport(
+                report=Report(
+                    status=item.status,
+                    source=f"gateway:{self.name}",
+                    occurred_at=now,
+                    provider_status=item.word,
+                    error_code=item.word if item.status is Status.FAILED else None,
+                    error_message=item.reason,
+                    detail={"gateway_status": item.label or "unrecognised", "update": item.raw},
+                ),
+                message_id=item.id,
+                event=UPDATE_EVENT,
+            )
+            for item in poll.updates
+        ]
 
     async def send(self, message: OutboundMessage) -> SendResult:
         # Never called: the phone pulls its messages. Kept honest should that change.

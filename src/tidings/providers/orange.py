@@ -40,6 +40,7 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -201,6 +202,11 @@ class OrangeProvider(Provider):
     webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {
         "delivery": frozenset({JSON}),
         "inbound": frozenset({JSON}),
+    }
+    legacy_webhook_paths: ClassVar[Mapping[str, str]] = {
+        # Where seed 002's service took Orange's notifications.
+        "/api/sms/webhook/delivery-status": "delivery",
+        "/api/sms/webhook/inbound-message": "inbound",
     }
     can_poll = True
 

@@ -1,10 +1,27 @@
-"""All SQL lives in this package; the worker and the API call named methods."""
+"""All SQL lives in this package; services and the worker call named functions.
+
+db.py          engines (SQLite in WAL mode, PostgreSQL)
+tables.py      the schema; migrations/ must produce exactly it
+batcher.py     group commit: concurrent small writes share one transaction
+sql.py         statement patterns the two queues share
+messages.py    storing (the one insert path), reading, listing and cancelling messages
+queue.py       claiming (the one claim), retries, promotion, reaping, failover, polling
+reports.py     the one status writer for reports
+events.py      each message's history, written with the callbacks it calls for
+callbacks.py   the callback outbox and its delivery queue
+inbound.py, optouts.py, gateways.py, webhooks.py, keys.py, log.py
+"""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+import contextlib
+from collections.abc import AsyncIterator
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.store.batcher import WriteBatcher
+from tidings.store.callbacks import CallbackStore
 from tidings.store.db import create_engine
 from tidings.store.gateways import GatewayStore
 from tidings.store.inbound import InboundStore
@@ -12,7 +29,8 @@ from tidings.store.keys import KeyStore
 from tidings.store.log import LogStore
 from tidings.store.messages import MessageStore
 from tidings.store.optouts import OptOutStore
-from tidings.store.outbox import CallbackStore
+from tidings.store.queue import QueueStore
+from tidings.store.reports import ReportStore
 from tidings.store.webhooks import WebhookLogStore
 
 
@@ -23,10 +41,12 @@ class Store:
         self.engine = engine
         self.writes = WriteBatcher(engine)
         self.messages = MessageStore(engine, self.writes)
+        self.queue = QueueStore(engine)
+        self.reports = ReportStore(self.writes)
         self.keys = KeyStore(engine)
         self.webhooks = WebhookLogStore(engine, self.writes)
-        self.inbound = InboundStore(engine, self.messages)
-        self.gateways = GatewayStore(engine, self.messages)
+        self.inbound = InboundStore(engine)
+        self.gateways = GatewayStore(engine)
         self.opt_outs = OptOutStore(engine)
         self.callbacks = CallbackStore(engine)
         self.log = LogStore(engine)
@@ -38,6 +58,17 @@ class Store:
     @property
     def is_postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction, for a service that composes several of the store's functions."""
+        async with self.engine.begin() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        """Raise unless the database answers."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
         await self.writes.close()

@@ -16,10 +16,6 @@ Two kinds of write:
   bulk function says per item whether it was written or refused (so one refused message does not
   fail its neighbours).
 
-A write may also ask for a statement to run ``once`` per transaction, however many writes of the
-batch ask (the same ``NOTIFY`` for a hundred new messages, say): it runs after the writes, before
-the commit.
-
 If the transaction fails, it is rolled back and each write of that batch runs again alone, so one
 bad write (a unique-key race, say) never takes others down with it.
 """
@@ -29,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,7 +35,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Write = Callable[[AsyncConnection], Awaitable[Any]]
-Once = tuple[Hashable, Write]
 Bulk = Callable[[AsyncConnection, list[Any]], Awaitable[Sequence[Any]]]
 """Writes items together; returns one result per item, an exception instance for a refused one."""
 
@@ -53,7 +48,6 @@ class _Entry:
     write: Write | None = None
     bulk: Bulk | None = None
     item: Any = None
-    once: Once | None = None
 
 
 class WriteBatcher:
@@ -66,18 +60,15 @@ class WriteBatcher:
         self.commits = 0
         self.writes = 0
 
-    async def run(self, write: Callable[[AsyncConnection], Awaitable[T]], *, once: Once | None = None) -> T:
-        """Run ``write`` in a shared transaction; returns its result once that is committed.
-
-        ``once`` is ``(key, write)``: run that write once per transaction for each distinct key.
-        """
-        result: T = await self._enqueue(_Entry(future=self._future(), write=write, once=once))
+    async def run(self, write: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``write`` in a shared transaction; returns its result once that is committed."""
+        result: T = await self._enqueue(_Entry(future=self._future(), write=write))
         return result
 
-    async def run_many(self, bulk: Bulk, item: Any, *, once: Once | None = None) -> Any:
+    async def run_many(self, bulk: Bulk, item: Any) -> Any:
         """Write ``item`` together with the other items of the batch for the same ``bulk``
         function; returns its result once committed, or raises the exception it was refused with."""
-        return await self._enqueue(_Entry(future=self._future(), bulk=bulk, item=item, once=once))
+        return await self._enqueue(_Entry(future=self._future(), bulk=bulk, item=item))
 
     def _future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
@@ -116,21 +107,16 @@ class WriteBatcher:
         """Run ``batch`` in ``conn``; each entry with its result and whether that is a refusal."""
         done: list[tuple[_Entry, Any, bool]] = []
         groups: dict[Bulk, list[_Entry]] = {}
-        finals: dict[Hashable, Write] = {}
         for entry in batch:
             if entry.bulk is not None:
                 groups.setdefault(entry.bulk, []).append(entry)
             else:
                 assert entry.write is not None
                 done.append((entry, await entry.write(conn), False))
-            if entry.once is not None:
-                finals.setdefault(*entry.once)
         for bulk, entries in groups.items():
             results = await bulk(conn, [e.item for e in entries])
             for entry, result in zip(entries, results, strict=True):
                 done.append((entry, result, isinstance(result, BaseException)))
-        for final in finals.values():
-            await final(conn)
         return done
 
     async def _commit(self, batch: list[_Entry]) -> None:

@@ -1,4 +1,8 @@
-"""Inbound messages: every SMS people send to our numbers, stored once per provider id."""
+"""Inbound messages: every message people send to our numbers, stored once per provider id.
+
+What a new one sets off (callbacks, keywords) is ``services/inbound.py``'s: it runs in the same
+transaction, by calling these functions with its connection.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
-from tidings.clock import utcnow
 from tidings.store.db import plain
-from tidings.store.messages import MessageStore
-from tidings.store.optouts import InboundPolicy, after_inbound
 from tidings.store.tables import inbound_messages
 
 ADDRESS_CHARS = 64
@@ -59,12 +60,9 @@ def inbound_row(
     }
 
 
-async def store_rows(
-    conn: AsyncConnection, rows: list[dict[str, Any]], policy: InboundPolicy | None, messages: MessageStore
-) -> list[dict[str, Any]]:
+async def store_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Insert inbound rows, skipping those a provider already delivered (a resend, or a
-    concurrent request that stored it first), and run what each new one sets off in the same
-    transaction (callbacks, keywords: ``store/optouts.py``); returns the rows stored."""
+    concurrent request that stored it first); returns the rows stored."""
     if not rows:
         return []
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
@@ -75,48 +73,23 @@ async def store_rows(
         rows,
     )
     stored_ids = set(result.scalars())
-    stored = [row for row in rows if row["id"] in stored_ids]
-    for row in stored:
-        await after_inbound(conn, messages, row, policy, row["received_at"])
-    return stored
+    return [row for row in rows if row["id"] in stored_ids]
+
+
+async def known_ids(conn: AsyncConnection, provider: str, provider_message_ids: list[str]) -> set[str]:
+    """Which of ``provider_message_ids`` of ``provider`` are already stored."""
+    if not provider_message_ids:
+        return set()
+    query = select(inbound_messages.c.provider_message_id).where(
+        inbound_messages.c.provider == provider,
+        inbound_messages.c.provider_message_id.in_(sorted(set(provider_message_ids))),
+    )
+    return {str(i) for i in (await conn.execute(query)).scalars()}
 
 
 class InboundStore:
-    def __init__(self, engine: AsyncEngine, messages: MessageStore) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.messages = messages
-        self.is_postgres = engine.dialect.name == "postgresql"
-
-    async def insert(
-        self,
-        *,
-        provider: str,
-        sender: str,
-        body: str,
-        to: str | None = None,
-        provider_message_id: str | None = None,
-        sent_at: datetime | None = None,
-        raw: dict[str, Any] | None = None,
-        webhook_log_id: int | None = None,
-        policy: InboundPolicy | None = None,
-    ) -> str | None:
-        """Store one inbound message and, in the same transaction, what it sets off (callbacks,
-        keywords: see ``store/optouts.py``); returns its id, or ``None`` when the provider already
-        delivered a message with this ``provider_message_id`` (a resent webhook)."""
-        row = inbound_row(
-            provider=provider,
-            sender=sender,
-            body=body,
-            now=utcnow(),
-            to=to,
-            provider_message_id=provider_message_id,
-            sent_at=sent_at,
-            raw=raw,
-            webhook_log_id=webhook_log_id,
-        )
-        async with self.engine.begin() as conn:
-            stored = await store_rows(conn, [row], policy, self.messages)
-        return str(row["id"]) if stored else None
 
     async def search(
         self,

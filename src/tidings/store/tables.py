@@ -30,6 +30,9 @@ metadata = MetaData(
     }
 )
 
+ADDRESS_LENGTH = 320
+"""The longest address a message may go to or come from (an email address's limit)."""
+
 # BigInteger primary keys autoincrement on PostgreSQL; SQLite only does that for INTEGER.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -54,11 +57,13 @@ messages = Table(
     metadata,
     Column("id", String(26), primary_key=True),
     Column("channel", String(16), nullable=False, server_default="sms"),
-    Column("to", String(64), nullable=False),
-    Column("sender", String(64)),
+    # An E.164 number for SMS, an address for email (up to 320 characters).
+    Column("to", String(ADDRESS_LENGTH), nullable=False),
+    Column("sender", String(ADDRESS_LENGTH)),
     Column("body", Text(), nullable=False),
-    Column("segments", Integer(), nullable=False),
-    Column("encoding", String(8), nullable=False),
+    # SMS only: how the body is cut into billable parts.
+    Column("segments", Integer()),
+    Column("encoding", String(8)),
     Column("status", String(16), nullable=False),
     Column("provider", String(64), nullable=False),
     Column("provider_message_id", String(128)),
@@ -133,6 +138,17 @@ message_tags = Table(
     Column("message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
     Column("tag", String(128), primary_key=True),
     Index("ix_message_tags_tag", "tag", "message_id"),
+)
+
+message_provider_ids = Table(
+    "message_provider_ids",
+    metadata,
+    # A provider's ids for a message beyond its main one (``messages.provider_message_id``): one
+    # per SMS part for some providers, or an earlier send's. A receipt naming any finds it.
+    Column("provider", String(64), primary_key=True),
+    Column("provider_message_id", String(128), primary_key=True),
+    Column("message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Index("ix_message_provider_ids_message_id", "message_id"),
 )
 
 message_events = Table(
@@ -215,16 +231,18 @@ gateways = Table(
 opt_outs = Table(
     "opt_outs",
     metadata,
-    # A number that asked not to be sent to: by everyone (scope '*') or by one of our senders.
+    # An address that asked not to be sent to on a channel: by everyone (scope '*') or by one of
+    # our senders.
     Column("id", String(26), primary_key=True),
-    Column("number", String(64), nullable=False),
-    Column("scope", String(64), nullable=False),
+    Column("channel", String(16), nullable=False, server_default="sms"),
+    Column("address", String(ADDRESS_LENGTH), nullable=False),
+    Column("scope", String(ADDRESS_LENGTH), nullable=False),
     Column("source", String(16), nullable=False),
     Column("keyword", String(32)),
     Column("inbound_id", String(26)),
     Column("note", Text()),
     Column("created_at", DateTime(), nullable=False),
-    Index("ix_opt_outs_number_scope", "number", "scope", unique=True),
+    Index("ix_opt_outs_channel_address_scope", "channel", "address", "scope", unique=True),
 )
 
 callbacks = Table(

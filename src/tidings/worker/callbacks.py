@@ -23,7 +23,7 @@ from tidings.config import Settings
 from tidings.domain.retry import RetryPolicy
 from tidings.signatures import HEADER, sign
 from tidings.store import Store
-from tidings.store.outbox import DueCallback
+from tidings.store.callbacks import DueCallback
 from tidings.worker.wakeup import Waker
 
 log = logging.getLogger(__name__)

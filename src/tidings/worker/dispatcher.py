@@ -22,6 +22,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from tidings.clock import utcnow
 from tidings.config import Settings
@@ -31,10 +32,13 @@ from tidings.domain.status import Status
 from tidings.errors import ProviderError, TemporaryProviderError
 from tidings.providers.base import OutboundMessage, PollRequest, Provider
 from tidings.store import Store
-from tidings.store.messages import Claimed
-from tidings.tracking import Tracker
+from tidings.store.queue import Claimed
+from tidings.store.reports import ReportItem
 from tidings.worker.limits import RateLimiter
 from tidings.worker.wakeup import Waker
+
+if TYPE_CHECKING:
+    from tidings.services.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +72,11 @@ class Dispatcher:
         settings: Settings,
         waker: Waker | None = None,
         *,
+        tracker: Tracker,
         name: str | None = None,
-        tracker: Tracker | None = None,
     ) -> None:
         self.store = store
-        self.tracker = tracker or Tracker(store)
+        self.tracker = tracker
         self.settings = settings
         self.waker = waker or Waker()
         self.name = name or worker_id()
@@ -129,7 +133,7 @@ class Dispatcher:
             free = lane.free
             if free <= 0 or lane.provider.pulls:
                 continue
-            batch = await self.store.messages.claim(
+            batch = await self.store.queue.claim(
                 name,
                 worker=self.name,
                 limit=min(free, self.settings.claim_batch),
@@ -157,8 +161,8 @@ class Dispatcher:
             await asyncio.wait(tasks, timeout=timeout)
 
     async def maintain_once(self) -> None:
-        promoted = await self.store.messages.promote_due()
-        reaped = await self.store.messages.reap_expired_leases()
+        promoted = await self.store.queue.promote_due()
+        reaped = await self.store.queue.reap_expired_leases()
         moved = await self._leave_silent_gateways()
         if promoted or reaped or moved:
             self.waker.notify()
@@ -177,7 +181,7 @@ class Dispatcher:
             silent_after = float(getattr(settings, "silent_after_seconds", 0))
             if last_poll is not None and now - last_poll < timedelta(seconds=silent_after):
                 continue
-            count = await self.store.messages.fail_over_waiting(
+            count = await self.store.queue.fail_over_waiting(
                 name, waiting_since=now - timedelta(seconds=float(waited)), now=now
             )
             if count:
@@ -211,7 +215,7 @@ class Dispatcher:
             provider = lane.provider
             if not (provider.can_poll and provider.settings.poll):
                 continue
-            batch = await self.store.messages.take_for_polling(
+            batch = await self.store.queue.take_for_polling(
                 name,
                 sent_before=now - timedelta(seconds=settings.poll_after_seconds),
                 polled_before=now - timedelta(seconds=settings.poll_repeat_seconds),
@@ -294,10 +298,9 @@ class Dispatcher:
             )
             await self._record_error(message, TemporaryProviderError(repr(exc), code="adapter_error"))
             return
-        await self.store.messages.record_accepted(
+        await self.store.reports.record_accepted(
             message.id,
-            worker=self.name,
-            provider_message_id=result.provider_message_id,
+            provider_message_ids=result.provider_message_ids,
             provider_status=result.provider_status,
             detail=result.raw,
             status=result.status,
@@ -323,7 +326,7 @@ class Dispatcher:
                 if fail_over_to is not None:
                     # The next provider has not failed this message: try it now.
                     retry_at = now
-                await self.store.messages.schedule_retry(
+                await self.store.queue.schedule_retry(
                     message.id,
                     worker=self.name,
                     retry_at=retry_at,
@@ -350,18 +353,19 @@ class Dispatcher:
             reason = f"attempts used up ({message.attempts}); last error: {exc.message}"
         else:
             reason = exc.message
-        await self.store.messages.apply_report(
-            message.id,
-            Report(
-                status=Status.FAILED,
-                source="worker",
-                occurred_at=now,
-                error_code=exc.code,
-                error_message=reason,
-                detail=detail,
-            ),
-            type="send_failed",
-            extra={"lease_owner": None, "lease_expires_at": None},
+        await self.store.reports.apply(
+            ReportItem(
+                message.id,
+                Report(
+                    status=Status.FAILED,
+                    source="worker",
+                    occurred_at=now,
+                    error_code=exc.code,
+                    error_message=reason,
+                    detail=detail,
+                ),
+                type="send_failed",
+            )
         )
         log.error(
             "message failed: %s",

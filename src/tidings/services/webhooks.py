@@ -6,9 +6,10 @@
 2. Checks: the sender's address against the provider's allowlist (``X-Forwarded-For`` is believed
    only from ``trusted_proxies``), the body size, the content type, then the provider's own
    signature check. A refused request answers 4xx and its entry says why.
-3. The provider's adapter reads the body into reports and inbound SMS; reports go through the
-   tracker (a duplicate or an unknown id is recorded and answered 200, so the provider does not
-   resend it), inbound SMS are stored once each.
+3. The provider's adapter reads the body into reports and inbound messages; reports go through
+   the tracker (a duplicate or an unknown id is recorded and answered 200, so the provider does
+   not resend it), inbound messages to the inbound service (stored once each, with what they set
+   off).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from tidings.config import Settings
 from tidings.errors import AddressNotAllowed, BadRequest, NotFound, WebhookRejected, WebhookTooLarge
 from tidings.providers.base import Provider, WebhookRequest, WebhookResult
+from tidings.services.inbound import InboundService
+from tidings.services.tracking import Tracker
 from tidings.store import Store
 from tidings.store.webhooks import WebhookEntry
-from tidings.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +87,36 @@ class WebhookAnswer:
 
 class WebhookHandler:
     def __init__(
-        self, store: Store, tracker: Tracker, providers: Mapping[str, Provider], settings: Settings
+        self,
+        store: Store,
+        tracker: Tracker,
+        inbound: InboundService,
+        providers: Mapping[str, Provider],
+        settings: Settings,
     ) -> None:
         self.store = store
         self.tracker = tracker
+        self.inbound = inbound
         self.providers = providers
         self._trusted = _networks(settings.trusted_proxies)
+        # Paths other services used for a provider's webhooks (seed 002's Orange paths): each goes
+        # to the first configured provider whose kind declares it.
+        self.legacy_paths: dict[str, tuple[Provider, str]] = {}
+        for provider in providers.values():
+            for path, event in provider.legacy_webhook_paths.items():
+                self.legacy_paths.setdefault(path, (provider, event))
         self._allowed = {
             name: _networks(p.settings.webhook_allow_ips)
             for name, p in providers.items()
             if p.settings.webhook_allow_ips
         }
+
+    def provider(self, kind: str, name: str) -> Provider:
+        """The configured provider ``name`` of ``kind``; :class:`NotFound` otherwise."""
+        provider = self.providers.get(name)
+        if provider is None or provider.kind != kind:
+            raise NotFound(f"no {kind} provider named {name}")
+        return provider
 
     async def receive(
         self, provider: Provider, event: str, request: WebhookRequest, peer: str | None
@@ -166,7 +187,7 @@ class WebhookHandler:
             raise
         try:
             tracked = await self.tracker.apply(provider.name, result.reports)
-            await self.tracker.keep_inbound(provider.name, result.inbound, webhook_log_id=entry_id)
+            await self.inbound.receive(provider.name, result.inbound, webhook_log_id=entry_id)
         except Exception as exc:
             log.exception(
                 "webhook %d could not be processed; replay it with `tidings webhooks replay %d`",

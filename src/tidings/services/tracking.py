@@ -1,10 +1,10 @@
-"""Applying provider reports (receipts, webhook updates, polls) to messages, and keeping inbound SMS.
+"""Applying provider reports (receipts, webhook updates, polls) to messages.
 
 Every report from every provider, whether posted to a webhook, produced by the in-process fake or
 returned by a status poll, comes through :meth:`Tracker.apply`: the message is found by our id,
 else by the provider's id, else (for a receipt that lost both) as the most recent ``sent`` message
-to the same number within :data:`RECIPIENT_FALLBACK`, and the report goes through the status
-machine in ``store``.
+to the same number within :data:`RECIPIENT_FALLBACK`, and the report goes to the one status
+writer (``store/reports.py``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from tidings.clock import utcnow
-from tidings.domain.reports import InboundMessage, ProviderReport
+from tidings.domain.reports import ProviderReport
 from tidings.store import Store
-from tidings.store.messages import ReportOutcome
-from tidings.store.optouts import InboundPolicy
+from tidings.store.reports import ReportItem, ReportOutcome
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +31,8 @@ class TrackResult:
 
 
 class Tracker:
-    def __init__(self, store: Store, policy: InboundPolicy | None = None) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.policy = policy
 
     async def apply(self, provider: str, reports: list[ProviderReport]) -> TrackResult:
         """Apply ``reports`` from ``provider`` in order; reports for unknown messages are logged."""
@@ -43,11 +41,11 @@ class Tracker:
         for item in reports:
             outcome = None
             if item.message_id is not None:
-                outcome = await self.store.messages.apply_report(item.message_id, item.report)
+                outcome = await self.store.reports.apply(ReportItem(item.message_id, item.report, item.event))
             if outcome is None:
                 found = await self._find(provider, item)
                 if found is not None:
-                    outcome = await self.store.messages.apply_report(found, item.report)
+                    outcome = await self.store.reports.apply(ReportItem(found, item.report, item.event))
             if outcome is None:
                 unmatched += 1
                 log.warning(
@@ -87,30 +85,3 @@ class Tracker:
     async def sink(self, provider: str, reports: list[ProviderReport]) -> None:
         """The :data:`~tidings.providers.base.ReportSink` given to provider adapters."""
         await self.apply(provider, reports)
-
-    async def keep_inbound(
-        self, provider: str, inbound: list[InboundMessage], *, webhook_log_id: int | None = None
-    ) -> int:
-        """Store inbound SMS once each (a provider's resend is skipped); returns how many were new."""
-        new = 0
-        for sms in inbound:
-            stored = await self.store.inbound.insert(
-                provider=provider,
-                sender=sms.sender,
-                to=sms.to,
-                body=sms.body,
-                provider_message_id=sms.provider_message_id,
-                sent_at=sms.sent_at,
-                raw=sms.raw,
-                webhook_log_id=webhook_log_id,
-                policy=self.policy,
-            )
-            if stored is None:
-                log.info(
-                    "inbound message already stored; skipped",
-                    extra={"action": "inbound", "provider": provider},
-                )
-                continue
-            new += 1
-            log.info("inbound message stored", extra={"action": "inbound", "provider": provider})
-        return new

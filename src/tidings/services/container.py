@@ -1,7 +1,11 @@
-"""The running service: settings, database, providers and tracking, started and stopped together.
+"""The running service: settings, database, providers and the services over them, started and
+stopped together.
 
 ``tidings serve`` runs the API and a worker on one :class:`Service`; ``tidings api`` and
-``tidings worker`` each run one half.
+``tidings worker`` each run one half; the CLI's other commands use one for a moment. Every
+transport calls the same services: :attr:`Service.accepting`, :attr:`~Service.messages`,
+:attr:`~Service.inbound`, :attr:`~Service.webhooks`, :attr:`~Service.gateway`,
+:attr:`~Service.callbacks`.
 """
 
 from __future__ import annotations
@@ -10,34 +14,22 @@ import asyncio
 import logging
 
 from tidings.config import Settings
-from tidings.domain.keywords import Action, Keywords
 from tidings.providers import Provider, ProviderContext, build_providers
-from tidings.routing import Router
+from tidings.services.accepting import Acceptor
+from tidings.services.callbacks import CallbackService
+from tidings.services.gateway import GatewayService
+from tidings.services.inbound import InboundPolicy, InboundService
+from tidings.services.messages import MessageService
+from tidings.services.routing import Router
+from tidings.services.tracking import Tracker
+from tidings.services.webhooks import WebhookHandler
 from tidings.store import Store
 from tidings.store.migrate import current_revision, head_revision, upgrade
-from tidings.store.optouts import InboundPolicy
-from tidings.tracking import Tracker
-from tidings.webhooks import WebhookHandler
 from tidings.worker.callbacks import CallbackSender
 from tidings.worker.dispatcher import Dispatcher
 from tidings.worker.wakeup import PostgresListener, Waker
 
 log = logging.getLogger(__name__)
-
-
-def inbound_policy(settings: Settings) -> InboundPolicy:
-    """What to do with inbound SMS, from the settings."""
-    replies = {
-        Action.OPT_OUT: settings.opt_out_reply,
-        Action.OPT_IN: settings.opt_in_reply,
-        Action.HELP: settings.help_reply,
-    }
-    return InboundPolicy(
-        keywords=Keywords(settings.opt_out_keywords, settings.opt_in_keywords, settings.help_keywords),
-        scope=settings.opt_out_scope,
-        replies={action: text for action, text in replies.items() if text},
-        max_attempts=settings.max_attempts,
-    )
 
 
 class Service:
@@ -48,14 +40,18 @@ class Service:
             sqlite_synchronous=settings.sqlite_synchronous,
             pool_size=settings.pool_size,
         )
-        self.inbound_policy = inbound_policy(settings)
-        self.tracker = Tracker(self.store, self.inbound_policy)
         self.waker = Waker()
+        self.tracker = Tracker(self.store)
         self.context = ProviderContext(base_url=settings.base_url, sink=self.tracker.sink)
         # Built now so that a wrong provider table stops start-up before anything opens.
         self.providers: dict[str, Provider] = build_providers(settings, self.context)
         self.router = Router(settings, self.providers)
-        self.webhooks = WebhookHandler(self.store, self.tracker, self.providers, settings)
+        self.accepting = Acceptor(settings, self.providers, self.router, self.store, self.waker)
+        self.messages = MessageService(self.store)
+        self.inbound = InboundService(self.store, InboundPolicy.from_settings(settings))
+        self.webhooks = WebhookHandler(self.store, self.tracker, self.inbound, self.providers, settings)
+        self.gateway = GatewayService(self.store, self.inbound, self.providers)
+        self.callbacks = CallbackService(self.store, self.waker)
         self._listener: PostgresListener | None = None
         self.started = False
 
@@ -87,6 +83,15 @@ class Service:
         await asyncio.gather(
             self.dispatcher().run(stop), CallbackSender(self.store, self.settings, self.waker).run(stop)
         )
+
+    async def healthy(self) -> bool:
+        """Whether the database answers."""
+        try:
+            await self.store.ping()
+        except Exception as exc:
+            log.warning("health check: database unreachable: %s", exc, extra={"action": "health"})
+            return False
+        return True
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -1,10 +1,10 @@
 """Client callbacks: the outbox rows, written in the transaction of the change they report, and
 the statements the callback sender uses to deliver them.
 
-Every event that changes a message's status goes through :func:`record_events`, which inserts the
-events and, for a message with a callback URL, one ``message.status`` callback per change. An
-inbound SMS gets an ``inbound`` callback to every API key with a callback URL
-(:func:`inbound_callbacks`). A crash after the commit loses nothing: the rows wait in the table.
+Every event that changes a message's status goes through ``store.events.record_events``, which
+queues one ``message.status`` callback per change for a message with a callback URL. An inbound
+message gets an ``inbound`` callback to every API key with a callback URL. A crash after the
+commit loses nothing: the rows wait in the table.
 
 Delivery: the oldest pending callback of each message is due first and the next waits for it, so
 callbacks for one message arrive in order; a callback that failed for good no longer holds the
@@ -18,20 +18,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, literal_column, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
-from tidings.clock import to_api, utcnow
-from tidings.errors import NotFound
+from tidings.clock import utcnow
+from tidings.domain.callbacks import inbound_payload, status_payload
 from tidings.store.db import plain
-from tidings.store.tables import api_keys, callbacks, message_events, messages
+from tidings.store.sql import is_value, picked_once, waits_for_earlier
+from tidings.store.tables import api_keys, callbacks, messages
 
 MAX_ATTEMPTS = 10
 """Deliveries tried before a callback is left ``failed`` (visible, and retryable by hand)."""
-
-# Event types that are not worth a callback: the client learnt of them from our answer.
-_SILENT_TYPES = frozenset({"accepted"})
 
 
 @dataclass(frozen=True)
@@ -41,25 +39,6 @@ class Recipient:
     url: str
     api_key_id: str | None
     to: str
-
-
-def _pending(status: str) -> Any:
-    return callbacks.c.status == literal_column(f"'{status}'")
-
-
-def status_payload(event: Mapping[str, Any], to: str) -> dict[str, Any]:
-    """The JSON of a ``message.status`` callback for one event."""
-    return {
-        "type": "message.status",
-        "id": event["message_id"],
-        "status": event["status"],
-        "event": event["type"],
-        "provider_status": event.get("provider_status"),
-        "error_code": event.get("error_code"),
-        "error_message": event.get("error_message"),
-        "to": to,
-        "occurred_at": to_api(event["occurred_at"]),
-    }
 
 
 def _row(
@@ -82,26 +61,13 @@ def _row(
     }
 
 
-async def record_events(
-    conn: AsyncConnection,
-    events: dict[str, Any] | Sequence[dict[str, Any]],
-    recipients: Mapping[str, Recipient | None] | None = None,
+async def queue_status_callbacks(
+    conn: AsyncConnection, changes: Sequence[Mapping[str, Any]], recipients: Mapping[str, Recipient | None]
 ) -> None:
-    """Insert ``events`` and the callbacks their status changes call for, in ``conn``'s transaction.
-
-    ``recipients`` may give each message's callback target (``None``: it has none); messages it
-    does not cover are looked up.
-    """
-    if isinstance(events, dict):
-        events = [events]
-    if not events:
-        return
-    await conn.execute(insert(message_events), list(events))
-    changed = [e for e in events if e["changed"] and e["type"] not in _SILENT_TYPES]
-    if not changed:
-        return
-    known: dict[str, Recipient | None] = dict(recipients or {})
-    missing = sorted({e["message_id"] for e in changed} - known.keys())
+    """Queue a ``message.status`` callback for each event in ``changes`` whose message has a
+    callback URL (from ``recipients``, else looked up)."""
+    known: dict[str, Recipient | None] = dict(recipients)
+    missing = sorted({e["message_id"] for e in changes} - known.keys())
     if missing:
         rows = await conn.execute(
             select(messages.c.id, messages.c.callback_url, messages.c.api_key_id, messages.c.to).where(
@@ -112,7 +78,7 @@ async def record_events(
             known[row.id] = Recipient(url=row.callback_url, api_key_id=row.api_key_id, to=row.to)
     now = utcnow()
     outbox = []
-    for event in changed:
+    for event in changes:
         target = known.get(event["message_id"])
         if target is None:
             continue
@@ -130,9 +96,9 @@ async def record_events(
         await conn.execute(insert(callbacks), outbox)
 
 
-async def inbound_callbacks(conn: AsyncConnection, inbound: Sequence[Mapping[str, Any]]) -> int:
-    """Queue an ``inbound`` callback for each stored inbound SMS to every active API key with a
-    callback URL; returns how many were queued."""
+async def queue_inbound_callbacks(conn: AsyncConnection, inbound: Sequence[Mapping[str, Any]]) -> int:
+    """Queue an ``inbound`` callback for each stored inbound message to every active API key with
+    a callback URL; returns how many were queued."""
     if not inbound:
         return 0
     keys = (
@@ -150,16 +116,7 @@ async def inbound_callbacks(conn: AsyncConnection, inbound: Sequence[Mapping[str
             url=key.callback_url,
             api_key_id=key.id,
             type="inbound",
-            payload={
-                "type": "inbound",
-                "id": sms["id"],
-                "from": sms["from"],
-                "to": sms.get("to"),
-                "body": sms["body"],
-                "provider": sms["provider"],
-                "provider_message_id": sms.get("provider_message_id"),
-                "received_at": to_api(sms["received_at"]),
-            },
+            payload=inbound_payload(sms),
             now=now,
             inbound_id=sms["id"],
         )
@@ -191,16 +148,11 @@ class CallbackStore:
         """Take up to ``limit`` due callbacks for delivery (``delivering``, under a lease), never
         one whose message has an earlier callback still waiting."""
         now = now or utcnow()
-        earlier = callbacks.alias("earlier")
-        waits = exists().where(
-            earlier.c.message_id == callbacks.c.message_id,
-            earlier.c.id < callbacks.c.id,
-            earlier.c.status.in_([literal_column("'pending'"), literal_column("'delivering'")]),
-        )
+        waits = waits_for_earlier(callbacks, "message_id", ("pending", "delivering"))
         due = (
             select(callbacks.c.id)
             .where(
-                _pending("pending"),
+                is_value(callbacks.c.status, "pending"),
                 callbacks.c.next_attempt_at <= now,
                 or_(callbacks.c.message_id.is_(None), ~waits),
             )
@@ -209,12 +161,12 @@ class CallbackStore:
         )
         if self.is_postgres:
             due = due.with_for_update(skip_locked=True, of=callbacks)
-            picked: Any = select(due.cte("picked").prefix_with("MATERIALIZED").c.id)
-        else:
-            picked = due.scalar_subquery()
         statement = (
             update(callbacks)
-            .where(callbacks.c.id.in_(picked), _pending("pending"))
+            .where(
+                callbacks.c.id.in_(picked_once(due, is_postgres=self.is_postgres)),
+                is_value(callbacks.c.status, "pending"),
+            )
             .values(
                 status="delivering",
                 attempts=callbacks.c.attempts + 1,
@@ -256,7 +208,7 @@ class CallbackStore:
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(callbacks)
-                .where(callbacks.c.id == callback_id, _pending("delivering"))
+                .where(callbacks.c.id == callback_id, is_value(callbacks.c.status, "delivering"))
                 .values(
                     status="delivered",
                     delivered_at=now,
@@ -275,7 +227,7 @@ class CallbackStore:
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(callbacks)
-                .where(callbacks.c.id == callback_id, _pending("delivering"))
+                .where(callbacks.c.id == callback_id, is_value(callbacks.c.status, "delivering"))
                 .values(
                     status="pending" if retry_at is not None else "failed",
                     next_attempt_at=retry_at or now,
@@ -292,7 +244,7 @@ class CallbackStore:
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(callbacks)
-                .where(_pending("delivering"), callbacks.c.lease_expires_at < now)
+                .where(is_value(callbacks.c.status, "delivering"), callbacks.c.lease_expires_at < now)
                 .values(status="pending", next_attempt_at=now, lease_expires_at=None, updated_at=now)
             )
         return int(result.rowcount or 0)
@@ -315,11 +267,12 @@ class CallbackStore:
         async with self.engine.connect() as conn:
             return [plain(r._mapping) for r in (await conn.execute(query)).all()]
 
-    async def retry(self, callback_id: str) -> dict[str, Any]:
-        """Queue a ``failed`` callback again, with a fresh set of attempts."""
+    async def retry(self, callback_id: str) -> dict[str, Any] | None:
+        """Queue a ``failed`` (or ``delivered``) callback again with a fresh set of attempts;
+        returns it as it stands afterwards (``None`` when there is no such callback)."""
         now = utcnow()
         async with self.engine.begin() as conn:
-            result = await conn.execute(
+            await conn.execute(
                 update(callbacks)
                 .where(callbacks.c.id == callback_id, callbacks.c.status.in_(["failed", "delivered"]))
                 .values(
@@ -327,19 +280,12 @@ class CallbackStore:
                 )
             )
             row = (await conn.execute(select(callbacks).where(callbacks.c.id == callback_id))).first()
-        if row is None:
-            raise NotFound(f"no callback {callback_id}")
-        if result.rowcount != 1 and row.status not in ("pending", "delivering"):
-            raise NotFound(f"no callback {callback_id}")
-        return plain(row._mapping)
+        return plain(row._mapping) if row is not None else None
 
     async def set_key_url(self, api_key_id: str, url: str | None, secret: str) -> None:
+        """Set a key's callback URL, and its signing secret if it has none yet."""
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == api_key_id)
-                .values(callback_url=url, callback_secret=api_keys.c.callback_secret)
-            )
+            await conn.execute(update(api_keys).where(api_keys.c.id == api_key_id).values(callback_url=url))
             await conn.execute(
                 update(api_keys)
                 .where(and_(api_keys.c.id == api_key_id, api_keys.c.callback_secret.is_(None)))

@@ -1,0 +1,64 @@
+"""``/v1/callbacks`` and ``/v1/callback-settings``: what an application is told, and where."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings.api.auth import Authenticated
+from tidings.api.common import URL_PATTERN, ServiceDep, id_cursor, json_response, times
+from tidings.errors import printable
+
+router = APIRouter(tags=["callbacks"])
+
+_TIMES = ("next_attempt_at", "lease_expires_at", "created_at", "updated_at", "delivered_at")
+
+
+class CallbackSettingsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        max_length=2048, pattern=URL_PATTERN, description="Where callbacks go; null: none."
+    )
+
+
+@router.get("/v1/callbacks")
+async def list_callbacks(
+    _key: Authenticated,
+    service: ServiceDep,
+    status: Annotated[str | None, Query(pattern="^(pending|delivering|delivered|failed)$")] = None,
+    message_id: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    """Callbacks, newest first: what was sent where, and whether it arrived."""
+    page, next_cursor = await service.callbacks.list(
+        status=status, message_id=printable(message_id, "message_id"), cursor=id_cursor(cursor), limit=limit
+    )
+    return json_response({"data": [times(r, *_TIMES) for r in page], "next_cursor": next_cursor})
+
+
+@router.post("/v1/callbacks/{callback_id}/retry")
+async def retry_callback(
+    callback_id: Annotated[str, Path(max_length=64)], _key: Authenticated, service: ServiceDep
+) -> Response:
+    """Queue a failed callback again, with a fresh set of attempts."""
+    return json_response(times(await service.callbacks.retry(callback_id), *_TIMES))
+
+
+@router.get("/v1/callback-settings")
+async def get_callback_settings(key: Authenticated, service: ServiceDep) -> Response:
+    """This API key's default callback URL and the secret its callbacks are signed with."""
+    return json_response(await service.callbacks.settings(key.id))
+
+
+@router.put("/v1/callback-settings")
+async def set_callback_settings(
+    payload: CallbackSettingsIn, key: Authenticated, service: ServiceDep
+) -> Response:
+    """Set (or with ``null`` clear) this key's default callback URL; a signing secret is made the
+    first time and kept."""
+    return json_response(await service.callbacks.set_url(key.id, payload.url))

@@ -1,0 +1,41 @@
+"""``/v1/inbound``: messages people sent to our numbers, from every provider."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from tidings.api.auth import Authenticated
+from tidings.api.common import ServiceDep, id_cursor, json_response, times
+from tidings.clock import utc_field
+from tidings.errors import printable
+
+router = APIRouter(tags=["inbound"])
+
+
+@router.get("/v1/inbound")
+async def list_inbound(
+    _key: Authenticated,
+    service: ServiceDep,
+    sender: Annotated[str | None, Query(alias="from", max_length=64)] = None,
+    to: Annotated[str | None, Query(max_length=64)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    """Inbound SMS from every provider, newest first; pass ``next_cursor`` back as ``cursor``."""
+    rows = await service.store.inbound.search(
+        sender=printable(sender, "from"),
+        to=printable(to, "to"),
+        since=utc_field(since, "since"),
+        until=utc_field(until, "until"),
+        after_id=id_cursor(cursor),
+        limit=limit + 1,
+    )
+    page = rows[:limit]
+    data = [times(r, "sent_at", "received_at") for r in page]
+    return json_response({"data": data, "next_cursor": page[-1]["id"] if len(rows) > limit else None})

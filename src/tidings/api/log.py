@@ -1,0 +1,46 @@
+"""``/v1/log``: the message log (seed 003), everything that crossed the wire."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from tidings.api.auth import Authenticated
+from tidings.api.common import ServiceDep, json_response, read_time_cursor, time_cursor, times
+from tidings.clock import utc_field
+from tidings.domain.phone import normalize_e164
+from tidings.errors import printable
+from tidings.store.log import Kind, LogFilter
+
+router = APIRouter(tags=["log"])
+
+
+@router.get("/v1/log")
+async def message_log(
+    _key: Authenticated,
+    service: ServiceDep,
+    kind: Kind | None = None,
+    number: Annotated[str | None, Query(max_length=64)] = None,
+    message_id: Annotated[str | None, Query(max_length=64)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    """Everything that crossed the wire, newest first: ``OUTBOUND`` (send attempts and the
+    provider's answer), ``INBOUND`` and ``STATUS_UPDATE`` (receipts with their raw status)."""
+    filters = LogFilter(
+        kind=kind,
+        number=normalize_e164(number, service.settings.default_region) if number else None,
+        message_id=printable(message_id, "message_id"),
+        since=utc_field(since, "since"),
+        until=utc_field(until, "until"),
+    )
+    before = read_time_cursor(cursor) if cursor else None
+    rows = await service.store.log.search(filters, before=before, limit=limit + 1)
+    page = rows[:limit]
+    next_cursor = time_cursor(page[-1]["at"], page[-1]["id"]) if len(rows) > limit else None
+    return json_response({"data": [times(r, "at") for r in page], "next_cursor": next_cursor})

@@ -1,0 +1,85 @@
+"""``/v1/messages``: send, read, list and cancel messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query
+from fastapi.responses import Response
+
+from tidings.api.auth import Authenticated
+from tidings.api.common import ERRORS, ServiceDep, id_cursor, json_response
+from tidings.api.schemas import MessageIn, MessageOut, MessagePage, message_json
+from tidings.clock import utc_field
+from tidings.domain.phone import normalize_e164
+from tidings.domain.status import Status
+from tidings.errors import printable
+from tidings.services.accepting import SendRequest
+from tidings.store.messages import MessageFilter
+
+router = APIRouter(tags=["messages"])
+
+
+@router.post(
+    "/v1/messages",
+    status_code=202,
+    response_model=MessageOut,
+    responses={200: {"model": MessageOut, "description": "Idempotent replay"}, **ERRORS},
+)
+async def send_message(
+    payload: MessageIn,
+    key: Authenticated,
+    service: ServiceDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Response:
+    """Accept a message. It is stored before this answers; with an ``Idempotency-Key`` a retried
+    request returns the same message (200), and a different body under the same key is a 409."""
+    request = SendRequest(**payload.model_dump())
+    row, created = await service.accepting.accept(
+        request, api_key_id=key.id, default_callback_url=key.callback_url, idempotency_key=idempotency_key
+    )
+    return json_response(message_json(row), 202 if created else 200)
+
+
+@router.get("/v1/messages/{message_id}", response_model=MessageOut, responses=ERRORS)
+async def get_message(
+    message_id: Annotated[str, Path(max_length=64)], _key: Authenticated, service: ServiceDep
+) -> Response:
+    """A message with its status, provider status, error, attempts, timestamps and history."""
+    row, history = await service.messages.get(message_id)
+    return json_response(message_json(row, history))
+
+
+@router.get("/v1/messages", response_model=MessagePage, responses=ERRORS)
+async def list_messages(
+    _key: Authenticated,
+    service: ServiceDep,
+    status: Status | None = None,
+    to: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[str | None, Query(max_length=128)] = None,
+    provider: Annotated[str | None, Query(max_length=64)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    """Messages, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``."""
+    filters = MessageFilter(
+        status=status,
+        to=normalize_e164(to, service.settings.default_region) if to else None,
+        tag=printable(tag, "tag"),
+        provider=printable(provider, "provider"),
+        created_after=utc_field(created_after, "created_after"),
+        created_before=utc_field(created_before, "created_before"),
+    )
+    page, next_cursor = await service.messages.list(filters, cursor=id_cursor(cursor), limit=limit)
+    return json_response({"data": [message_json(r) for r in page], "next_cursor": next_cursor})
+
+
+@router.post("/v1/messages/{message_id}/cancel", response_model=MessageOut, responses=ERRORS)
+async def cancel_message(
+    message_id: Annotated[str, Path(max_length=64)], _key: Authenticated, service: ServiceDep
+) -> Response:
+    """Cancel a message that is still ``scheduled`` or ``pending``; 409 once it is sending or beyond."""
+    return json_response(message_json(await service.messages.cancel(message_id)))

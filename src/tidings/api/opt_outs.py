@@ -1,0 +1,87 @@
+"""``/v1/opt-outs``: the suppression list, as applications see and manage it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings.api.auth import Authenticated
+from tidings.api.common import ServiceDep, id_cursor, json_response, times
+from tidings.domain.content import Channel
+from tidings.domain.phone import normalize_e164
+from tidings.errors import NotFound, printable
+from tidings.store.messages import ALL_SENDERS
+
+router = APIRouter(tags=["opt-outs"])
+
+
+class OptOutIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    number: str = Field(min_length=1, max_length=64)
+    sender: str | None = Field(
+        default=None, max_length=64, description="Only from this sender (default: all)."
+    )
+    note: str | None = Field(default=None, max_length=1000)
+
+
+def _entry(row: dict[str, Any]) -> dict[str, Any]:
+    out = times(row, "created_at")
+    if row["channel"] == Channel.SMS.value:
+        out["number"] = row["address"]
+    return out
+
+
+@router.get("/v1/opt-outs")
+async def list_opt_outs(
+    _key: Authenticated,
+    service: ServiceDep,
+    number: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    """Addresses that opted out, newest first."""
+    wanted = normalize_e164(number, service.settings.default_region) if number else None
+    rows = await service.store.opt_outs.search(
+        channel=Channel.SMS.value if wanted else None,
+        address=wanted,
+        after_id=id_cursor(cursor),
+        limit=limit + 1,
+    )
+    page = rows[:limit]
+    return json_response(
+        {"data": [_entry(r) for r in page], "next_cursor": page[-1]["id"] if len(rows) > limit else None}
+    )
+
+
+@router.post("/v1/opt-outs")
+async def add_opt_out(payload: OptOutIn, _key: Authenticated, service: ServiceDep) -> Response:
+    """Opt a number out (e.g. a patient who asked on paper): its waiting messages are cancelled
+    and new ones refused. 201 when added, 200 when it was already there."""
+    number = normalize_e164(payload.number, service.settings.default_region)
+    scope = printable(payload.sender, "sender") or ALL_SENDERS
+    created, cancelled = await service.inbound.opt_out(Channel.SMS, number, scope, note=payload.note)
+    return json_response(
+        {"number": number, "scope": scope, "created": created, "cancelled_messages": cancelled},
+        201 if created else 200,
+    )
+
+
+@router.delete("/v1/opt-outs/{number}", status_code=204)
+async def remove_opt_out(
+    number: Annotated[str, Path(max_length=64)],
+    _key: Authenticated,
+    service: ServiceDep,
+    sender: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """Opt a number back in (for one sender, or for all)."""
+    normalized = normalize_e164(number, service.settings.default_region)
+    removed = await service.inbound.opt_in(
+        Channel.SMS, normalized, printable(sender, "sender") or ALL_SENDERS
+    )
+    if not removed:
+        raise NotFound(f"{normalized} has not opted out")
+    return Response(status_code=204)

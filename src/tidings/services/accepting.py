@@ -1,0 +1,159 @@
+"""Accepting messages: the one path from a send request to a stored message, for every transport
+(the REST API, the CLI, and next gRPC and batches).
+
+A request is validated and normalised (address, text, tags, metadata), routed, and stored before
+the caller hears back; with an idempotency key a repeated request gets the first answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from tidings.clock import utc_field
+from tidings.config import Settings
+from tidings.domain.messages import NewMessage
+from tidings.domain.phone import normalize_e164
+from tidings.errors import BodyTooLong, InvalidInput, printable
+from tidings.providers.base import Provider
+from tidings.services.routing import Router
+from tidings.store import Store
+from tidings.worker.wakeup import Waker
+
+MAX_TAGS = 20
+MAX_TAG_LENGTH = 128
+MAX_METADATA_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """One message as a client asks for it, before validation."""
+
+    to: str
+    body: str
+    sender: str | None = None
+    send_at: datetime | None = None
+    provider: str | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    ordered: bool | None = None
+    callback_url: str | None = None
+
+    def fingerprint(self) -> str:
+        """A hash of the request as given, the same whatever order its fields came in: what an
+        idempotency key is checked against."""
+        canonical = orjson.dumps(asdict(self), option=orjson.OPT_SORT_KEYS | orjson.OPT_NAIVE_UTC)
+        return hashlib.sha256(canonical).hexdigest()
+
+
+class Acceptor:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: Mapping[str, Provider],
+        router: Router,
+        store: Store,
+        waker: Waker,
+    ) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.router = router
+        self.store = store
+        self.waker = waker
+
+    def build(self, request: SendRequest, *, default_callback_url: str | None = None) -> NewMessage:
+        """Validate and normalise one SMS; raises :class:`InvalidInput` naming the field."""
+        settings = self.settings
+        number = normalize_e164(request.to, settings.default_region)
+        body = request.body
+        if not body or not body.strip():
+            raise InvalidInput("body must not be empty", field="body")
+        if len(body) > settings.max_body_chars:
+            raise BodyTooLong(
+                f"body has {len(body)} characters; the limit is {settings.max_body_chars}", field="body"
+            )
+        printable(body, "body")
+        printable(request.sender, "sender")
+        if request.provider is not None and request.provider not in self.providers:
+            raise InvalidInput(
+                f"unknown provider {request.provider!r}; configured: {', '.join(sorted(self.providers))}",
+                field="provider",
+            )
+        route = self.router.route(number, request.provider)
+        chosen = route[0]
+        tag_list = list(dict.fromkeys(request.tags))
+        if len(tag_list) > MAX_TAGS:
+            raise InvalidInput(f"at most {MAX_TAGS} tags", field="tags")
+        for tag in tag_list:
+            if not tag or len(tag) > MAX_TAG_LENGTH:
+                raise InvalidInput(f"each tag must have 1 to {MAX_TAG_LENGTH} characters", field="tags")
+            printable(tag, "tags")
+        _check_metadata(request.metadata)
+        return NewMessage.sms(
+            to=number,
+            text=body,
+            provider=chosen,
+            max_attempts=settings.max_attempts,
+            sender=request.sender,
+            send_at=utc_field(request.send_at, "send_at"),
+            tags=tag_list,
+            metadata=request.metadata,
+            route=route,
+            ordered=self.providers[chosen].settings.ordered if request.ordered is None else request.ordered,
+            callback_url=request.callback_url or default_callback_url,
+        )
+
+    async def accept(
+        self,
+        request: SendRequest,
+        *,
+        api_key_id: str | None = None,
+        default_callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Validate, store and queue one message; returns the stored row and whether it is new
+        (``False``: the earlier message of the same idempotency key)."""
+        new = self.build(request, default_callback_url=default_callback_url)
+        row, created = await self.store.messages.insert(
+            new,
+            api_key_id=api_key_id,
+            idempotency_key=idempotency_key,
+            request_hash=request.fingerprint() if idempotency_key is not None else None,
+        )
+        if created:
+            self.waker.notify()
+        return row, created
+
+
+def _check_metadata(meta: dict[str, Any]) -> None:
+    """Metadata must survive a round trip through any JSON store unchanged."""
+    try:
+        # allow_nan=False: NaN and Infinity are not JSON (PostgreSQL refuses them, SQLite
+        # would give them back as null).
+        text = json.dumps(meta, allow_nan=False, ensure_ascii=False)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("metadata must be plain JSON (no NaN or Infinity)", field="metadata") from exc
+    if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata")
+    if "\x00" in text or "\\u0000" in text:
+        raise InvalidInput("metadata must not contain NUL characters", field="metadata")
+    _check_numbers(meta)
+
+
+def _check_numbers(value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise InvalidInput("metadata integers must fit in 64 bits", field="metadata")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_numbers(item)

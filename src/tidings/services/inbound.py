@@ -1,0 +1,191 @@
+"""Inbound messages and what they set off, and the opt-out list.
+
+Every inbound message from every provider (a webhook, or an Android phone's poll) is stored once
+per provider id, and in the same transaction: its callbacks are queued, and when it is a keyword
+alone the sender is opted out (their waiting messages cancelled) or back in, and the configured
+auto-reply is queued. Applications manage the list directly too (a patient who asked on paper).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.clock import utcnow
+from tidings.config import Settings
+from tidings.domain.content import Channel
+from tidings.domain.keywords import Action, Keywords
+from tidings.domain.messages import NewMessage
+from tidings.domain.reports import InboundMessage
+from tidings.store import Store, messages, optouts
+from tidings.store.callbacks import queue_inbound_callbacks
+from tidings.store.inbound import inbound_row, store_rows
+from tidings.store.messages import ALL_SENDERS, Recipient
+
+log = logging.getLogger(__name__)
+
+OPTED_OUT = "recipient_opted_out"
+
+
+@dataclass(frozen=True)
+class InboundPolicy:
+    """What tidings does with inbound messages (from the settings)."""
+
+    keywords: Keywords
+    scope: Literal["all", "sender"] = "all"
+    replies: Mapping[Action, str] = field(default_factory=dict)
+    max_attempts: int = 11
+
+    def scope_for(self, our_number: str | None) -> str:
+        return our_number if self.scope == "sender" and our_number else ALL_SENDERS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InboundPolicy:
+        replies = {
+            Action.OPT_OUT: settings.opt_out_reply,
+            Action.OPT_IN: settings.opt_in_reply,
+            Action.HELP: settings.help_reply,
+        }
+        return cls(
+            keywords=Keywords(settings.opt_out_keywords, settings.opt_in_keywords, settings.help_keywords),
+            scope=settings.opt_out_scope,
+            replies={action: text for action, text in replies.items() if text},
+            max_attempts=settings.max_attempts,
+        )
+
+
+@dataclass(frozen=True)
+class Received:
+    """What one batch of inbound messages did."""
+
+    stored: list[dict[str, Any]]
+    duplicates: int
+
+
+class InboundService:
+    def __init__(self, store: Store, policy: InboundPolicy) -> None:
+        self.store = store
+        self.policy = policy
+
+    async def receive(
+        self, provider: str, items: Sequence[InboundMessage], *, webhook_log_id: int | None = None
+    ) -> Received:
+        """Store ``items`` from ``provider`` and what they set off, in one transaction."""
+        if not items:
+            return Received(stored=[], duplicates=0)
+        async with self.store.transaction() as conn:
+            return await self.keep(conn, provider, items, webhook_log_id=webhook_log_id)
+
+    async def keep(
+        self,
+        conn: AsyncConnection,
+        provider: str,
+        items: Sequence[InboundMessage],
+        *,
+        webhook_log_id: int | None = None,
+    ) -> Received:
+        """Store ``items`` once each (a provider's resend is skipped) and run what each new one
+        sets off, in ``conn``'s transaction."""
+        now = utcnow()
+        rows = [
+            inbound_row(
+                provider=provider,
+                sender=item.sender,
+                body=item.body,
+                now=now,
+                to=item.to,
+                provider_message_id=item.provider_message_id,
+                sent_at=item.sent_at,
+                raw=item.raw,
+                webhook_log_id=webhook_log_id,
+            )
+            for item in items
+        ]
+        stored = await store_rows(conn, rows)
+        await queue_inbound_callbacks(conn, stored)
+        for row in stored:
+            await self._act_on_keyword(conn, row)
+        if len(stored) < len(rows):
+            log.info(
+                "%d inbound messages already stored; skipped",
+                len(rows) - len(stored),
+                extra={"action": "inbound", "provider": provider},
+            )
+        if stored:
+            log.info(
+                "%d inbound messages stored",
+                len(stored),
+                extra={"action": "inbound", "provider": provider},
+            )
+        return Received(stored=stored, duplicates=len(rows) - len(stored))
+
+    async def _act_on_keyword(self, conn: AsyncConnection, sms: Mapping[str, Any]) -> None:
+        found = self.policy.keywords.match(sms["body"])
+        if found is None:
+            return
+        number, scope = sms["from"], self.policy.scope_for(sms.get("to"))
+        now = sms["received_at"]
+        if found.action is Action.OPT_OUT:
+            await optouts.add(
+                conn,
+                Channel.SMS.value,
+                number,
+                scope,
+                source="keyword",
+                keyword=found.keyword,
+                inbound_id=sms["id"],
+                now=now,
+            )
+            await messages.cancel(
+                conn,
+                recipient=Recipient(Channel.SMS.value, number, scope),
+                source="opt_out:keyword",
+                reason=f"the recipient opted out ({found.keyword})",
+                error_code=OPTED_OUT,
+                now=now,
+            )
+        elif found.action is Action.OPT_IN:
+            await optouts.remove(conn, Channel.SMS.value, number, scope)
+        reply = self.policy.replies.get(found.action)
+        if reply:
+            # The reply to a STOP is exempt from the suppression list: it confirms the opt-out.
+            new = NewMessage.sms(
+                to=number,
+                text=reply,
+                provider=sms["provider"],
+                max_attempts=self.policy.max_attempts,
+                sender=sms.get("to"),
+                tags=["auto-reply", found.action.value],
+                metadata={"in_reply_to": sms["id"]},
+                exempt_from_opt_out=True,
+            )
+            await messages.insert_many(conn, [(messages.new_row(new, now), new)])
+
+    # -- the opt-out list, managed by applications ------------------------------------------------
+
+    async def opt_out(
+        self, channel: Channel, address: str, scope: str = ALL_SENDERS, *, note: str | None = None
+    ) -> tuple[bool, int]:
+        """Put ``address`` on the list and cancel its waiting messages; returns whether it was new
+        and how many messages were cancelled."""
+        now = utcnow()
+        async with self.store.transaction() as conn:
+            created = await optouts.add(conn, channel.value, address, scope, source="api", note=note, now=now)
+            cancelled = await messages.cancel(
+                conn,
+                recipient=Recipient(channel.value, address, scope),
+                source="opt_out:api",
+                reason="the recipient opted out",
+                error_code=OPTED_OUT,
+                now=now,
+            )
+        return created, len(cancelled)
+
+    async def opt_in(self, channel: Channel, address: str, scope: str = ALL_SENDERS) -> int:
+        """Take ``address`` off the list; returns how many entries were removed."""
+        async with self.store.transaction() as conn:
+            return await optouts.remove(conn, channel.value, address, scope)

@@ -1,0 +1,43 @@
+"""Which providers a message goes through: the one asked for, else a route, else the default,
+per channel.
+
+For SMS a route table maps destination prefixes to providers in the order to try them
+(``"+225" = ["orange", "twilio"]``); the longest matching prefix wins. After ``failover_after``
+temporary failures in a row on one provider, the worker moves the message to the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from tidings.config import Settings
+from tidings.domain.content import Channel
+from tidings.errors import ConfigError, InvalidInput
+
+
+class Router:
+    def __init__(self, settings: Settings, providers: Collection[str]) -> None:
+        for prefix, names in settings.routes.items():
+            unknown = [n for n in names if n not in providers]
+            if unknown:
+                raise ConfigError(
+                    f"setting routes.{prefix}: not configured: {', '.join(map(repr, unknown))} "
+                    f"(configured providers: {', '.join(sorted(providers))})"
+                )
+        # Longest prefix first, so the first match is the most specific one.
+        self._routes: dict[Channel, list[tuple[str, list[str]]]] = {
+            Channel.SMS: sorted(settings.routes.items(), key=lambda item: len(item[0]), reverse=True)
+        }
+        self._defaults: dict[Channel, str] = {Channel.SMS: settings.default_provider}
+
+    def route(self, to: str, requested: str | None = None, channel: Channel = Channel.SMS) -> list[str]:
+        """The providers to try for a message on ``channel`` to ``to``, in order."""
+        if requested is not None:
+            return [requested]
+        for prefix, names in self._routes.get(channel, []):
+            if to.startswith(prefix):
+                return list(dict.fromkeys(names))
+        default = self._defaults.get(channel)
+        if default is None:
+            raise InvalidInput(f"no provider is configured for {channel.value}", field="provider")
+        return [default]

@@ -1,0 +1,259 @@
+"""The one status writer: :func:`apply_reports` is the only code that changes a message's status
+from a report, whoever reports (a webhook, a status poll, the Android gateway, the worker's own
+view of a send).
+
+Each report goes through the status machine (``domain.status``): the status only moves up, and
+the result does not depend on arrival order. For a batch of reports the work is a constant number
+of statements: one read of the messages (locked on PostgreSQL), the machine in memory in arrival
+order, one compare-and-set update per message writing only the columns its reports changed (as
+one executemany), and one insert of the events with the callbacks they call for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.clock import utcnow
+from tidings.domain.reports import Report
+from tidings.domain.status import Status, apply_report
+from tidings.store import events
+from tidings.store.batcher import WriteBatcher
+from tidings.store.callbacks import Recipient
+from tidings.store.tables import message_provider_ids, messages
+
+_CAS_RETRIES = 20
+
+# The column that records when a message reached each status.
+_STATUS_TIMESTAMP = {
+    Status.SENT: "sent_at",
+    Status.DELIVERED: "delivered_at",
+    Status.FAILED: "failed_at",
+    Status.CANCELLED: "cancelled_at",
+}
+
+_READ = (
+    "id",
+    "provider",
+    "callback_url",
+    "api_key_id",
+    "to",
+    "status",
+    "provider_status",
+    "provider_message_id",
+    "error_code",
+    "error_message",
+    "sent_at",
+    "delivered_at",
+    "failed_at",
+    "lease_owner",
+    "lease_expires_at",
+)
+"""What is read of a message to apply reports to it (the columns a report may change and where
+its callbacks go)."""
+
+
+@dataclass(frozen=True)
+class ReportItem:
+    """One report about one message.
+
+    ``type`` names it in the message's history (``report``, ``gateway_update``, ``send_accepted``,
+    ``send_failed``…). ``provider_message_ids`` are kept when the provider accepted the message
+    (the first is its main id; a receipt naming any of them finds the message).
+    """
+
+    message_id: str
+    report: Report
+    type: str = "report"
+    provider_message_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What applying one report did."""
+
+    message_id: str
+    status_before: Status
+    status_after: Status
+
+    @property
+    def changed(self) -> bool:
+        return self.status_before != self.status_after
+
+
+class StaleRead(Exception):
+    """A message changed between the read and the compare-and-set (SQLite reads outside the write
+    lock): the reports are applied again on what is there now."""
+
+
+def _status_columns(status: Status, report: Report, sent_at: datetime | None) -> dict[str, Any]:
+    """The columns that change when a report moves a message to ``status``: its timestamp, the
+    provider's words, the error (set on failure, cleared on delivery: the truth wins) and the
+    lease, given the ``sent_at`` it had."""
+    values: dict[str, Any] = {"status": status.value}
+    if report.provider_status is not None:
+        values["provider_status"] = report.provider_status
+    column = _STATUS_TIMESTAMP.get(status)
+    if column is not None:
+        values[column] = report.occurred_at
+    if status in (Status.SENT, Status.DELIVERED):
+        values["sent_at"] = sent_at or report.occurred_at
+    if status is Status.FAILED:
+        values["error_code"] = report.error_code
+        values["error_message"] = report.error_message
+    elif status is Status.DELIVERED:
+        values["error_code"] = None
+        values["error_message"] = None
+    if status in (Status.SENT, Status.FAILED, Status.DELIVERED):
+        values["lease_owner"] = None
+        values["lease_expires_at"] = None
+    return values
+
+
+async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> list[ReportOutcome | None]:
+    """Apply ``items`` in order in ``conn``'s transaction; one outcome per item, ``None`` for a
+    message that does not exist. Every report is recorded as an event, also one that changes
+    nothing. Raises :class:`StaleRead` when a message moved under us (SQLite): run it again."""
+    is_postgres = conn.dialect.name == "postgresql"
+    wanted = sorted({i.message_id for i in items})
+    query = select(*(messages.c[name] for name in _READ)).where(messages.c.id.in_(wanted))
+    if is_postgres:
+        query = query.with_for_update()
+    rows = {r.id: dict(r._mapping) for r in (await conn.execute(query)).all()}
+    before = {m: row["status"] for m, row in rows.items()}
+    # Only the columns a message's reports changed are written: another writer may have changed
+    # others since the read (on SQLite, which reads outside the write lock).
+    touched: dict[str, set[str]] = {}
+    more_ids: list[dict[str, str]] = []
+    recorded: list[dict[str, Any]] = []
+    outcomes: list[ReportOutcome | None] = []
+    now = utcnow()
+    for item in items:
+        row = rows.get(item.message_id)
+        if row is None:
+            outcomes.append(None)
+            continue
+        current = Status(row["status"])
+        report = item.report
+        after = apply_report(current, report.status)
+        values: dict[str, Any] = {}
+        if after != current:
+            values.update(_status_columns(after, report, row["sent_at"]))
+        elif report.status == current and report.provider_status is not None:
+            # Same status in the provider's newer words (e.g. MessageWaiting after
+            # DeliveredToNetwork): keep what it said last.
+            values["provider_status"] = report.provider_status
+        if item.provider_message_ids:
+            main, *others = item.provider_message_ids
+            previous = row["provider_message_id"]
+            if previous is not None and previous != main:
+                # Sent again after all (its worker died mid-send): receipts for the earlier
+                # send must still find it.
+                others.append(previous)
+            values["provider_message_id"] = main
+            more_ids += [
+                {"provider": row["provider"], "provider_message_id": i, "message_id": item.message_id}
+                for i in others
+            ]
+        if values:
+            row.update(values)
+            touched.setdefault(item.message_id, set()).update(values)
+        recorded.append(
+            events.event_row(
+                item.message_id,
+                type=item.type,
+                source=report.source,
+                status=report.status or current,
+                changed=after != current,
+                at=report.occurred_at,
+                recorded_at=now,
+                provider_status=report.provider_status,
+                error_code=report.error_code,
+                error_message=report.error_message,
+                detail=report.detail,
+            )
+        )
+        outcomes.append(ReportOutcome(item.message_id, current, after))
+    by_columns: dict[frozenset[str], list[str]] = {}
+    for message_id, changed in sorted(touched.items()):
+        by_columns.setdefault(frozenset(changed), []).append(message_id)
+    for columns, message_ids in by_columns.items():
+        statement = (
+            update(messages)
+            .where(messages.c.id == bindparam("b_id"), messages.c.status == bindparam("b_before"))
+            .values({name: bindparam(f"b_{name}") for name in sorted(columns)} | {"updated_at": now})
+        )
+        params = [
+            {"b_id": m, "b_before": before[m]} | {f"b_{n}": rows[m][n] for n in columns} for m in message_ids
+        ]
+        done = await conn.execute(statement, params)
+        # On PostgreSQL the rows are locked since they were read, and asyncpg reports no count for
+        # a batch. SQLite reads outside the write lock: another writer may have moved one.
+        if not is_postgres and done.rowcount != len(message_ids):
+            raise StaleRead()
+    if more_ids:
+        dialect_insert = postgresql.insert if is_postgres else sqlite.insert
+        await conn.execute(
+            dialect_insert(message_provider_ids).on_conflict_do_nothing(
+                index_elements=["provider", "provider_message_id"]
+            ),
+            more_ids,
+        )
+    recipients = {
+        m: Recipient(url=row["callback_url"], api_key_id=row["api_key_id"], to=row["to"])
+        if row["callback_url"]
+        else None
+        for m, row in rows.items()
+    }
+    await events.record_events(conn, recorded, recipients)
+    return outcomes
+
+
+class ReportStore:
+    """Applies reports one at a time for its callers, many per transaction underneath."""
+
+    def __init__(self, writes: WriteBatcher) -> None:
+        self.writes = writes
+
+    async def apply(self, item: ReportItem) -> ReportOutcome | None:
+        """Apply one report (see :func:`apply_reports`), committed before this returns."""
+        for _ in range(_CAS_RETRIES):
+            try:
+                # Group commit: reports arriving together are applied together, set-based.
+                outcome: ReportOutcome | None = await self.writes.run_many(apply_reports, item)
+                return outcome
+            except StaleRead:
+                continue
+        raise RuntimeError(f"message {item.message_id} kept changing while a report was applied")
+
+    async def record_accepted(
+        self,
+        message_id: str,
+        *,
+        provider_message_ids: Sequence[str] = (),
+        provider_status: str | None,
+        detail: dict[str, Any] | None = None,
+        status: Status = Status.SENT,
+    ) -> ReportOutcome | None:
+        """The provider accepted the message: keep its ids and report ``status`` (usually sent)."""
+        report = Report(
+            status=status,
+            source="worker",
+            occurred_at=utcnow(),
+            provider_status=provider_status,
+            detail=detail or {},
+        )
+        return await self.apply(
+            ReportItem(
+                message_id,
+                report,
+                type="send_accepted",
+                provider_message_ids=tuple(provider_message_ids),
+            )
+        )
