@@ -163,6 +163,13 @@ async def test_a_message_is_sent_and_tracked_to_delivered(live: Live, fake: Fake
     assert [e["type"] for e in message["events"]] == ["accepted", "claimed", "send_accepted", "report"]
     assert reports(message) == ["DeliveredToTerminal"]
     assert fake.tokens_issued == 1
+
+    async def finished() -> bool:
+        # The entry is completed just after the report is applied: wait for it.
+        entries = await live.service.store.webhooks.search(provider=NAME)
+        return len(entries) == 1 and entries[0].response_status is not None
+
+    await until(finished)
     [entry] = await live.service.store.webhooks.search(provider=NAME)
     assert entry.verified is True and entry.processed is True and entry.message_id == sent["id"]
 

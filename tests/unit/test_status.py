@@ -63,4 +63,13 @@ def test_cancelled_cannot_be_reported() -> None:
 def test_a_report_never_moves_a_message_down(current: Status, reported: Status) -> None:
     after = apply_report(current, reported)
     assert RANK[after] >= RANK[current]
-    assert RANK[after] == max(RANK[current], RANK[reported])
+    if reported is Status.SENDING:
+        assert after is current
+    else:
+        assert RANK[after] == max(RANK[current], RANK[reported])
+
+
+@pytest.mark.parametrize("current", [Status.SCHEDULED, Status.PENDING])
+def test_a_report_of_sending_never_puts_a_message_in_sending(current: Status) -> None:
+    # Only a claim does, under a lease: a provider's "queued" must not strand a waiting message.
+    assert apply_report(current, Status.SENDING) is current

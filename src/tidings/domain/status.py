@@ -6,7 +6,8 @@ day later. So the final status must not depend on arrival order. Statuses are ra
 
     scheduled < pending < sending < sent < failed < delivered
 
-and a report only ever moves a message *up* (the status is the highest one reported so far).
+and a report only ever moves a message *up* (the status is the highest one reported so far), and
+never into ``sending``: only a claim does that.
 ``failed`` stops further attempts, but proof of delivery still lifts it to ``delivered``.
 The only downward move is the worker's own retry (``sending → pending``), and ``cancelled`` is
 reachable only from ``scheduled`` or ``pending``. Every report is recorded, even one that changes
@@ -56,7 +57,9 @@ def apply_report(current: Status, reported: Status | None) -> Status:
     A report never moves a message down, never revives a cancelled one, and a report of the
     current status changes nothing. ``None`` is a report that says nothing about the status (a
     provider's "delivery uncertain", a status word we do not know): it is recorded, no more.
+    Nor does a report of ``sending`` (a provider's "queued"): only a claim puts a message in
+    ``sending``, under a lease or in a phone's hands, so that something always moves it on.
     """
-    if reported is not None and current in moves_up_from(reported):
+    if reported is not None and reported is not Status.SENDING and current in moves_up_from(reported):
         return reported
     return current

@@ -147,9 +147,9 @@ class GatewayService:
                 skip[message_id] -= 1
                 result.updates_repeated += 1
                 continue
-            items.append(ReportItem(message_id, report.report, type=UPDATE_EVENT))
-        await apply_reports(conn, items)
-        result.updates_applied = len(items)
+            items.append(ReportItem(message_id, report.report, type=UPDATE_EVENT, provider=phone.name))
+        outcomes = await apply_reports(conn, items)
+        result.updates_applied = sum(1 for o in outcomes if o is not None and o.refused is None)
 
     async def states(self) -> list[dict[str, Any]]:
         """Each configured phone with its last poll, counts and whether it went silent."""

@@ -41,15 +41,15 @@ class Tracker:
         for item in reports:
             outcome = None
             if item.message_id is not None:
-                outcome = await self.store.reports.apply(ReportItem(item.message_id, item.report, item.event))
+                outcome = await self._apply(provider, item.message_id, item)
             if outcome is None:
                 found = await self._find(provider, item)
                 if found is not None:
-                    outcome = await self.store.reports.apply(ReportItem(found, item.report, item.event))
+                    outcome = await self._apply(provider, found, item)
             if outcome is None:
                 unmatched += 1
                 log.warning(
-                    "report for an unknown message",
+                    "report for no message of this provider's: recorded on the webhook log only",
                     extra={
                         "action": "report",
                         "provider": provider,
@@ -64,6 +64,14 @@ class Tracker:
                 extra={"action": "report", "message_id": outcome.message_id, "status": outcome.status_after},
             )
         return TrackResult(applied=applied, unmatched=unmatched)
+
+    async def _apply(self, provider: str, message_id: str, item: ProviderReport) -> ReportOutcome | None:
+        """Apply ``item`` to ``message_id``; ``None`` when there is no such message or its provider
+        never had it."""
+        outcome = await self.store.reports.apply(
+            ReportItem(message_id, item.report, item.event, provider=provider)
+        )
+        return outcome if outcome is not None and outcome.refused is None else None
 
     async def _find(self, provider: str, item: ProviderReport) -> str | None:
         """The message a report is about when our own id did not find it."""

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.clock import utcnow
 from tidings.domain.reports import Report
+from tidings.domain.routes import tried
 from tidings.domain.status import Status, apply_report
 from tidings.store import events
 from tidings.store.batcher import WriteBatcher
@@ -41,6 +42,8 @@ _STATUS_TIMESTAMP = {
 _READ = (
     "id",
     "provider",
+    "route",
+    "attempts",
     "callback_url",
     "api_key_id",
     "to",
@@ -64,13 +67,16 @@ class ReportItem:
     """One report about one message.
 
     ``type`` names it in the message's history (``report``, ``gateway_update``, ``send_accepted``,
-    ``send_failed``…). ``provider_message_ids`` are kept when the provider accepted the message
-    (the first is its main id; a receipt naming any of them finds the message).
+    ``send_failed``…). ``provider`` is the provider that reports; it is believed only about a
+    message that was handed to it (``None``: the worker's own view of its send, always believed).
+    ``provider_message_ids`` are kept when the provider accepted the message (the first is its
+    main id; a receipt naming any of them finds the message).
     """
 
     message_id: str
     report: Report
     type: str = "report"
+    provider: str | None = None
     provider_message_ids: tuple[str, ...] = ()
 
 
@@ -81,6 +87,9 @@ class ReportOutcome:
     message_id: str
     status_before: Status
     status_after: Status
+    refused: str | None = None
+    """Why the report was not applied (nor recorded) at all: it is not about a message its
+    provider had."""
 
     @property
     def changed(self) -> bool:
@@ -90,6 +99,12 @@ class ReportOutcome:
 class StaleRead(Exception):
     """A message changed between the read and the compare-and-set (SQLite reads outside the write
     lock): the reports are applied again on what is there now."""
+
+
+def handed_to(row: dict[str, Any], provider: str) -> bool:
+    """Whether the message in ``row`` was ever handed to ``provider``: the provider it is with,
+    or one its route already tried, and at least one attempt made."""
+    return bool(row["attempts"]) and provider in tried(row["route"], row["provider"])
 
 
 def _status_columns(status: Status, report: Report, sent_at: datetime | None) -> dict[str, Any]:
@@ -119,7 +134,9 @@ def _status_columns(status: Status, report: Report, sent_at: datetime | None) ->
 async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> list[ReportOutcome | None]:
     """Apply ``items`` in order in ``conn``'s transaction; one outcome per item, ``None`` for a
     message that does not exist. Every report is recorded as an event, also one that changes
-    nothing. Raises :class:`StaleRead` when a message moved under us (SQLite): run it again."""
+    nothing; a report from a provider that never had the message is neither applied nor recorded
+    (its outcome says it was refused). Raises :class:`StaleRead` when a message moved under us
+    (SQLite): run it again."""
     is_postgres = conn.dialect.name == "postgresql"
     wanted = sorted({i.message_id for i in items})
     query = select(*(messages.c[name] for name in _READ)).where(messages.c.id.in_(wanted))
@@ -140,6 +157,11 @@ async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> l
             outcomes.append(None)
             continue
         current = Status(row["status"])
+        if item.provider is not None and not handed_to(row, item.provider):
+            outcomes.append(
+                ReportOutcome(item.message_id, current, current, refused=f"not handed to {item.provider}")
+            )
+            continue
         report = item.report
         after = apply_report(current, report.status)
         values: dict[str, Any] = {}
