@@ -249,6 +249,20 @@ def status(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> No
     typer.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
 
 
+@app.command()
+def prune() -> None:
+    """Apply retention now: delete old webhook-log rows and callbacks, redact old bodies and texts
+    (the worker also does it every prune_interval_seconds)."""
+    settings = _settings()
+
+    async def action(service: Service) -> dict[str, int]:
+        return await service.retention.run_once()
+
+    done = _run(_with_service(settings, action))
+    for name, count in done.items():
+        typer.echo(f"{name.replace('_', ' ')}: {count}")
+
+
 @keys_app.command("create")
 def keys_create(name: Annotated[str, typer.Argument(help="A name to recognise the key by.")]) -> None:
     """Create an API key; its secret is printed once, as the last line."""
@@ -314,7 +328,7 @@ def webhooks_list(
     entries = _run(_with_store(settings, action))
     typer.echo(f"{'ID':>8}  {'PROVIDER':12}  {'EVENT':10}  {'HTTP':4}  {'STATE':9}  ERROR")
     for entry in entries:
-        state = "processed" if entry.processed else ("refused" if entry.verified is False else "failed")
+        state = entry.state
         typer.echo(
             f"{entry.id:>8}  {entry.provider[:12]:12}  {entry.event[:10]:10}  "
             f"{entry.response_status or '':>4}  {state:9}  {entry.error or ''}"

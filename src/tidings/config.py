@@ -117,13 +117,31 @@ class Settings(BaseModel):
     callback_timeout_seconds: float = Field(default=10.0, gt=0)
     callback_concurrency: int = Field(default=10, ge=1, le=1000)
     """Callbacks in flight at once, per worker process."""
+    callback_allow_networks: list[str] = Field(default_factory=list)
+    """CIDR ranges callbacks may go to although they are loopback, private or link-local (an
+    application on the same private network)."""
+    callback_secret_grace_seconds: float = Field(default=86_400.0, ge=0)
+    """After a key's signing secret is rotated, the old one keeps signing this long."""
     callback_retry_base_seconds: float = Field(default=180.0, gt=0)
     callback_retry_cap_seconds: float = Field(default=28_800.0, gt=0)
     """Back-off between deliveries of one callback: with 10 attempts, about a day in all."""
 
+    webhook_log_retention_days: float | None = Field(default=30.0, gt=0)
+    """Webhook-log rows older than this are deleted (unset: kept)."""
+    callback_retention_days: float | None = Field(default=30.0, gt=0)
+    """Delivered and failed callbacks older than this are deleted (unset: kept)."""
+    message_body_retention_days: float | None = Field(default=None, gt=0)
+    """Bodies, metadata and provider payloads of messages older than this are removed, once they
+    have left the queue (unset: kept)."""
+    inbound_retention_days: float | None = Field(default=None, gt=0)
+    """Texts of inbound messages older than this are removed (unset: kept)."""
+    prune_interval_seconds: float = Field(default=3600.0, gt=0)
+    prune_batch: int = Field(default=1000, ge=1, le=100_000)
+    """Most rows one retention statement touches."""
+
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "callback_allow_networks")
     @classmethod
     def _proxy_cidrs(cls, value: list[str]) -> list[str]:
         return [_cidr(v) for v in value]
@@ -169,7 +187,14 @@ class Settings(BaseModel):
 
 
 _JSON_FIELDS = frozenset(
-    {"routes", "trusted_proxies", "opt_out_keywords", "opt_in_keywords", "help_keywords"}
+    {
+        "routes",
+        "trusted_proxies",
+        "callback_allow_networks",
+        "opt_out_keywords",
+        "opt_in_keywords",
+        "help_keywords",
+    }
 )
 """Settings whose environment variable holds JSON (a table or a list)."""
 

@@ -9,7 +9,8 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     ├── InvalidInput                 422: a field of a request is not acceptable
     │   ├── InvalidPhoneNumber
     │   ├── BodyTooLong
-    │   └── RecipientOptedOut
+    │   ├── RecipientOptedOut
+    │   └── CallbackUrlNotAllowed
     ├── BadRequest                   400: the request cannot be read (bad JSON, bad cursor)
     ├── Unauthorized                 401: missing, unknown or revoked API key
     ├── NotFound                     404
@@ -82,6 +83,12 @@ class RecipientOptedOut(InvalidInput):
     """The recipient opted out of messages."""
 
     code = "recipient_opted_out"
+
+
+class CallbackUrlNotAllowed(InvalidInput):
+    """Callbacks may not go to this address."""
+
+    code = "callback_url_not_allowed"
 
 
 class BadRequest(TidingsError):
@@ -217,8 +224,36 @@ class PermanentProviderError(ProviderError):
     code = "provider_refused"
 
 
+def unstorable(value: str) -> str | None:
+    """Why no database could store ``value`` as text, or ``None`` when it can: a NUL character
+    (PostgreSQL refuses it) or an unpaired surrogate (not UTF-8 at all)."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (it holds an unpaired surrogate)"
+    return None
+
+
 def printable(value: str | None, field: str) -> str | None:
-    """``value`` unchanged, or :class:`InvalidInput` when it holds a NUL (no database stores one)."""
-    if value is not None and "\x00" in value:
-        raise InvalidInput(f"{field} must not contain NUL characters", field=field)
+    """``value`` unchanged, or :class:`InvalidInput` naming ``field`` when no database could store
+    it (see :func:`unstorable`)."""
+    if value is not None:
+        reason = unstorable(value)
+        if reason is not None:
+            raise InvalidInput(f"{field} {reason}", field=field)
     return value
+
+
+def printable_json(value: object, field: str) -> None:
+    """:func:`printable` for every key and string inside a JSON value."""
+    if isinstance(value, str):
+        printable(value, field)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            printable(str(key), field)
+            printable_json(item, field)
+    elif isinstance(value, list):
+        for item in value:
+            printable_json(item, field)

@@ -267,6 +267,7 @@ async def test_callbacks_arrive_signed_and_in_order(
     assert secret and (await live.client.get("/v1/callback-settings")).json() == {
         "url": receiver.url,
         "secret": secret,
+        "previous_secret_until": None,
     }
 
     sent = await live.send(to=PERSON, body="hello", provider="fake")
@@ -295,7 +296,9 @@ async def test_a_message_can_name_its_own_callback_url(live: Live, receiver: Rec
     await live.wait_for(sent["id"], "delivered")
     payloads = await receiver.wait(3)
     assert {p["id"] for p in payloads} == {sent["id"]}
-    assert "Tidings-Signature" not in receiver.got[0][0]  # no key secret was ever made
+    # The key never set callback settings, and its callbacks are signed all the same.
+    secret = (await live.client.get("/v1/callback-settings")).json()["secret"]
+    assert secret and all(verify_signature(body, h["Tidings-Signature"], secret) for h, body in receiver.got)
     bad = await live.client.post("/v1/messages", json={"to": PERSON, "body": "x", "callback_url": "ftp://x"})
     assert bad.status_code == 422
 

@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tidings.api.auth import Authenticated
 from tidings.api.common import URL_PATTERN, ServiceDep, id_cursor, json_response, times
+from tidings.api.schemas import RequestModel
 from tidings.errors import printable
 
 router = APIRouter(tags=["callbacks"])
@@ -17,9 +18,7 @@ router = APIRouter(tags=["callbacks"])
 _TIMES = ("next_attempt_at", "lease_expires_at", "created_at", "updated_at", "delivered_at")
 
 
-class CallbackSettingsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CallbackSettingsIn(RequestModel):
     url: str | None = Field(
         max_length=2048, pattern=URL_PATTERN, description="Where callbacks go; null: none."
     )
@@ -53,6 +52,13 @@ async def retry_callback(
 async def get_callback_settings(key: Authenticated, service: ServiceDep) -> Response:
     """This API key's default callback URL and the secret its callbacks are signed with."""
     return json_response(await service.callbacks.settings(key.id))
+
+
+@router.post("/v1/callback-settings/rotate-secret")
+async def rotate_callback_secret(key: Authenticated, service: ServiceDep) -> Response:
+    """A new signing secret for this key's callbacks; the old one keeps signing beside it until
+    ``previous_secret_until`` (``callback_secret_grace_seconds``), so receivers can switch."""
+    return json_response(await service.callbacks.rotate_secret(key.id))
 
 
 @router.put("/v1/callback-settings")

@@ -12,8 +12,8 @@ from fastapi.responses import Response
 
 from tidings import ids
 from tidings.api.schemas import ErrorOut
-from tidings.clock import to_api
-from tidings.errors import BadRequest, TidingsError
+from tidings.clock import to_api, to_db
+from tidings.errors import BadRequest, InvalidInput, TidingsError, printable
 from tidings.services import Service
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -59,9 +59,11 @@ def time_cursor(at: datetime, row_id: str) -> str:
 
 
 def read_time_cursor(cursor: str) -> tuple[datetime, str]:
+    """What :func:`time_cursor` made (a time given with an offset is read as that moment in UTC);
+    400 for anything else."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(at), row_id
-    except (ValueError, UnicodeDecodeError) as exc:
+        return to_db(datetime.fromisoformat(at)), printable(row_id, "cursor") or ""
+    except (ValueError, UnicodeDecodeError, OverflowError, InvalidInput) as exc:
         raise BadRequest("cursor is not one this API gave out", field="cursor") from exc

@@ -37,5 +37,5 @@ async def list_inbound(
         limit=limit + 1,
     )
     page = rows[:limit]
-    data = [times(r, "sent_at", "received_at") for r in page]
+    data = [times(r, "sent_at", "received_at", "redacted_at") for r in page]
     return json_response({"data": data, "next_cursor": page[-1]["id"] if len(rows) > limit else None})

@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tidings.api.auth import Authenticated
 from tidings.api.common import ServiceDep, id_cursor, json_response, times
+from tidings.api.schemas import RequestModel
 from tidings.domain.content import Channel
 from tidings.domain.phone import normalize_e164
 from tidings.errors import NotFound, printable
@@ -18,9 +19,7 @@ from tidings.store.messages import ALL_SENDERS
 router = APIRouter(tags=["opt-outs"])
 
 
-class OptOutIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OptOutIn(RequestModel):
     number: str = Field(min_length=1, max_length=64)
     sender: str | None = Field(
         default=None, max_length=64, description="Only from this sender (default: all)."

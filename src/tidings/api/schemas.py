@@ -5,15 +5,41 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tidings.clock import to_api
+from tidings.errors import unstorable
 
 
-class MessageIn(BaseModel):
-    """A message to send."""
+def _storable(value: Any) -> None:
+    if isinstance(value, str):
+        reason = unstorable(value)
+        if reason is not None:
+            raise ValueError(reason)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _storable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item)
+
+
+class RequestModel(BaseModel):
+    """A request body: unknown fields are refused, and so is text no database can store (NUL,
+    unpaired surrogates) anywhere in it."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _text_is_storable(cls, value: Any) -> Any:
+        _storable(value)
+        return value
+
+
+class MessageIn(RequestModel):
+    """A message to send."""
 
     to: str = Field(min_length=1, max_length=64, description="Recipient, E.164 (+254712345678) or national.")
     body: str = Field(min_length=1, description="The text to send.")
@@ -80,6 +106,7 @@ class MessageOut(BaseModel):
     polled_at: str | None
     polls: int
     callback_url: str | None
+    redacted_at: str | None
     events: list[EventOut] | None = None
 
 
@@ -108,6 +135,7 @@ _TIMES = (
     "failed_at",
     "cancelled_at",
     "polled_at",
+    "redacted_at",
 )
 _HIDDEN = ("api_key_id", "idempotency_key", "request_hash", "lease_owner", "lease_expires_at")
 

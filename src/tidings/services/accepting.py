@@ -20,8 +20,9 @@ from tidings.clock import utc_field
 from tidings.config import Settings
 from tidings.domain.messages import NewMessage
 from tidings.domain.phone import normalize_e164
-from tidings.errors import BodyTooLong, InvalidInput, printable
+from tidings.errors import BodyTooLong, InvalidInput, printable, printable_json
 from tidings.providers.base import Provider
+from tidings.services.callbacks import CallbackService
 from tidings.services.routing import Router
 from tidings.store import Store
 from tidings.worker.wakeup import Waker
@@ -60,12 +61,15 @@ class Acceptor:
         router: Router,
         store: Store,
         waker: Waker,
+        *,
+        callbacks: CallbackService,
     ) -> None:
         self.settings = settings
         self.providers = providers
         self.router = router
         self.store = store
         self.waker = waker
+        self.callbacks = callbacks
 
     def build(self, request: SendRequest, *, default_callback_url: str | None = None) -> NewMessage:
         """Validate and normalise one SMS; raises :class:`InvalidInput` naming the field."""
@@ -80,6 +84,8 @@ class Acceptor:
             )
         printable(body, "body")
         printable(request.sender, "sender")
+        printable(request.callback_url, "callback_url")
+        self.callbacks.check_url(request.callback_url, "callback_url")
         if request.provider is not None and request.provider not in self.providers:
             raise InvalidInput(
                 f"unknown provider {request.provider!r}; configured: {', '.join(sorted(self.providers))}",
@@ -133,6 +139,7 @@ class Acceptor:
 
 def _check_metadata(meta: dict[str, Any]) -> None:
     """Metadata must survive a round trip through any JSON store unchanged."""
+    printable_json(meta, "metadata")
     try:
         # allow_nan=False: NaN and Infinity are not JSON (PostgreSQL refuses them, SQLite
         # would give them back as null).
@@ -141,8 +148,6 @@ def _check_metadata(meta: dict[str, Any]) -> None:
         raise InvalidInput("metadata must be plain JSON (no NaN or Infinity)", field="metadata") from exc
     if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
         raise InvalidInput(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON", field="metadata")
-    if "\x00" in text or "\\u0000" in text:
-        raise InvalidInput("metadata must not contain NUL characters", field="metadata")
     _check_numbers(meta)
 
 

@@ -2,31 +2,63 @@
 
 from __future__ import annotations
 
-import secrets
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from tidings import ids
-from tidings.errors import NotFound
+from tidings.clock import to_api, utcnow
+from tidings.domain.destinations import networks, url_refusal
+from tidings.errors import CallbackUrlNotAllowed, NotFound
 from tidings.store import Store
+from tidings.store.keys import new_callback_secret
 from tidings.worker.wakeup import Waker
-
-SECRET_PREFIX = "whsec_"
 
 
 class CallbackService:
-    def __init__(self, store: Store, waker: Waker) -> None:
+    def __init__(
+        self, store: Store, waker: Waker, *, grace_seconds: float, allow_networks: Sequence[str] = ()
+    ) -> None:
         self.store = store
         self.waker = waker
+        self.grace = timedelta(seconds=grace_seconds)
+        self.allowed = networks(allow_networks)
+
+    def check_url(self, url: str | None, field: str) -> None:
+        """Refuse a callback URL tidings may not post to (:class:`CallbackUrlNotAllowed`)."""
+        if url is None:
+            return
+        reason = url_refusal(url, self.allowed)
+        if reason is not None:
+            raise CallbackUrlNotAllowed(
+                f"{field}: callbacks may not go to {url.split('?')[0][:200]!r}: {reason} "
+                "(an operator can allow it with callback_allow_networks)",
+                field=field,
+            )
 
     async def settings(self, api_key_id: str) -> dict[str, str | None]:
-        """The key's default callback URL and the secret its callbacks are signed with."""
-        url, secret = await self.store.callbacks.key_settings(api_key_id)
-        return {"url": url, "secret": secret}
+        """The key's default callback URL, the secret its callbacks are signed with, and until
+        when the previous secret signs too (after a rotation)."""
+        settings = await self.store.callbacks.key_settings(api_key_id)
+        until = settings["previous_secret_until"]
+        return {
+            "url": settings["callback_url"],
+            "secret": settings["callback_secret"],
+            "previous_secret_until": to_api(until) if until is not None and until > utcnow() else None,
+        }
 
     async def set_url(self, api_key_id: str, url: str | None) -> dict[str, str | None]:
-        """Set (or with ``None`` clear) the key's default callback URL; a signing secret is made
-        the first time and kept."""
-        await self.store.callbacks.set_key_url(api_key_id, url, SECRET_PREFIX + secrets.token_urlsafe(32))
+        """Set (or with ``None`` clear) the key's default callback URL."""
+        self.check_url(url, "url")
+        await self.store.callbacks.set_key_url(api_key_id, url)
+        return await self.settings(api_key_id)
+
+    async def rotate_secret(self, api_key_id: str) -> dict[str, str | None]:
+        """A new signing secret for the key; the old one signs too for the grace period, so that
+        receivers can switch without losing a callback."""
+        await self.store.callbacks.rotate_secret(
+            api_key_id, new_callback_secret(), grace_until=utcnow() + self.grace
+        )
         return await self.settings(api_key_id)
 
     async def list(

@@ -20,6 +20,7 @@ from tidings.services.callbacks import CallbackService
 from tidings.services.gateway import GatewayService
 from tidings.services.inbound import InboundPolicy, InboundService
 from tidings.services.messages import MessageService
+from tidings.services.retention import Retention
 from tidings.services.routing import Router
 from tidings.services.tracking import Tracker
 from tidings.services.webhooks import WebhookHandler
@@ -46,12 +47,20 @@ class Service:
         # Built now so that a wrong provider table stops start-up before anything opens.
         self.providers: dict[str, Provider] = build_providers(settings, self.context)
         self.router = Router(settings, self.providers)
-        self.accepting = Acceptor(settings, self.providers, self.router, self.store, self.waker)
         self.messages = MessageService(self.store)
         self.inbound = InboundService(self.store, InboundPolicy.from_settings(settings))
         self.webhooks = WebhookHandler(self.store, self.tracker, self.inbound, self.providers, settings)
         self.gateway = GatewayService(self.store, self.inbound, self.providers)
-        self.callbacks = CallbackService(self.store, self.waker)
+        self.callbacks = CallbackService(
+            self.store,
+            self.waker,
+            grace_seconds=settings.callback_secret_grace_seconds,
+            allow_networks=settings.callback_allow_networks,
+        )
+        self.accepting = Acceptor(
+            settings, self.providers, self.router, self.store, self.waker, callbacks=self.callbacks
+        )
+        self.retention = Retention(self.store, settings)
         self._listener: PostgresListener | None = None
         self.started = False
 
@@ -79,9 +88,11 @@ class Service:
         return Dispatcher(self.store, self.providers, self.settings, self.waker, tracker=self.tracker)
 
     async def run_worker(self, stop: asyncio.Event) -> None:
-        """Send messages and deliver callbacks until ``stop`` is set."""
+        """Send messages, deliver callbacks and apply retention until ``stop`` is set."""
         await asyncio.gather(
-            self.dispatcher().run(stop), CallbackSender(self.store, self.settings, self.waker).run(stop)
+            self.dispatcher().run(stop),
+            CallbackSender(self.store, self.settings, self.waker).run(stop),
+            self.retention.run(stop),
         )
 
     async def healthy(self) -> bool:

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tidings.config import Settings
@@ -121,38 +122,49 @@ class WebhookHandler:
     async def receive(
         self, provider: Provider, event: str, request: WebhookRequest, peer: str | None
     ) -> WebhookAnswer:
-        """Log, check, verify and process one webhook request.
+        """Check, log and process one webhook request.
 
-        Raises :class:`WebhookRejected` (4xx) for a request that is refused; any other exception
-        means processing failed (answered 500, so the provider tries again) and the entry keeps
-        the error.
+        Raises :class:`WebhookRejected` (4xx) for a request that is refused (logged with its body
+        cut to a small cap, its size and hash); any other exception means processing failed
+        (answered 500, so the provider tries again) and the entry keeps the error.
         """
         address = client_address(peer, request.header("x-forwarded-for"), self._trusted)
-        entry_id = await self.store.webhooks.record(
-            provider=provider.name,
-            kind=provider.kind,
-            event=event,
-            url=redact_url(request.url),
-            headers=request.headers,
-            body=request.body,
-            remote_ip=address,
-        )
         started = time.perf_counter()
+        logged: dict[str, Any] = {
+            "provider": provider.name,
+            "kind": provider.kind,
+            "event": event,
+            "url": redact_url(request.url),
+            "headers": request.headers,
+            "body": request.body,
+            "remote_ip": address,
+        }
         try:
-            allowed = self._allowed.get(provider.name)
-            if allowed is not None and (address is None or not _within(address, allowed)):
-                raise AddressNotAllowed(f"webhooks for {provider.name} may not come from {address}")
-            if len(request.body) > provider.settings.webhook_max_bytes:
-                raise WebhookTooLarge(
-                    f"webhook body has {len(request.body)} bytes; "
-                    f"the limit for {provider.name} is {provider.settings.webhook_max_bytes}"
-                )
-            provider.check_webhook(event, request)
-            provider.verify_webhook(event, request)
+            # The checks need no database: done first, so that a refused request (however large,
+            # however many) costs one capped row.
+            self._check(provider, event, request, address)
         except WebhookRejected as exc:
-            await self._refused(entry_id, provider, event, exc, started, verified=False)
+            entry_id = await self.store.webhooks.record(
+                **logged,
+                refused=(exc.http_status, f"{exc.code}: {exc.message}"),
+                duration_ms=_since(started),
+            )
+            _warn_refused(entry_id, provider, event, exc)
             raise
+        entry_id = await self.store.webhooks.record(**logged)
         return await self._process(entry_id, provider, event, request, started)
+
+    def _check(self, provider: Provider, event: str, request: WebhookRequest, address: str | None) -> None:
+        allowed = self._allowed.get(provider.name)
+        if allowed is not None and (address is None or not _within(address, allowed)):
+            raise AddressNotAllowed(f"webhooks for {provider.name} may not come from {address}")
+        if len(request.body) > provider.settings.webhook_max_bytes:
+            raise WebhookTooLarge(
+                f"webhook body has {len(request.body)} bytes; "
+                f"the limit for {provider.name} is {provider.settings.webhook_max_bytes}"
+            )
+        provider.check_webhook(event, request)
+        provider.verify_webhook(event, request)
 
     async def replay(self, entry_id: int) -> WebhookEntry:
         """Process a logged webhook again (one whose processing failed, say); returns the entry as
@@ -229,13 +241,7 @@ class WebhookHandler:
         *,
         verified: bool,
     ) -> None:
-        log.warning(
-            "webhook %d refused (%s): %s",
-            entry_id,
-            exc.code,
-            exc.message,
-            extra={"action": "webhook", "provider": provider.name, "event": event},
-        )
+        _warn_refused(entry_id, provider, event, exc)
         await self.store.webhooks.finish(
             entry_id,
             verified=verified,
@@ -244,6 +250,16 @@ class WebhookHandler:
             error=f"{exc.code}: {exc.message}",
             duration_ms=_since(started),
         )
+
+
+def _warn_refused(entry_id: int, provider: Provider, event: str, exc: WebhookRejected) -> None:
+    log.warning(
+        "webhook %d refused (%s): %s",
+        entry_id,
+        exc.code,
+        exc.message,
+        extra={"action": "webhook", "provider": provider.name, "event": event[:64]},
+    )
 
 
 def _since(started: float) -> float:

@@ -9,6 +9,7 @@ queue.py       claiming (the one claim), retries, promotion, reaping, failover, 
 reports.py     the one status writer for reports
 events.py      each message's history, written with the callbacks it calls for
 callbacks.py   the callback outbox and its delivery queue
+retention.py   pruning and redaction in bounded batches
 inbound.py, optouts.py, gateways.py, webhooks.py, keys.py, log.py
 """
 
@@ -31,6 +32,7 @@ from tidings.store.messages import MessageStore
 from tidings.store.optouts import OptOutStore
 from tidings.store.queue import QueueStore
 from tidings.store.reports import ReportStore
+from tidings.store.retention import RetentionStore
 from tidings.store.webhooks import WebhookLogStore
 
 
@@ -50,6 +52,7 @@ class Store:
         self.opt_outs = OptOutStore(engine)
         self.callbacks = CallbackStore(engine)
         self.log = LogStore(engine)
+        self.retention = RetentionStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:

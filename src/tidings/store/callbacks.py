@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
@@ -134,7 +134,8 @@ class DueCallback:
     payload: dict[str, Any]
     attempts: int
     max_attempts: int
-    secret: str | None
+    secrets: tuple[str, ...]
+    """What it is signed with: its key's secret, and the previous one during a rotation's grace."""
 
 
 class CallbackStore:
@@ -185,12 +186,20 @@ class CallbackStore:
         async with self.engine.begin() as conn:
             rows = (await conn.execute(statement)).all()
             key_ids = sorted({r.api_key_id for r in rows if r.api_key_id})
-            secrets = {}
+            secrets: dict[str, tuple[str, ...]] = {}
             if key_ids:
                 found = await conn.execute(
-                    select(api_keys.c.id, api_keys.c.callback_secret).where(api_keys.c.id.in_(key_ids))
+                    select(
+                        api_keys.c.id,
+                        api_keys.c.callback_secret,
+                        api_keys.c.previous_callback_secret,
+                        api_keys.c.previous_secret_until,
+                    ).where(api_keys.c.id.in_(key_ids))
                 )
-                secrets = {k.id: k.callback_secret for k in found.all()}
+                for k in found.all():
+                    in_grace = k.previous_secret_until is not None and k.previous_secret_until > now
+                    previous = k.previous_callback_secret if in_grace else None
+                    secrets[k.id] = tuple(s for s in (k.callback_secret, previous) if s)
         return [
             DueCallback(
                 id=r.id,
@@ -198,7 +207,7 @@ class CallbackStore:
                 payload=dict(r.payload),
                 attempts=r.attempts,
                 max_attempts=r.max_attempts,
-                secret=secrets.get(r.api_key_id) if r.api_key_id else None,
+                secrets=secrets.get(r.api_key_id, ()) if r.api_key_id else (),
             )
             for r in sorted(rows, key=lambda r: str(r.id))
         ]
@@ -282,23 +291,29 @@ class CallbackStore:
             row = (await conn.execute(select(callbacks).where(callbacks.c.id == callback_id))).first()
         return plain(row._mapping) if row is not None else None
 
-    async def set_key_url(self, api_key_id: str, url: str | None, secret: str) -> None:
-        """Set a key's callback URL, and its signing secret if it has none yet."""
+    async def set_key_url(self, api_key_id: str, url: str | None) -> None:
+        """Set a key's default callback URL."""
         async with self.engine.begin() as conn:
             await conn.execute(update(api_keys).where(api_keys.c.id == api_key_id).values(callback_url=url))
+
+    async def rotate_secret(self, api_key_id: str, secret: str, *, grace_until: datetime) -> None:
+        """Give a key a new signing secret; the current one keeps signing too until ``grace_until``."""
+        async with self.engine.begin() as conn:
             await conn.execute(
                 update(api_keys)
-                .where(and_(api_keys.c.id == api_key_id, api_keys.c.callback_secret.is_(None)))
-                .values(callback_secret=secret)
+                .where(api_keys.c.id == api_key_id)
+                .values(
+                    previous_callback_secret=api_keys.c.callback_secret,
+                    previous_secret_until=grace_until,
+                    callback_secret=secret,
+                )
             )
 
-    async def key_settings(self, api_key_id: str) -> tuple[str | None, str | None]:
+    async def key_settings(self, api_key_id: str) -> dict[str, Any]:
+        """A key's callback URL, secret, and previous secret's end of grace."""
+        columns = (api_keys.c.callback_url, api_keys.c.callback_secret, api_keys.c.previous_secret_until)
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(api_keys.c.callback_url, api_keys.c.callback_secret).where(
-                        api_keys.c.id == api_key_id
-                    )
-                )
-            ).first()
-        return (row.callback_url, row.callback_secret) if row is not None else (None, None)
+            row = (await conn.execute(select(*columns).where(api_keys.c.id == api_key_id))).first()
+        if row is None:
+            return {c.name: None for c in columns}
+        return plain(row._mapping)

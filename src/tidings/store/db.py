@@ -75,6 +75,14 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 SQLITE_BUSY_ERRORS = (sqlite3.OperationalError,)
 
 
+def fit_text(value: str, limit: int | None = None) -> str:
+    """``value`` made to fit a text column: a NUL (which PostgreSQL cannot store) replaced, and
+    cut to ``limit`` characters. For what others send us, which must be kept rather than refused
+    for ever (a provider resends what failed)."""
+    value = value.replace("\x00", "\ufffd")
+    return value if limit is None or len(value) <= limit else value[:limit]
+
+
 def plain(row: Mapping[Any, Any]) -> dict[str, Any]:
     # Result keys are SQLAlchemy's str subclass; JSON encoders want plain str.
     return {str(k): v for k, v in row.items()}

@@ -15,19 +15,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
-from tidings.store.db import plain
+from tidings.store.db import fit_text, plain
 from tidings.store.tables import inbound_messages
 
 ADDRESS_CHARS = 64
 ID_CHARS = 128
-
-
-def _text(value: str, limit: int | None = None) -> str:
-    # PostgreSQL cannot store NUL in text, and a longer address than any number or sender id
-    # does not fit its column: a provider's odd input must not make its request fail (and be
-    # resent) for ever, so keep what can be kept.
-    value = value.replace("\x00", "\ufffd")
-    return value if limit is None or len(value) <= limit else value[:limit]
 
 
 def inbound_row(
@@ -50,9 +42,9 @@ def inbound_row(
         "id": ids.new_id(),
         "provider": provider,
         "provider_message_id": provider_message_id,
-        "from": _text(sender, ADDRESS_CHARS),
-        "to": _text(to, ADDRESS_CHARS) if to is not None else None,
-        "body": _text(body),
+        "from": fit_text(sender, ADDRESS_CHARS),
+        "to": fit_text(to, ADDRESS_CHARS) if to is not None else None,
+        "body": fit_text(body),
         "sent_at": sent_at,
         "received_at": now,
         "raw": raw or {},

@@ -16,6 +16,12 @@ from tidings.clock import utcnow
 from tidings.store.tables import api_keys
 
 SECRET_PREFIX = "tdg_"
+CALLBACK_SECRET_PREFIX = "whsec_"
+
+
+def new_callback_secret() -> str:
+    """A secret to sign a key's callbacks with."""
+    return CALLBACK_SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_secret(secret: str) -> str:
@@ -68,6 +74,8 @@ class KeyStore:
                     "secret_hash": hash_secret(secret),
                     "prefix": key.prefix,
                     "created_at": now,
+                    # Every callback is signed, so every key has its signing secret from the start.
+                    "callback_secret": new_callback_secret(),
                 },
             )
         return key, secret

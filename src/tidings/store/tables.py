@@ -50,6 +50,9 @@ api_keys = Table(
     # callback_secret.
     Column("callback_url", Text()),
     Column("callback_secret", String(64)),
+    # After a rotation the old secret still signs, beside the new one, until this time.
+    Column("previous_callback_secret", String(64)),
+    Column("previous_secret_until", DateTime()),
 )
 
 messages = Table(
@@ -96,6 +99,8 @@ messages = Table(
     Column("polled_at", DateTime()),
     Column("polls", Integer(), nullable=False, server_default="0"),
     Column("callback_url", Text()),
+    # When the body, metadata and provider payloads were removed (retention).
+    Column("redacted_at", DateTime()),
     # The queue: due messages of one provider, oldest first. Partial, so it holds only the
     # waiting rows and stays small however many finished messages the table keeps.
     Index(
@@ -179,7 +184,10 @@ webhook_log = Table(
     Column("event", String(64), nullable=False),
     Column("url", Text(), nullable=False),
     Column("headers", JSON(), nullable=False),
+    # A refused request's body is kept only up to a small cap; its size and hash always.
     Column("body", LargeBinary(), nullable=False),
+    Column("body_size", Integer(), nullable=False, server_default="0"),
+    Column("body_sha256", String(64)),
     Column("remote_ip", String(64)),
     Column("verified", Boolean()),
     Column("processed", Boolean(), nullable=False, server_default=false()),
@@ -208,6 +216,7 @@ inbound_messages = Table(
     Column("received_at", DateTime(), nullable=False),
     Column("raw", JSON(), nullable=False),
     Column("webhook_log_id", BigInteger()),
+    Column("redacted_at", DateTime()),
     # Providers resend webhooks: the same inbound message is stored once.
     Index("ix_inbound_messages_provider_message", "provider", "provider_message_id", unique=True),
     Index("ix_inbound_messages_from", "from", "id"),

@@ -1,13 +1,15 @@
 """The webhook log: every webhook request, stored before it is processed.
 
-A row is written (and committed) as soon as a request arrives, then completed with what came of
-it: verified or not, processed or not, the error, the message it concerned and how long it took.
-A request that failed part-way stays in the log with its error and can be run again
-(``tidings webhooks replay ID``).
+A request that passed its checks is written (and committed) before it is processed, then
+completed with what came of it: processed or not, the error, the message it concerned and how long
+it took. A request that failed part-way stays in the log with its error and can be run again
+(``tidings webhooks replay ID``). A refused request is written once, complete, with its body cut
+to :data:`REFUSED_BODY_BYTES` (its size and SHA-256 are kept): refusals cannot fill the disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.clock import utcnow
 from tidings.store.batcher import WriteBatcher
+from tidings.store.db import fit_text
 from tidings.store.tables import webhook_log
+
+REFUSED_BODY_BYTES = 1024
+"""How much of a refused request's body is kept."""
+EVENT_CHARS = 64
 
 # Headers that carry credentials; they are never stored.
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
@@ -59,6 +66,17 @@ class WebhookEntry:
     reports: int
     unmatched: int
     inbound: int
+    body_size: int = 0
+
+    @property
+    def state(self) -> str:
+        """``processed``, ``refused`` (its checks failed), ``failed`` (processing failed) or
+        ``interrupted`` (cut before it was finished: replay it)."""
+        if self.processed:
+            return "processed"
+        if self.verified is False:
+            return "refused"
+        return "failed" if self.response_status is not None else "interrupted"
 
 
 class WebhookLogStore:
@@ -76,18 +94,29 @@ class WebhookLogStore:
         headers: Mapping[str, str],
         body: bytes,
         remote_ip: str | None,
+        refused: tuple[int, str] | None = None,
+        duration_ms: float | None = None,
     ) -> int:
-        """Store a request as it arrived (headers without credentials); returns its id."""
+        """Store a request as it arrived (headers without credentials); returns its id. A request
+        that passed its checks is ``verified``; a ``refused`` one, ``(status, error)``, is stored
+        complete, with its body cut short."""
         row = {
             "received_at": utcnow(),
             "provider": provider,
             "kind": kind,
-            "event": event,
-            "url": url,
+            # The event comes from the URL: fit it (a NUL, or any length, may be posted).
+            "event": fit_text(event, EVENT_CHARS),
+            "url": fit_text(url),
             "headers": redact_headers(headers),
-            "body": body,
+            "body": body if refused is None else body[:REFUSED_BODY_BYTES],
+            "body_size": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
             "remote_ip": remote_ip,
+            "verified": refused is None,
             "processed": False,
+            "response_status": refused[0] if refused else None,
+            "error": fit_text(refused[1]) if refused else None,
+            "duration_ms": duration_ms,
         }
         entry_id: int = await self.writes.run_many(self._record_many, row)
         return entry_id
@@ -184,4 +213,5 @@ def _entry(row: Mapping[Any, Any]) -> WebhookEntry:
         reports=int(row["reports"]),
         unmatched=int(row["unmatched"]),
         inbound=int(row["inbound"]),
+        body_size=int(row["body_size"]),
     )

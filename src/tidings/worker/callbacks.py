@@ -4,22 +4,31 @@ It runs beside the dispatcher in every worker. A callback is taken under a lease
 dies leaves it to be taken again: at-least-once), posted as JSON with a ``Tidings-Signature``, and
 then marked delivered, scheduled again (connection errors, timeouts, 429 and 5xx, with jittered
 exponential back-off) or failed (any other answer, or attempts used up). Failed callbacks stay
-visible in ``GET /v1/callbacks?status=failed`` and can be queued again.
+visible in ``GET /v1/callbacks?status=failed`` and can be queued again, with only the answer's
+status and a short reason (the receiver's body is not kept: every key may read the list).
+
+Before connecting, the destination is checked again (``domain/destinations.py``): a literal
+address in the URL, and every address its name resolves to (:class:`CheckedResolver`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
+import socket
+from collections.abc import Sequence
 from datetime import timedelta
 
 import aiohttp
 import orjson
+from aiohttp.abc import ResolveResult
 
 from tidings.clock import utcnow
 from tidings.config import Settings
+from tidings.domain.destinations import Network, address_refusal, networks, url_refusal
 from tidings.domain.retry import RetryPolicy
 from tidings.signatures import HEADER, sign
 from tidings.store import Store
@@ -31,6 +40,46 @@ log = logging.getLogger(__name__)
 REAP_EVERY_SECONDS = 5.0
 
 
+class DestinationRefused(OSError):
+    """A callback's host resolved only to addresses tidings may not connect to."""
+
+
+class CheckedResolver(aiohttp.ThreadedResolver):
+    """Resolves names, then keeps only the addresses callbacks may go to: a name that points
+    inside (DNS rebinding) is refused when tidings connects, not only when the URL is accepted."""
+
+    def __init__(self, allowed: Sequence[Network]) -> None:
+        super().__init__()
+        self.allowed = list(allowed)
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await super().resolve(host, port, family)
+        kept = [r for r in found if address_refusal(ipaddress.ip_address(r["host"]), self.allowed) is None]
+        if not kept:
+            refusals = {address_refusal(ipaddress.ip_address(r["host"]), self.allowed) for r in found}
+            raise DestinationRefused(f"{host}: {'; '.join(sorted(r for r in refusals if r))}")
+        return kept
+
+
+def _failure(exc: Exception) -> tuple[str, bool]:
+    """A short reason for a failed delivery, safe to show to any API key, and whether to retry."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, DestinationRefused):
+        return f"not sent: destination not allowed ({exc.os_error})", False
+    if isinstance(exc, TimeoutError):
+        return "timed out", True
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "host name not found", True
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
+        return "TLS error", True
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "could not connect", True
+    if isinstance(exc, aiohttp.ClientError):
+        return f"connection failed ({type(exc).__name__})", True
+    return f"not sent ({type(exc).__name__})", False
+
+
 class CallbackSender:
     def __init__(self, store: Store, settings: Settings, waker: Waker | None = None) -> None:
         self.store = store
@@ -39,6 +88,7 @@ class CallbackSender:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
         self._session: aiohttp.ClientSession | None = None
+        self._allowed = networks(settings.callback_allow_networks)
 
     def _policy(self, max_attempts: int) -> RetryPolicy:
         return RetryPolicy(
@@ -50,7 +100,9 @@ class CallbackSender:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver callbacks until ``stop`` is set, then let the deliveries in flight finish."""
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.settings.callback_concurrency),
+            connector=aiohttp.TCPConnector(
+                limit=self.settings.callback_concurrency, resolver=CheckedResolver(self._allowed)
+            ),
             cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=self.settings.callback_timeout_seconds),
         )
@@ -98,24 +150,28 @@ class CallbackSender:
             "User-Agent": "tidings",
             "Tidings-Callback-Id": callback.id,
         }
-        if callback.secret:
-            headers[HEADER] = sign(body, callback.secret)
-        status: int | None = None
+        if not callback.secrets:
+            # Every key has a secret from its creation; a callback that cannot be signed is not sent.
+            await self._failed(callback, "not sent: its API key has no signing secret", None, retry=False)
+            return
+        headers[HEADER] = sign(body, callback.secrets)
+        refused = url_refusal(callback.url, self._allowed)
+        if refused is not None:
+            await self._failed(callback, f"not sent: destination not allowed ({refused})", None, retry=False)
+            return
         try:
             async with self._session.post(callback.url, data=body, headers=headers) as response:
-                status = response.status
-                text = (await response.read())[:300].decode("utf-8", "replace")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            await self._failed(callback, f"{type(exc).__name__}: {exc}", None, retry=True)
-            return
-        except Exception as exc:  # a URL aiohttp cannot even try, say
-            await self._failed(callback, f"{type(exc).__name__}: {exc}", None, retry=False)
+                # Only the status is kept: the answer's body is the receiver's, not ours to show.
+                status, reason = response.status, response.reason or ""
+        except Exception as exc:
+            reason, retry = _failure(exc)
+            await self._failed(callback, reason, None, retry=retry)
             return
         if 200 <= status < 300:
             await self.store.callbacks.delivered(callback.id, status)
             return
         temporary = status == 429 or status >= 500
-        await self._failed(callback, f"HTTP {status}: {text}", status, retry=temporary)
+        await self._failed(callback, f"HTTP {status} {reason[:60]}".strip(), status, retry=temporary)
 
     async def _failed(self, callback: DueCallback, error: str, status: int | None, *, retry: bool) -> None:
         retry_at = None
