@@ -7,6 +7,10 @@ and permanent (fail now) by raising the ``ProviderError`` subclasses of ``tiding
 Claiming, retries, rate limits, the status machine and logging live once, in ``worker/``,
 ``services/`` and ``store/``. An adapter declares the channels it sends (``channels``); a message
 carries a channel-specific content (``domain.content``).
+
+An adapter over an HTTP API subclasses ``providers.http.HttpProvider``, which runs the send
+pipeline and the HTTP exchange once for all of them; ``providers/ADDING.md`` lists the files a new
+provider adds and the hooks it fills in.
 """
 
 from __future__ import annotations

@@ -9,8 +9,11 @@ each path. It runs in one of two ways:
   through :meth:`FakeProvider.parse_webhook` into the service's receipt sink: the very path a
   real provider's webhook takes;
 - over HTTP (``url`` set): the adapter posts to the fake provider server
-  (``python -m tidings.testing.fake_server``), which posts receipts back to
-  ``/webhooks/fake/{name}/status``. Tests and benchmarks use this.
+  (``python -m tidings.testing.fake_server``) through the shared pipeline of
+  :class:`~tidings.providers.http.HttpProvider`, and the server posts receipts back to
+  ``/webhooks/fake/{name}/status``. Tests and benchmarks use this. 200, 201 and 202 mean accepted;
+  429 (``Retry-After`` honoured), 5xx, timeouts and connection errors are temporary; any other
+  refusal is permanent, with the ``error.code`` of the answer.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import hmac
 import logging
 import random
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-import aiohttp
 import orjson
 from pydantic import Field
 
@@ -40,13 +43,13 @@ from tidings.errors import (
 )
 from tidings.providers.base import (
     OutboundMessage,
-    Provider,
     SendResult,
     WebhookRequest,
     WebhookResult,
     signatures_match,
 )
 from tidings.providers.fake_rules import ERROR_CODES, FakeBehaviour, Outcome, decide
+from tidings.providers.http import Answer, HttpProvider, HttpRequest
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +78,12 @@ def sign(secret: str, body: bytes) -> str:
 _RECEIPT_STATUS = {"delivered": Status.DELIVERED, "failed": Status.FAILED, "sent": Status.SENT}
 
 
-class FakeProvider(Provider):
+class FakeProvider(HttpProvider):
     kind = "fake"
     settings_model = FakeSettings
     webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {"status": frozenset({"application/json"})}
+    service = "the fake provider"
+    sent_statuses = frozenset({200, 201, 202})
 
     settings: FakeSettings
 
@@ -93,23 +98,19 @@ class FakeProvider(Provider):
         # so they take exactly the verified path a posted receipt takes.
         self._secret = self.settings.webhook_secret or secrets.token_hex(16)
         self._receipts: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
         if self.settings.url:
-            self._session = self.context.session or aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.settings.concurrency),
-            )
+            await super().start()
 
     async def close(self) -> None:
         for task in list(self._receipts):
             task.cancel()
         if self._receipts:
             await asyncio.gather(*self._receipts, return_exceptions=True)
-        if self._session is not None and self._session is not self.context.session:
-            await self._session.close()
+        await super().close()
 
     async def send(self, message: OutboundMessage) -> SendResult:
         if self.settings.url:
-            return await self._send_http(message)
+            return await super().send(message)
         return await self._send_in_process(message)
 
     async def _send_in_process(self, message: OutboundMessage) -> SendResult:
@@ -161,8 +162,13 @@ class FakeProvider(Provider):
                 "fake receipt could not be applied", extra={"action": "receipt", "message_id": reference}
             )
 
-    async def _send_http(self, message: OutboundMessage) -> SendResult:
-        assert self._session is not None and self.settings.url
+    # -- over HTTP ---------------------------------------------------------------------------------
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+
+    def build_send(self, message: OutboundMessage) -> HttpRequest:
+        assert self.settings.url
         payload = {
             "to": message.to,
             "from": message.sender,
@@ -170,39 +176,22 @@ class FakeProvider(Provider):
             "reference": message.id,
             "receipt_url": self.context.webhook_url(self.kind, self.name, "status"),
         }
-        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
-        try:
-            async with self._session.post(
-                self.settings.url.rstrip("/") + "/v1/messages",
-                data=orjson.dumps(payload),
-                headers={**headers, "Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
-            ) as response:
-                raw_body = await response.read()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TemporaryProviderError(
-                f"fake provider unreachable: {exc!r}", code="connection_error"
-            ) from exc
-        try:
-            data: dict[str, Any] = orjson.loads(raw_body) if raw_body else {}
-        except orjson.JSONDecodeError:
-            data = {"body": raw_body[:500].decode("utf-8", "replace")}
-        if status in (200, 201, 202):
-            return SendResult(
-                provider_message_ids=(str(data["id"]),) if data.get("id") else (),
-                provider_status=data.get("status"),
-                raw=data,
-            )
-        found = data.get("error")
+        return HttpRequest("POST", self.settings.url.rstrip("/") + "/v1/messages", json=payload)
+
+    def parse_sent(self, answer: Answer) -> SendResult:
+        data = answer.data
+        return SendResult(
+            provider_message_ids=(str(data["id"]),) if data.get("id") else (),
+            provider_status=data.get("status"),
+            raw=data,
+        )
+
+    def error_details(self, answer: Answer) -> tuple[str, str]:
+        found = answer.data.get("error")
         error: dict[str, Any] = found if isinstance(found, dict) else {}
-        code = str(error.get("code") or status)
-        text = str(error.get("message") or f"HTTP {status}")
-        if status == 429 or status >= 500:
-            delay = float(retry_after) if retry_after and retry_after.isdigit() else None
-            raise TemporaryProviderError(text, code=code, raw=data, retry_after=delay)
-        raise PermanentProviderError(text, code=code, raw=data)
+        return str(error.get("code") or answer.status), str(error.get("message") or f"HTTP {answer.status}")
+
+    # -- receipts ----------------------------------------------------------------------------------
 
     @property
     def _webhook_secret(self) -> str | None:

@@ -1,12 +1,13 @@
 """The ``orange`` provider: Orange's SMS API (OneAPI style, "SMS Africa and Middle East").
 
-Authentication is OAuth2 client credentials: ``POST {base_url}/oauth/v3/token`` with HTTP Basic
-``client_id:client_secret`` and ``grant_type=client_credentials``. The token is cached until
-``token_margin_seconds`` before it expires; one lock makes concurrent sends share one refresh, and
-a 401 from the API drops the token and refreshes it once before the send is tried once more.
-Refused credentials are a temporary error (code ``invalid_client``): the operator must fix the
-configuration, and the messages must not be failed for it (for ``REFUSED_PAUSE`` seconds after a
-refusal, sends fail the same way without asking the token endpoint again).
+Authentication is OAuth2 client credentials (``providers.oauth``): ``POST
+{base_url}/oauth/v3/token`` with HTTP Basic ``client_id:client_secret`` and
+``grant_type=client_credentials``. The token is cached until ``token_margin_seconds`` before it
+expires; one lock makes concurrent sends share one refresh, and a 401 from the API drops the token
+and refreshes it once before the send is tried once more. Refused credentials are a temporary
+error (code ``invalid_client``): the operator must fix the configuration, and the messages must
+not be failed for it (for ``oauth.REFUSED_PAUSE`` seconds after a refusal, sends fail the same way
+without asking the token endpoint again).
 
 Sending is ``POST {base_url}/smsmessaging/v1/outbound/{tel:+SENDER, URL-encoded}/requests`` with
 an ``outboundSMSMessageRequest`` from the account's number (``sender``), shown as the message's
@@ -34,20 +35,14 @@ the inbound URL with Orange with the same ``?token=…``).
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
-import aiohttp
 import orjson
 from pydantic import Field, field_validator
 
@@ -58,6 +53,7 @@ from tidings.domain.reports import InboundMessage, ProviderReport, Report
 from tidings.domain.status import Status
 from tidings.errors import (
     PermanentProviderError,
+    ProviderError,
     TemporaryProviderError,
     WebhookRejected,
     WebhookUnauthorized,
@@ -65,13 +61,14 @@ from tidings.errors import (
 from tidings.providers.base import (
     OutboundMessage,
     PollRequest,
-    Provider,
     ProviderContext,
     SendResult,
     WebhookRequest,
     WebhookResult,
     signatures_match,
 )
+from tidings.providers.http import Answer, HttpProvider, HttpRequest, retry_after
+from tidings.providers.oauth import ClientCredentials
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +84,6 @@ STATUSES: dict[str, Status] = {
 }
 """Orange's delivery statuses in our model; ``DeliveryUncertain`` and any word not listed change
 nothing (the report is recorded)."""
-
-DEFAULT_TOKEN_LIFETIME = 3600.0
-"""Seconds a token is assumed to work when Orange's answer does not say."""
-REFUSED_PAUSE = 10.0
-"""After the token endpoint refused our credentials, sends fail at once (temporarily) for this long
-instead of asking it again for every message."""
 
 MAX_ADDRESS = 64
 """The longest sender or destination an inbound SMS may have (what the store keeps)."""
@@ -129,14 +120,6 @@ class OrangeSettings(ProviderSettings):
         return f"tel:+{match.group(1)}"
 
 
-@dataclass(frozen=True)
-class _Answer:
-    status: int
-    data: dict[str, Any]
-    retry_after: str | None
-    location: str | None = None
-
-
 def _strip_tel(address: str) -> str:
     return address[4:] if address.lower().startswith("tel:") else address
 
@@ -150,20 +133,8 @@ def _last_segment(url: str) -> str | None:
     return segment or None
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, (to_db(when) - utcnow()).total_seconds())
+_retry_after = retry_after
+"""The shared ``Retry-After`` reader, under the name this module's tests know it by."""
 
 
 def _substitute(text: str, variables: object) -> str:
@@ -196,7 +167,7 @@ def _json_body(body: bytes) -> Any:
         raise WebhookRejected(f"body is not valid JSON: {exc}") from exc
 
 
-class OrangeProvider(Provider):
+class OrangeProvider(HttpProvider):
     kind = "orange"
     settings_model = OrangeSettings
     webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {
@@ -209,32 +180,28 @@ class OrangeProvider(Provider):
         "/api/sms/webhook/inbound-message": "inbound",
     }
     can_poll = True
+    service = "the Orange SMS API"
 
     settings: OrangeSettings
 
     def __init__(self, name: str, settings: ProviderSettings, context: ProviderContext) -> None:
         super().__init__(name, settings, context)
         base = self.settings.base_url.rstrip("/")
-        self._token_url = f"{base}/oauth/v3/token"
         self._requests_url = (
             f"{base}/smsmessaging/v1/outbound/{quote(self.settings.sender, safe='')}/requests"
         )
-        credentials = f"{self.settings.client_id}:{self.settings.client_secret}".encode()
-        self._basic = "Basic " + base64.b64encode(credentials).decode("ascii")
-        self._session: aiohttp.ClientSession | None = None
-        self._token: str | None = None
-        self._token_valid_until = 0.0
-        self._refused_until = 0.0
-        self._refused: TemporaryProviderError | None = None
-        self._token_lock: asyncio.Lock | None = None
+        self.auth = ClientCredentials(
+            self.call,
+            token_url=f"{base}/oauth/v3/token",
+            client_id=self.settings.client_id,
+            client_secret=self.settings.client_secret,
+            issuer="Orange",
+            provider=name,
+            margin=self.settings.token_margin_seconds,
+        )
 
     async def start(self) -> None:
-        self._session = self.context.session or aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.settings.concurrency),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
-        )
-        self._token_lock = asyncio.Lock()
+        await super().start()
         if not self.settings.webhook_token and not self.settings.webhook_allow_ips:
             log.warning(
                 "provider %s accepts Orange webhooks from anyone: Orange does not sign them, so set "
@@ -245,146 +212,8 @@ class OrangeProvider(Provider):
                 extra={"action": "start", "provider": self.name},
             )
 
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and session is not self.context.session:
-            await session.close()
-
-    # -- the access token ------------------------------------------------------------------------
-
-    async def _access_token(self) -> str:
-        """A working access token: the cached one, or a new one (one request for all callers)."""
-        if self._token_lock is None:
-            raise RuntimeError(f"provider {self.name} is not started")
-        async with self._token_lock:
-            now = time.monotonic()
-            if self._token is not None and now < self._token_valid_until:
-                return self._token
-            refused = self._refused
-            if refused is not None and now < self._refused_until:
-                raise TemporaryProviderError(refused.message, code=refused.code, raw=refused.raw)
-            token, lifetime = await self._fetch_token()
-            margin = min(self.settings.token_margin_seconds, lifetime / 2)
-            self._token = token
-            self._token_valid_until = time.monotonic() + lifetime - margin
-            self._refused = None
-            return token
-
-    def _drop_token(self, token: str) -> None:
-        """Forget ``token`` (the API refused it) unless another caller already replaced it."""
-        if self._token == token:
-            self._token = None
-
-    async def _fetch_token(self) -> tuple[str, float]:
-        answer = await self._call(
-            "POST",
-            self._token_url,
-            headers={"Authorization": self._basic, "Accept": JSON},
-            data={"grant_type": "client_credentials"},
-            what="the Orange token endpoint",
-        )
-        data = answer.data
-        if answer.status == 200 and isinstance(data.get("access_token"), str) and data["access_token"]:
-            try:
-                lifetime = float(data.get("expires_in", DEFAULT_TOKEN_LIFETIME))
-            except (TypeError, ValueError):
-                lifetime = DEFAULT_TOKEN_LIFETIME
-            log.debug("new Orange access token", extra={"action": "token", "provider": self.name})
-            return str(data["access_token"]), max(lifetime, 0.0)
-        error = str(data.get("error") or f"http_{answer.status}")
-        description = str(data.get("error_description") or data.get("message") or f"HTTP {answer.status}")
-        if answer.status == 429 or answer.status >= 500:
-            raise TemporaryProviderError(
-                f"the Orange token endpoint is unavailable: {description}",
-                code="token_unavailable",
-                raw=data,
-                retry_after=_retry_after(answer.retry_after),
-            )
-        if answer.status == 401 or error == "invalid_client":
-            error = "invalid_client"
-            log.error(
-                "Orange refused the credentials of provider %s (%s): check providers.%s.client_id and "
-                "providers.%s.client_secret",
-                self.name,
-                description,
-                self.name,
-                self.name,
-                extra={"action": "token", "provider": self.name, "error_code": error},
-            )
-        else:
-            log.error(
-                "the Orange token endpoint refused provider %s's request (%s: %s)",
-                self.name,
-                error,
-                description,
-                extra={"action": "token", "provider": self.name, "error_code": error},
-            )
-        refused = TemporaryProviderError(
-            f"Orange refused the credentials: {description}", code=error, raw=data
-        )
-        self._refused, self._refused_until = refused, time.monotonic() + REFUSED_PAUSE
-        raise refused
-
-    # -- HTTP ------------------------------------------------------------------------------------
-
-    async def _call(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: dict[str, str],
-        what: str,
-        data: dict[str, str] | None = None,
-        json: bytes | None = None,
-    ) -> _Answer:
-        session = self._session
-        if session is None:
-            raise RuntimeError(f"provider {self.name} is not started")
-        if json is not None:
-            headers = {**headers, "Content-Type": JSON}
-        try:
-            async with session.request(
-                method,
-                url,
-                headers=headers,
-                data=json if json is not None else data,
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-                location = response.headers.get("Location")
-        except TimeoutError as exc:
-            raise TemporaryProviderError(
-                f"{what} did not answer within {self.settings.timeout_seconds} s", code="timeout"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise TemporaryProviderError(f"{what} is unreachable: {exc!r}", code="connection_error") from exc
-        try:
-            parsed = orjson.loads(raw) if raw else {}
-        except orjson.JSONDecodeError:
-            parsed = {"body": raw[:500].decode("utf-8", "replace")}
-        body: dict[str, Any] = parsed if isinstance(parsed, dict) else {"body": parsed}
-        return _Answer(status=status, data=body, retry_after=retry_after, location=location)
-
-    async def _authorized(self, method: str, url: str, *, what: str, json: bytes | None = None) -> _Answer:
-        """Call the API with the access token; on a 401 get a new token and try once more."""
-        token = await self._access_token()
-        answer = await self._call(method, url, headers=self._bearer(token), what=what, json=json)
-        if answer.status != 401:
-            return answer
-        log.info(
-            "Orange refused the access token (%s); getting a new one",
-            answer.data.get("message") or "HTTP 401",
-            extra={"action": "token", "provider": self.name},
-        )
-        self._drop_token(token)
-        token = await self._access_token()
-        return await self._call(method, url, headers=self._bearer(token), what=what, json=json)
-
-    @staticmethod
-    def _bearer(token: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}", "Accept": JSON}
+    def headers(self) -> Mapping[str, str]:
+        return {"Accept": JSON}
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -395,7 +224,7 @@ class OrangeProvider(Provider):
             url += f"?{TOKEN_PARAM}={quote(self.settings.webhook_token, safe='')}"
         return url
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    def build_send(self, message: OutboundMessage) -> HttpRequest:
         request: dict[str, Any] = {
             "address": "tel:" + message.to if not message.to.startswith("tel:") else message.to,
             "senderAddress": self.settings.sender,
@@ -406,24 +235,19 @@ class OrangeProvider(Provider):
         request["outboundSMSTextMessage"] = {"message": message.sms.text}
         request["clientCorrelator"] = message.id
         request["receiptRequest"] = {"notifyURL": self.notify_url(), "callbackData": message.id}
-        answer = await self._authorized(
-            "POST",
-            self._requests_url,
-            what="the Orange SMS API",
-            json=orjson.dumps({"outboundSMSMessageRequest": request}),
-        )
-        if answer.status in (200, 201):
-            inner = answer.data.get("outboundSMSMessageRequest")
-            resource = inner.get("resourceURL") if isinstance(inner, dict) else None
-            if not isinstance(resource, str):
-                resource = answer.location
-            return SendResult(
-                provider_message_ids=_ids(_last_segment(resource) if isinstance(resource, str) else None),
-                raw=answer.data,
-            )
-        raise self._error(answer)
+        return HttpRequest("POST", self._requests_url, json={"outboundSMSMessageRequest": request})
 
-    def _error(self, answer: _Answer) -> Exception:
+    def parse_sent(self, answer: Answer) -> SendResult:
+        inner = answer.data.get("outboundSMSMessageRequest")
+        resource = inner.get("resourceURL") if isinstance(inner, dict) else None
+        if not isinstance(resource, str):
+            resource = answer.headers.get("Location")
+        return SendResult(
+            provider_message_ids=_ids(_last_segment(resource) if isinstance(resource, str) else None),
+            raw=answer.data,
+        )
+
+    def send_error(self, answer: Answer) -> ProviderError:
         status, data = answer.status, answer.data
         refused = _request_error(data)
         if status == 429:
@@ -432,12 +256,12 @@ class OrangeProvider(Provider):
                 f"Orange is rate limiting: {text}",
                 code="rate_limited",
                 raw=data,
-                retry_after=_retry_after(answer.retry_after),
+                retry_after=answer.retry_after,
             )
         if status >= 500:
             text = refused[1] if refused else str(data.get("message") or f"HTTP {status}")
             return TemporaryProviderError(
-                text, code=f"http_{status}", raw=data, retry_after=_retry_after(answer.retry_after)
+                text, code=f"http_{status}", raw=data, retry_after=answer.retry_after
             )
         if refused is not None:
             code, text = refused
@@ -559,16 +383,12 @@ class OrangeProvider(Provider):
 
     # -- polling ---------------------------------------------------------------------------------
 
-    async def poll(self, message: PollRequest) -> Report | None:
-        answer = await self._authorized(
-            "GET",
-            f"{self._requests_url}/{quote(message.provider_message_id, safe='')}/deliveryInfos",
-            what="the Orange SMS API",
+    def build_poll(self, message: PollRequest) -> HttpRequest:
+        return HttpRequest(
+            "GET", f"{self._requests_url}/{quote(message.provider_message_id, safe='')}/deliveryInfos"
         )
-        if answer.status == 404:
-            return None
-        if answer.status != 200:
-            raise self._error(answer)
+
+    def parse_poll(self, answer: Answer) -> Report | None:
         listing = answer.data.get("deliveryInfoList")
         infos = listing.get("deliveryInfo") if isinstance(listing, dict) else None
         first = infos[0] if isinstance(infos, list) and infos else infos

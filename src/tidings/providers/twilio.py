@@ -25,11 +25,10 @@ import base64
 import hashlib
 import hmac
 import logging
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-import aiohttp
-import orjson
 from pydantic import Field, model_validator
 
 from tidings.clock import utcnow
@@ -37,7 +36,7 @@ from tidings.config import ProviderSettings
 from tidings.domain.reports import InboundMessage, ProviderReport, Report
 from tidings.domain.status import Status
 from tidings.errors import (
-    PermanentProviderError,
+    ProviderError,
     TemporaryProviderError,
     WebhookRejected,
     WebhookUnauthorized,
@@ -45,12 +44,13 @@ from tidings.errors import (
 from tidings.providers.base import (
     OutboundMessage,
     PollRequest,
-    Provider,
+    ProviderContext,
     SendResult,
     WebhookRequest,
     WebhookResult,
     signatures_match,
 )
+from tidings.providers.http import Answer, HttpProvider, HttpRequest
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _form(body: bytes) -> list[tuple[str, str]]:
         raise WebhookRejected(f"body is not a URL-encoded form: {exc}") from exc
 
 
-class TwilioProvider(Provider):
+class TwilioProvider(HttpProvider):
     kind = "twilio"
     settings_model = TwilioSettings
     webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {
@@ -147,27 +147,24 @@ class TwilioProvider(Provider):
         "inbound": frozenset({FORM}),
     }
     can_poll = True
+    service = "Twilio"
 
     settings: TwilioSettings
 
-    async def start(self) -> None:
-        self._session = self.context.session or aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.settings.concurrency),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+    def __init__(self, name: str, settings: ProviderSettings, context: ProviderContext) -> None:
+        super().__init__(name, settings, context)
         credentials = f"{self.settings.account_sid}:{self.settings.auth_token}".encode()
         self._authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
         self._messages_url = (
             f"{self.settings.base_url.rstrip('/')}/2010-04-01/Accounts/{self.settings.account_sid}/Messages"
         )
 
-    async def close(self) -> None:
-        if getattr(self, "_session", None) is not None and self._session is not self.context.session:
-            await self._session.close()
+    def headers(self) -> Mapping[str, str]:
+        return {"Authorization": self._authorization, "Accept": "application/json"}
 
     # -- sending ---------------------------------------------------------------------------------
 
-    async def send(self, message: OutboundMessage) -> SendResult:
+    def build_send(self, message: OutboundMessage) -> HttpRequest:
         form = {"To": message.to, "Body": message.sms.text}
         sender = message.sender or self.settings.from_
         if sender is not None:
@@ -179,57 +176,33 @@ class TwilioProvider(Provider):
             form["StatusCallback"] = (
                 self.context.webhook_url(self.kind, self.name, "status") + "?message_id=" + quote(message.id)
             )
-        status, data, headers = await self._request("POST", self._messages_url + ".json", form)
-        if status in (200, 201):
-            return SendResult(
-                provider_message_ids=(str(data["sid"]),) if data.get("sid") else (),
-                provider_status=str(data.get("status") or "queued"),
-                raw=data,
-            )
-        raise self._error(status, data, headers.get("Retry-After"))
+        return HttpRequest("POST", self._messages_url + ".json", form=form)
 
-    async def _request(
-        self, method: str, url: str, form: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=form,
-                headers={"Authorization": self._authorization, "Accept": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                headers = dict(response.headers)
-        except TimeoutError as exc:
-            raise TemporaryProviderError(
-                f"Twilio did not answer within {self.settings.timeout_seconds} s", code="timeout"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise TemporaryProviderError(f"Twilio unreachable: {exc}", code="connection_error") from exc
-        try:
-            parsed = orjson.loads(raw) if raw else {}
-        except orjson.JSONDecodeError:
-            parsed = {"body": raw[:500].decode("utf-8", "replace")}
-        data: dict[str, Any] = parsed if isinstance(parsed, dict) else {"body": parsed}
-        return status, data, headers
+    def parse_sent(self, answer: Answer) -> SendResult:
+        data = answer.data
+        return SendResult(
+            provider_message_ids=(str(data["sid"]),) if data.get("sid") else (),
+            provider_status=str(data.get("status") or "queued"),
+            raw=data,
+        )
 
-    def _error(self, status: int, data: dict[str, Any], retry_after: str | None) -> Exception:
-        code = str(data.get("code") or status)
-        text = str(data.get("message") or f"HTTP {status}")
-        if status == 429 or status >= 500:
-            delay = float(retry_after) if retry_after and retry_after.isdigit() else None
-            return TemporaryProviderError(text, code=code, raw=data, retry_after=delay)
-        if status in (401, 403):
-            log.error(
-                "Twilio refused provider %s's credentials: check providers.%s.account_sid, auth_token",
-                self.name,
-                self.name,
-                extra={"action": "send", "provider": self.name, "error_code": code},
-            )
-            return TemporaryProviderError(f"Twilio refused the credentials: {text}", code=code, raw=data)
-        return PermanentProviderError(text, code=code, raw=data)
+    def error_details(self, answer: Answer) -> tuple[str, str]:
+        return (
+            str(answer.data.get("code") or answer.status),
+            str(answer.data.get("message") or f"HTTP {answer.status}"),
+        )
+
+    def send_error(self, answer: Answer) -> ProviderError:
+        if answer.status not in (401, 403):
+            return super().send_error(answer)
+        code, text = self.error_details(answer)
+        log.error(
+            "Twilio refused provider %s's credentials: check providers.%s.account_sid, auth_token",
+            self.name,
+            self.name,
+            extra={"action": "send", "provider": self.name, "error_code": code},
+        )
+        return TemporaryProviderError(f"Twilio refused the credentials: {text}", code=code, raw=answer.data)
 
     # -- webhooks --------------------------------------------------------------------------------
 
@@ -301,14 +274,11 @@ class TwilioProvider(Provider):
 
     # -- polling ---------------------------------------------------------------------------------
 
-    async def poll(self, message: PollRequest) -> Report | None:
-        status, data, _headers = await self._request(
-            "GET", f"{self._messages_url}/{quote(message.provider_message_id)}.json"
-        )
-        if status == 404:
-            return None
-        if status != 200:
-            raise self._error(status, data, None)
+    def build_poll(self, message: PollRequest) -> HttpRequest:
+        return HttpRequest("GET", f"{self._messages_url}/{quote(message.provider_message_id)}.json")
+
+    def parse_poll(self, answer: Answer) -> Report | None:
+        data = answer.data
         word = data.get("status")
         if not isinstance(word, str):
             return None
