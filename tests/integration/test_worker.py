@@ -16,8 +16,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import make_settings
+from tests.scripted_api import scripted_api
 from tidings.clock import utcnow
 from tidings.domain.messages import NewMessage
 from tidings.domain.reports import Report
@@ -414,3 +416,36 @@ async def test_reports_in_any_order_end_the_same(store: Store) -> None:
             moved = ranks[report.status.value] > best
             assert was_changed == moved, shown
             best = max(best, ranks[report.status.value])
+
+
+async def test_a_huge_retry_after_waits_a_day_at_most(store: Store, database_url: str) -> None:
+    # A provider may answer any Retry-After; a wait past the end of time must not crash the
+    # worker (the message would sit leased, then be retried by the reaper, for ever).
+    async with scripted_api() as api:
+
+        async def throttled(_request: web.Request) -> web.StreamResponse:
+            return web.json_response(
+                {"error": {"code": "throttled", "message": "later"}},
+                status=429,
+                headers={"Retry-After": "99999999999999"},
+            )
+
+        api.route("POST", "/v1/messages", throttled)
+        settings = make_settings(
+            database_url,
+            retry_base_seconds=1,
+            providers={"fake": {"kind": "fake", "url": api.url, "latency_ms": 0}},
+        )
+        service = Service(settings, store=Store.connect(database_url))
+        await service.start()
+        try:
+            message_id = await insert(store)
+            dispatcher = service.dispatcher()
+            assert await dispatcher.claim_once() == 1
+            await dispatcher.drain()
+            row = await get(store, message_id)
+            assert row["status"] == "pending" and row["attempts"] == 1
+            wait = row["next_attempt_at"] - utcnow()
+            assert timedelta(hours=23) < wait <= timedelta(days=1)
+        finally:
+            await service.close()

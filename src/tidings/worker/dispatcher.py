@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+"""The longest ``Retry-After`` a provider can make a message wait."""
+
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(24):06x}"
@@ -319,7 +322,9 @@ class Dispatcher:
             if decision is not None:
                 retry_at = decision.retry_at
                 if exc.retry_after is not None:
-                    retry_at = max(retry_at, now + timedelta(seconds=exc.retry_after))
+                    # A provider may ask for any wait; more than a day is taken as a day.
+                    wait = min(exc.retry_after, MAX_RETRY_AFTER_SECONDS)
+                    retry_at = max(retry_at, now + timedelta(seconds=wait))
                 fail_over_to = None
                 if message.provider_failures + 1 >= self.settings.failover_after:
                     fail_over_to = message.next_provider()
