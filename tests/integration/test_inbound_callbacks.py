@@ -104,6 +104,7 @@ def providers(twilio: FakeTwilioServer, orange: FakeOrangeServer) -> dict[str, A
         },
         "orange": {
             "kind": "orange",
+            "webhook_allow_ips": ["127.0.0.0/8"],
             "client_id": "fake-orange-client",
             "client_secret": "fake-orange-secret",
             "sender": "tel:+2250000000000",

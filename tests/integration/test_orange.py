@@ -114,10 +114,23 @@ async def _no_sink(_name: str, _reports: list[Any]) -> None:
     return None
 
 
-async def test_an_unprotected_webhook_is_warned_about_at_start(caplog: pytest.LogCaptureFixture) -> None:
+def test_unprotected_webhooks_stop_start_up_unless_the_operator_says_so() -> None:
+    # Orange does not sign its notifications: a warning in a log nobody reads is not enough.
+    settings = Settings(
+        providers={NAME: orange("http://orange.test", webhook_allow_ips=[])}, default_provider=NAME
+    )
+    context = ProviderContext(base_url="http://tidings.test", sink=_no_sink)
+    with pytest.raises(ConfigError, match=rf"providers\.{NAME}\..*webhook_unauthenticated = true") as refused:
+        build_providers(settings, context)
+    assert "webhook_token" in refused.value.message and "webhook_allow_ips" in refused.value.message
+
+
+async def test_unprotected_webhooks_the_operator_allowed_are_warned_about_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     context = ProviderContext(base_url="http://tidings.test", sink=_no_sink)
     for extra, warned in (
-        ({"webhook_allow_ips": []}, True),
+        ({"webhook_allow_ips": [], "webhook_unauthenticated": True}, True),
         ({"webhook_allow_ips": [], "webhook_token": "t"}, False),
     ):
         caplog.clear()
@@ -125,9 +138,7 @@ async def test_an_unprotected_webhook_is_warned_about_at_start(caplog: pytest.Lo
         provider = OrangeProvider(NAME, settings, context)
         await provider.start()
         await provider.close()
-        warnings = [
-            r for r in caplog.records if r.levelname == "WARNING" and "webhook_token" in r.getMessage()
-        ]
+        warnings = [r for r in caplog.records if r.levelname == "WARNING" and "from anyone" in r.getMessage()]
         assert bool(warnings) is warned
 
 

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tidings import ids
 from tidings.clock import to_db, utcnow
@@ -106,6 +106,9 @@ class OrangeSettings(ProviderSettings):
     """Orange allows 5 sends a second unless the contract says otherwise."""
     webhook_token: str | None = Field(default=None, min_length=1)
     """When set, receipts and inbound SMS must carry ``?token=<it>`` (Orange does not sign them)."""
+    webhook_unauthenticated: bool = False
+    """Take Orange's webhooks from anyone, with neither a token nor an allowlist (say so only when
+    something in front of tidings checks them)."""
     token_margin_seconds: float = Field(default=60.0, ge=0)
     """Get a new access token this long before the current one expires."""
 
@@ -118,6 +121,17 @@ class OrangeSettings(ProviderSettings):
                 "must be the account's number as tel:+ and 1 to 15 digits, like tel:+2250700000000"
             )
         return f"tel:+{match.group(1)}"
+
+    @model_validator(mode="after")
+    def _webhooks_protected(self) -> OrangeSettings:
+        # Orange does not sign its notifications: without a token or an allowlist anyone could
+        # mark any message delivered.
+        if not self.webhook_token and not self.webhook_allow_ips and not self.webhook_unauthenticated:
+            raise ValueError(
+                "Orange does not sign its webhooks: set webhook_token or webhook_allow_ips, or "
+                "webhook_unauthenticated = true if something in front of tidings checks them"
+            )
+        return self
 
 
 def _strip_tel(address: str) -> str:
@@ -204,10 +218,8 @@ class OrangeProvider(HttpProvider):
         await super().start()
         if not self.settings.webhook_token and not self.settings.webhook_allow_ips:
             log.warning(
-                "provider %s accepts Orange webhooks from anyone: Orange does not sign them, so set "
-                "providers.%s.webhook_token or providers.%s.webhook_allow_ips",
-                self.name,
-                self.name,
+                "provider %s takes Orange webhooks from anyone (webhook_unauthenticated = true): "
+                "Orange does not sign them",
                 self.name,
                 extra={"action": "start", "provider": self.name},
             )
