@@ -15,6 +15,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.pg_cluster import Cluster
+from tests.pg_cluster import unavailable as cluster_unavailable
 from tidings.config import Settings
 from tidings.services import Service
 from tidings.store import Store
@@ -137,3 +139,20 @@ async def client(service: Service, api_key: str) -> AsyncIterator[httpx.AsyncCli
         transport=transport, base_url="http://tidings.test", headers={"Authorization": f"Bearer {api_key}"}
     ) as client:
         yield client
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Cluster]:
+    """A PostgreSQL server of this test's own, to stop and restart at will."""
+    reason = cluster_unavailable()
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(reason + " (CI=true: these tests must run)")
+        pytest.skip(reason)
+    cluster = Cluster()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()

@@ -99,7 +99,18 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _serve(settings: Settings, host: str, port: int, *, with_api: bool, with_worker: bool) -> None:
+def _listening(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """The settings with the address the command line gave: what the API listens on, and so what
+    ``public_url`` is when it is not set (providers are told it, and sign receipts with it)."""
+    changes: dict[str, Any] = {}
+    if host is not None:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    return settings.model_copy(update=changes) if changes else settings
+
+
+async def _serve(settings: Settings, *, with_api: bool, with_worker: bool) -> None:
     import uvicorn
 
     from tidings.api.app import create_app
@@ -122,8 +133,8 @@ async def _serve(settings: Settings, host: str, port: int, *, with_api: bool, wi
             await _first_key(service)
             config = uvicorn.Config(
                 create_app(service),
-                host=host,
-                port=port,
+                host=settings.host,
+                port=settings.port,
                 log_config=None,
                 access_log=False,
                 lifespan="on",
@@ -159,38 +170,22 @@ PortOption = Annotated[int | None, typer.Option(help="Port to listen on (default
 @app.command()
 def serve(host: HostOption = None, port: PortOption = None) -> None:
     """Run the API and a worker in one process (the embedded default)."""
-    settings = _settings()
-    _run(
-        _serve(
-            settings,
-            host or settings.host,
-            port if port is not None else settings.port,
-            with_api=True,
-            with_worker=True,
-        )
-    )
+    settings = _listening(_settings(), host, port)
+    _run(_serve(settings, with_api=True, with_worker=True))
 
 
 @app.command()
 def api(host: HostOption = None, port: PortOption = None) -> None:
     """Run the API only (workers run elsewhere)."""
-    settings = _settings()
-    _run(
-        _serve(
-            settings,
-            host or settings.host,
-            port if port is not None else settings.port,
-            with_api=True,
-            with_worker=False,
-        )
-    )
+    settings = _listening(_settings(), host, port)
+    _run(_serve(settings, with_api=True, with_worker=False))
 
 
 @app.command()
 def worker() -> None:
     """Run a worker only: claim due messages and send them."""
     settings = _settings()
-    _run(_serve(settings, settings.host, settings.port, with_api=False, with_worker=True))
+    _run(_serve(settings, with_api=False, with_worker=True))
 
 
 @app.command()

@@ -18,6 +18,7 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     │   ├── IdempotencyConflict
     │   └── NotCancellable
     ├── PayloadTooLarge              413
+    ├── DatabaseUnavailable          503: the database cannot be reached (retry after a moment)
     ├── WebhookRejected              400: a provider's webhook request was refused
     │   ├── WebhookUnauthorized      403: its signature (or token) does not verify
     │   ├── AddressNotAllowed        403: it comes from outside the provider's allowlist
@@ -136,6 +137,15 @@ class PayloadTooLarge(TidingsError):
 
     code = "payload_too_large"
     http_status = 413
+
+
+class DatabaseUnavailable(TidingsError):
+    """The database cannot be reached right now; nothing was stored. Retry in a moment."""
+
+    code = "database_unavailable"
+    http_status = 503
+    retry_after = 1
+    """Seconds a client should wait before trying again (the ``Retry-After`` header)."""
 
 
 class WebhookRejected(TidingsError):

@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tidings.testing.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN
+
 ORDINARY = "+12025550123"
 KEY_LINE = re.compile(r"^\s+(tdg_\S+)\s*$")
 
@@ -338,3 +340,37 @@ def test_bad_provider_kind_stops_serve_naming_the_setting(tmp_path: Path) -> Non
     assert time.monotonic() - started < 15
     # It never got as far as listening or printing a key.
     assert "tdg_" not in done.stdout
+
+
+def test_serve_on_another_port_tells_providers_that_port(tmp_path: Path, launch: Any) -> None:
+    # Without public_url, the receipt URL a provider is given must use the port tidings listens
+    # on (--port), or Twilio posts its signed callbacks to the wrong place and nothing is delivered.
+    fake_port = free_port()
+    command = [sys.executable, "-m", "tidings.testing.fake_twilio", "--port", str(fake_port)]
+    fake = subprocess.Popen(
+        [*command, "--callback-delay-ms", "10"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert fake.stdout is not None and fake.stdout.readline().startswith("listening on")
+        config = tmp_path / "tidings.toml"
+        config.write_text(
+            'default_provider = "tw"\n[providers.tw]\nkind = "twilio"\n'
+            f'account_sid = "{DEFAULT_ACCOUNT_SID}"\nauth_token = "{DEFAULT_AUTH_TOKEN}"\n'
+            f'from = "+15005550006"\nbase_url = "http://127.0.0.1:{fake_port}"\n'
+        )
+        served = launch(tmp_path, env=clean_env(TIDINGS_CONFIG=str(config)))
+        key = served.wait_for_key()
+        served.wait_healthy()
+        sent = httpx.post(
+            served.base_url + "/v1/messages",
+            json={"to": ORDINARY, "body": "hello"},
+            headers=auth(key),
+            timeout=10,
+        ).json()
+        delivered = wait_for_status(served.base_url, key, sent["id"], "delivered", timeout=20)
+        assert delivered["provider_status"] == "delivered"
+    finally:
+        fake.terminate()
+        fake.wait(timeout=10)
+        if fake.stdout is not None:
+            fake.stdout.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -13,6 +15,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.domain.messages import NewMessage
+from tidings.domain.status import Status
+from tidings.errors import DatabaseUnavailable
 from tidings.store import Store
 from tidings.store.batcher import WriteBatcher
 from tidings.store.db import create_engine, plain_postgres_dsn
@@ -110,3 +114,66 @@ async def test_a_batch_of_new_messages_wakes_workers_once_per_provider(postgres_
     finally:
         await listener.close()
         await store.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = Store.connect(f"sqlite:///{tmp_path / 's.db'}")
+    await upgrade(store.engine)
+    yield store
+    await store.close()
+
+
+def failing_commit(store: Store, *, commit_first: bool, times: int = 1) -> list[int]:
+    """Make the next ``times`` commits raise as if the database went away at that moment: after
+    committing (``commit_first``) or before. Returns the count of failures made so far."""
+    dialect = store.engine.sync_engine.dialect
+    real = dialect.do_commit
+    made: list[int] = []
+
+    def do_commit(dbapi_connection: Any) -> None:
+        if len(made) >= times:
+            real(dbapi_connection)
+            return
+        made.append(1)
+        if commit_first:
+            real(dbapi_connection)
+        raise sqlite3.OperationalError("disk I/O error (the connection went away)")
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    return made
+
+
+async def test_a_commit_that_failed_after_writing_answers_the_truth(sqlite_store: Store) -> None:
+    # The commit happened, but its caller heard an error: the ids are read back, the caller gets
+    # its message, and it is not written twice.
+    made = failing_commit(sqlite_store, commit_first=True)
+    new = [NewMessage.sms(to="+254712345678", text=f"m{n}", provider="p", max_attempts=3) for n in range(5)]
+    results = await asyncio.gather(*(sqlite_store.messages.insert(m) for m in new))
+    assert made == [1]
+    assert all(created for _row, created in results)
+    assert sum((await sqlite_store.messages.count_by_status()).values()) == 5
+
+
+async def test_a_commit_that_failed_before_writing_writes_again(sqlite_store: Store) -> None:
+    made = failing_commit(sqlite_store, commit_first=False)
+    new = [NewMessage.sms(to="+254712345678", text=f"m{n}", provider="p", max_attempts=3) for n in range(5)]
+    results = await asyncio.gather(*(sqlite_store.messages.insert(m) for m in new))
+    assert made == [1]
+    assert all(created for _row, created in results)
+    ids = {row["id"] for row, _ in results}
+    assert set(await sqlite_store.messages.ids_with_status([Status.PENDING])) == ids
+
+
+async def test_an_unknown_outcome_that_cannot_be_read_back_is_never_called_a_failure(
+    sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write without a way to verify it (a report) whose commit failed: the caller hears that the
+    # outcome is unknown (503, retry), not that it failed.
+    failing_commit(sqlite_store, commit_first=True)
+
+    async def note(conn: AsyncConnection) -> str:
+        return "written"
+
+    with pytest.raises(DatabaseUnavailable, match="not known"):
+        await sqlite_store.writes.run(note)

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import make_settings
+from tests.live import live_service
 from tests.scripted_api import scripted_api
 from tidings.clock import utcnow
 from tidings.domain.messages import NewMessage
@@ -449,3 +450,21 @@ async def test_a_huge_retry_after_waits_a_day_at_most(store: Store, database_url
             assert timedelta(hours=23) < wait <= timedelta(days=1)
         finally:
             await service.close()
+
+
+async def test_a_receipt_the_in_process_fake_lost_with_a_restart_is_polled(database_url: str) -> None:
+    # The in-process fake keeps its receipts in memory: stopped before they are due, they are lost.
+    # Polled like any provider, its messages still reach their final status.
+    slow = {"fake": {"kind": "fake", "latency_ms": 0, "receipt_delay_ms": 60_000}}
+    async with live_service(database_url, providers=slow) as live:
+        ids = [(await live.send(to=to, body="hi"))["id"] for to in (ORDINARY, RECEIPT_FAILED, NO_RECEIPT)]
+        for message_id in ids:
+            await live.wait_for(message_id, "sent")
+    polling = {"poll_after_seconds": 0.01, "poll_repeat_seconds": 0.01, "poll_check_seconds": 0.05}
+    async with live_service(database_url, providers=slow, empty=False, **polling) as live:
+        delivered = await live.wait_for(ids[0], "delivered")
+        failed = await live.wait_for(ids[1], "failed")
+        assert failed["error_code"] == "undeliverable"
+        assert delivered["polls"] >= 1
+        # No receipt ever comes for this one: it stays sent, and polling it changes nothing.
+        assert (await live.message(ids[2]))["status"] == "sent"

@@ -22,8 +22,9 @@ from tidings.api import callbacks, gateway, inbound, messages, opt_outs, webhook
 from tidings.api import log as message_log
 from tidings.api.auth import KeyChecker
 from tidings.api.common import error_response, json_response
-from tidings.errors import BadRequest, PayloadTooLarge, TidingsError
+from tidings.errors import BadRequest, DatabaseUnavailable, PayloadTooLarge, TidingsError
 from tidings.services import Service
+from tidings.store.db import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,46 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class Guard:
+    """The last word on a request: any exception a route lets through becomes the error contract,
+    sent here rather than left to the server (which would close the connection, a reset for a
+    client that reuses it). A database that cannot be reached is ``503`` with ``Retry-After``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise
+            await failure_response(exc)(scope, receive, send)
+
+
+def failure_response(exc: Exception) -> Response:
+    """The answer to an exception no route handled."""
+    if unreachable(exc):
+        log.warning("database unreachable: %s", exc, extra={"action": "api"})
+        error = exc if isinstance(exc, DatabaseUnavailable) else DatabaseUnavailable()
+        response = error_response(error)
+        response.headers["Retry-After"] = str(DatabaseUnavailable.retry_after)
+        return response
+    log.error("unexpected error answering a request", exc_info=exc, extra={"action": "api"})
+    return error_response(TidingsError("internal error; the request may be retried"))
 
 
 def _field(loc: tuple[int | str, ...]) -> str | None:
@@ -127,10 +168,9 @@ def create_app(service: Service) -> FastAPI:
         error.http_status = exc.status_code
         return error_response(error)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> Response:
-        log.error("unexpected error answering a request", exc_info=exc, extra={"action": "api"})
-        return error_response(TidingsError("internal error; the request may be retried"))
+    @app.exception_handler(DatabaseUnavailable)
+    async def _unavailable(_request: Request, exc: DatabaseUnavailable) -> Response:
+        return failure_response(exc)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
@@ -143,4 +183,5 @@ def create_app(service: Service) -> FastAPI:
         app.include_router(module.router)
     webhooks.add_legacy_routes(app, service)
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_request_bytes)
+    app.add_middleware(Guard)
     return app

@@ -7,7 +7,9 @@ each path. It runs in one of two ways:
 - in process (no ``url``): the adapter decides the outcome itself and, after
   ``receipt_delay_ms``, builds the same signed receipt the fake server would post and feeds it
   through :meth:`FakeProvider.parse_webhook` into the service's receipt sink: the very path a
-  real provider's webhook takes;
+  real provider's webhook takes. A receipt still waiting when the process stops is lost, as a
+  real provider's can be; like one, this fake can then be polled (``poll_after_seconds``): the
+  outcome it decided is written into the id it gave;
 - over HTTP (``url`` set): the adapter posts to the fake provider server
   (``python -m tidings.testing.fake_server``) through the shared pipeline of
   :class:`~tidings.providers.http.HttpProvider`, and the server posts receipts back to
@@ -43,6 +45,7 @@ from tidings.errors import (
 )
 from tidings.providers.base import (
     OutboundMessage,
+    PollRequest,
     SendResult,
     WebhookRequest,
     WebhookResult,
@@ -52,6 +55,9 @@ from tidings.providers.fake_rules import ERROR_CODES, FakeBehaviour, Outcome, de
 from tidings.providers.http import Answer, HttpProvider, HttpRequest
 
 log = logging.getLogger(__name__)
+
+_ID_MARKS = {Outcome.DELIVERED: "d", Outcome.RECEIPT_FAILED: "f", Outcome.NO_RECEIPT: "n"}
+"""The letter after ``FK`` in an in-process id: what this fake decided for the message."""
 
 SIGNATURE_HEADER = "X-Fake-Signature"
 
@@ -84,6 +90,7 @@ class FakeProvider(HttpProvider):
     webhook_media_types: ClassVar[dict[str, frozenset[str]]] = {"status": frozenset({"application/json"})}
     service = "the fake provider"
     sent_statuses = frozenset({200, 201, 202})
+    can_poll = True
 
     settings: FakeSettings
 
@@ -123,7 +130,8 @@ class FakeProvider(HttpProvider):
         if outcome is Outcome.PERMANENT:
             code, text = ERROR_CODES[outcome]
             raise PermanentProviderError(text, code=code, raw={"error": {"code": code, "message": text}})
-        provider_id = "FK" + secrets.token_hex(16)
+        # The outcome is in the id, so that a poll after a restart still knows it.
+        provider_id = f"FK{_ID_MARKS[outcome]}{secrets.token_hex(16)}"
         if outcome is not Outcome.NO_RECEIPT:
             task = asyncio.create_task(self._deliver_receipt(provider_id, message.id, outcome))
             self._receipts.add(task)
@@ -161,6 +169,28 @@ class FakeProvider(HttpProvider):
             log.exception(
                 "fake receipt could not be applied", extra={"action": "receipt", "message_id": reference}
             )
+
+    async def poll(self, message: PollRequest) -> Report | None:
+        """In process: the receipt this fake would have sent, from the outcome written into its
+        id (its receipt may have been lost with a restart). Over HTTP: the server is not polled."""
+        if self.settings.url:
+            return None
+        mark = message.provider_message_id[2:3]
+        outcome = next((o for o, m in _ID_MARKS.items() if m == mark), None)
+        if outcome is None or outcome is Outcome.NO_RECEIPT:
+            return None
+        failed = outcome is Outcome.RECEIPT_FAILED
+        code, text = ERROR_CODES[Outcome.RECEIPT_FAILED] if failed else (None, None)
+        word = "failed" if failed else "delivered"
+        return Report(
+            status=_RECEIPT_STATUS[word],
+            source=f"provider:{self.name}",
+            occurred_at=utcnow(),
+            provider_status=word,
+            error_code=code,
+            error_message=text,
+            detail={"polled": {"id": message.provider_message_id, "status": word}},
+        )
 
     # -- over HTTP ---------------------------------------------------------------------------------
 

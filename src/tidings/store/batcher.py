@@ -18,6 +18,12 @@ Two kinds of write:
 
 If the transaction fails, it is rolled back and each write of that batch runs again alone, so one
 bad write (a unique-key race, say) never takes others down with it.
+
+If the *commit* fails (the database went away at that moment), nobody knows whether it happened.
+A bulk write can say how to find out (``verify``: the ids are ours, so they can be read back):
+once the database answers again, the items it holds are reported written, the others are written
+again alone. A write that cannot be verified is reported as :class:`DatabaseUnavailable`: never
+"failed" when it may have been stored.
 """
 
 from __future__ import annotations
@@ -31,12 +37,19 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tidings.errors import DatabaseUnavailable
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Write = Callable[[AsyncConnection], Awaitable[Any]]
 Bulk = Callable[[AsyncConnection, list[Any]], Awaitable[Sequence[Any]]]
 """Writes items together; returns one result per item, an exception instance for a refused one."""
+Verify = Callable[[AsyncConnection, list[Any]], Awaitable[list[bool]]]
+"""Which items of a bulk write the database holds: asked when a commit's outcome is unknown."""
+
+SETTLE_SECONDS = 20.0
+"""How long to keep asking a database that went away whether a commit happened."""
 
 MAX_BATCH = 256
 """Most writes committed together (bounds how long one batch holds the write lock)."""
@@ -48,6 +61,7 @@ class _Entry:
     write: Write | None = None
     bulk: Bulk | None = None
     item: Any = None
+    verify: Verify | None = None
 
 
 class WriteBatcher:
@@ -65,10 +79,11 @@ class WriteBatcher:
         result: T = await self._enqueue(_Entry(future=self._future(), write=write))
         return result
 
-    async def run_many(self, bulk: Bulk, item: Any) -> Any:
+    async def run_many(self, bulk: Bulk, item: Any, *, verify: Verify | None = None) -> Any:
         """Write ``item`` together with the other items of the batch for the same ``bulk``
-        function; returns its result once committed, or raises the exception it was refused with."""
-        return await self._enqueue(_Entry(future=self._future(), bulk=bulk, item=item))
+        function; returns its result once committed, or raises the exception it was refused with.
+        ``verify`` finds out whether it was written when a commit's outcome is unknown."""
+        return await self._enqueue(_Entry(future=self._future(), bulk=bulk, item=item, verify=verify))
 
     def _future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
@@ -120,29 +135,97 @@ class WriteBatcher:
         return done
 
     async def _commit(self, batch: list[_Entry]) -> None:
+        unknown: Exception | None = None
         try:
-            async with self.engine.begin() as conn:
-                done = await self._write(conn, batch)
+            async with self.engine.connect() as conn:
+                transaction = await conn.begin()
+                try:
+                    done = await self._write(conn, batch)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
+                    raise
+                try:
+                    await transaction.commit()
+                except Exception as exc:
+                    unknown = exc
+                    # Whatever state it is in, this connection is not used again.
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
         except asyncio.CancelledError:
             for entry in batch:
                 if not entry.future.done():
                     entry.future.cancel()
             raise
         except Exception as exc:
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
+            if unknown is None:
+                await self._failed(batch, exc)
                 return
-            # One of them failed and took the transaction with it: each alone, then.
-            for entry in batch:
-                await self._commit([entry])
+        if unknown is not None:
+            await self._settle(done, unknown)
             return
         self.commits += 1
         self.writes += len(batch)
         for entry, result, refused in done:
-            if entry.future.done():
-                continue
-            if refused:
-                entry.future.set_exception(result)
+            _answer(entry, result, refused)
+
+    async def _failed(self, batch: list[_Entry], exc: Exception) -> None:
+        """The transaction failed before its commit: nothing of it was written."""
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_exception(exc)
+            return
+        # One of them failed and took the transaction with it: each alone, then.
+        for entry in batch:
+            await self._commit([entry])
+
+    async def _settle(self, done: list[tuple[_Entry, Any, bool]], cause: Exception) -> None:
+        """The commit's outcome is unknown: find out, then answer the truth."""
+        log.warning(
+            "a commit's outcome is unknown (%s: %s); reading back what it wrote",
+            type(cause).__name__,
+            cause,
+            extra={"action": "commit"},
+        )
+        groups: dict[Verify, list[_Entry]] = {}
+        for entry, _result, _refused in done:
+            if entry.verify is not None:
+                groups.setdefault(entry.verify, []).append(entry)
+        held: dict[int, bool] = {}
+        deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
+        while groups:
+            try:
+                async with self.engine.connect() as conn:
+                    for verify, entries in groups.items():
+                        found = await verify(conn, [e.item for e in entries])
+                        held.update((id(e), f) for e, f in zip(entries, found, strict=True))
+                break
+            except Exception:
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.25)
+        again: list[_Entry] = []
+        for entry, result, refused in done:
+            if id(entry) not in held:
+                if not entry.future.done():
+                    entry.future.set_exception(
+                        DatabaseUnavailable(
+                            "the database went away while this was committed, and whether it was "
+                            "stored is not known; retry it (with the same Idempotency-Key)"
+                        )
+                    )
+            elif held[id(entry)] or refused:
+                _answer(entry, result, refused)
             else:
-                entry.future.set_result(result)
+                again.append(entry)
+        for entry in again:
+            await self._commit([entry])
+
+
+def _answer(entry: _Entry, result: Any, refused: bool) -> None:
+    if entry.future.done():
+        return
+    if refused:
+        entry.future.set_exception(result)
+    else:
+        entry.future.set_result(result)

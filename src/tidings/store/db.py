@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import sqlalchemy.exc
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from tidings.errors import ConfigError
+from tidings.errors import ConfigError, DatabaseUnavailable
 
 
 def async_url(url: str) -> str:
@@ -66,6 +68,32 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int 
 
         return engine
     return create_async_engine(target, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database could not be reached or went away,
+    rather than that a statement was wrong: the caller should answer "try again soon"."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DatabaseUnavailable):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(
+            current,
+            sqlalchemy.exc.OperationalError
+            | sqlalchemy.exc.InterfaceError
+            | sqlalchemy.exc.TimeoutError
+            | OSError
+            | asyncpg.exceptions.PostgresConnectionError
+            | asyncpg.exceptions.InterfaceError
+            | asyncpg.exceptions.OperatorInterventionError,
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

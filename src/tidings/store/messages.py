@@ -162,6 +162,14 @@ async def insert_many(
     return results
 
 
+async def inserted(conn: AsyncConnection, items: Sequence[tuple[dict[str, Any], NewMessage]]) -> list[bool]:
+    """Which of ``items`` are stored: after a commit whose outcome is unknown, their ids (ours)
+    are read back."""
+    wanted = [row["id"] for row, _new in items]
+    found = set((await conn.execute(select(messages.c.id).where(messages.c.id.in_(wanted)))).scalars())
+    return [message_id in found for message_id in wanted]
+
+
 async def cancel(
     conn: AsyncConnection,
     *,
@@ -261,7 +269,7 @@ class MessageStore:
         try:
             # Group commit: concurrent requests share one transaction and one commit, and the
             # batch's messages are written together (a few statements however many there are).
-            await self.writes.run_many(insert_many, (row, new))
+            await self.writes.run_many(insert_many, (row, new), verify=inserted)
         except IntegrityError:
             # Two requests with the same key raced: the other one won, answer with its message.
             if idempotency_key is None:

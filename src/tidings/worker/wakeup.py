@@ -40,25 +40,77 @@ class Waker:
 
 
 class PostgresListener:
-    """LISTENs on the messages channel and wakes the local :class:`Waker`."""
+    """LISTENs on the messages channel and wakes the local :class:`Waker`.
+
+    The connection is watched: when it closes (a database restart, a network cut) it is opened
+    again, with a growing pause between tries, and the worker is woken once it is back, since
+    notifications sent meanwhile were lost.
+    """
+
+    RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
     def __init__(self, database_url: str, waker: Waker) -> None:
         self.dsn = plain_postgres_dsn(database_url)
         self.waker = waker
         self._conn: Any = None
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
 
     async def start(self) -> None:
+        if not await self._connect():
+            log.warning("LISTEN unavailable for now, relying on polling", extra={"action": "listen"})
+        self._task = asyncio.create_task(self._keep_listening())
+
+    async def _connect(self) -> bool:
         try:
-            self._conn = await asyncpg.connect(self.dsn)
-            await self._conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("LISTEN unavailable, relying on polling: %s", exc, extra={"action": "listen"})
-            self._conn = None
+            conn = await asyncpg.connect(self.dsn, timeout=10)
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            conn.add_termination_listener(self._on_lost)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.debug("LISTEN connection failed: %s", exc, extra={"action": "listen"})
+            return False
+        self._conn = conn
+        self._lost.clear()
+        return True
+
+    async def _keep_listening(self) -> None:
+        tries = 0
+        while True:
+            if self.listening:
+                tries = 0
+                # Woken when asyncpg sees the connection close; checked now and then regardless.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await self._lost.wait()
+                continue
+            if await self._connect():
+                if tries:
+                    log.info("LISTEN connection is back", extra={"action": "listen"})
+                tries = 0
+                # Notifications sent while it was away are lost: look for work now.
+                self.waker.notify()
+                continue
+            if tries == 0:
+                log.warning("LISTEN connection lost; reconnecting", extra={"action": "listen"})
+            await asyncio.sleep(self.RETRY_SECONDS[min(tries, len(self.RETRY_SECONDS) - 1)])
+            tries += 1
 
     def _on_notify(self, *_args: object) -> None:
         self.waker.notify()
 
+    def _on_lost(self, *_args: object) -> None:
+        self._lost.set()
+
     async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
