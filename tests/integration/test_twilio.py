@@ -373,7 +373,7 @@ async def test_a_failed_webhook_is_kept_and_can_be_replayed_from_the_cli(
             "AccountSid": DEFAULT_ACCOUNT_SID,
         }
         status, _ = await fake.post_status(url, params)
-        assert status == 500
+        assert status == 503  # the database is out of reach: Twilio sends it again later
         monkeypatch.setattr(tracker, "apply", real_apply)
         [entry] = await live.service.store.webhooks.search(provider="tw", failed=True)
         assert entry.verified is True and "database went away" in (entry.error or "")

@@ -28,6 +28,7 @@ from tidings.providers.base import Provider, WebhookRequest, WebhookResult
 from tidings.services.inbound import InboundService
 from tidings.services.tracking import Tracker
 from tidings.store import Store
+from tidings.store.db import unreachable
 from tidings.store.webhooks import WebhookEntry
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ class WebhookHandler:
 
         Raises :class:`WebhookRejected` (4xx) for a request that is refused (logged with its body
         cut to a small cap, its size and hash); any other exception means processing failed
-        (answered 500, so the provider tries again) and the entry keeps the error.
+        (answered 500, or 503 when the database is out of reach, so the provider tries again) and
+        the entry keeps the error.
         """
         address = client_address(peer, request.header("x-forwarded-for"), self._trusted)
         started = time.perf_counter()
@@ -211,7 +213,9 @@ class WebhookHandler:
                 entry_id,
                 verified=True,
                 processed=False,
-                response_status=500,
+                # What the API answers: 503 when the database is out of reach, else 500; either
+                # way the provider sends it again.
+                response_status=503 if unreachable(exc) else 500,
                 error=f"{type(exc).__name__}: {exc}",
                 duration_ms=_since(started),
             )
