@@ -1,0 +1,286 @@
+"""Crashes and outages under load, over real processes: ``tidings serve`` killed mid-dispatch on
+SQLite, and the PostgreSQL server restarted mid-load. After each, every acknowledged message
+exists, none is stuck, the provider saw a message twice only if it was in flight at the crash,
+and no request was answered with an error for a message that was stored.
+
+Clients behave as the README asks: a request that got no answer, or a 503, is sent again with the
+same ``Idempotency-Key``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from sqlalchemy import select
+
+from tests.e2e.test_multiprocess import Processes, clean_env, free_port, stat
+from tests.pg_cluster import Cluster
+from tidings.store import Store
+from tidings.store.tables import api_keys, messages
+from tidings.testing.fake_server import FakeProviderServer, FakeServerConfig
+
+pytestmark = [pytest.mark.slow]
+
+TO = "+12025550123"
+WAITING = ("scheduled", "pending", "sending")
+
+
+@pytest.fixture
+async def fake_server() -> AsyncIterator[FakeProviderServer]:
+    server = FakeProviderServer(FakeServerConfig(latency_ms=20.0, receipt_delay_ms=20.0))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+@dataclass
+class Load:
+    """Clients posting messages, each with its own Idempotency-Key, recording every answer."""
+
+    url: str
+    key: str
+    count: int
+    answers: dict[str, list[Any]] = field(default_factory=dict)
+    """Per idempotency key: each answer, an HTTP status or the name of a transport error."""
+    acknowledged: dict[str, str] = field(default_factory=dict)
+    """Per idempotency key: the message id of a 2xx."""
+    errors: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    """Requests answered with an HTTP error: key, status, body."""
+
+    async def post(self, session: aiohttp.ClientSession, n: int) -> bool:
+        key = f"load-{n}"
+        try:
+            async with session.post(
+                f"{self.url}/v1/messages",
+                json={"to": TO, "body": f"message {n}", "provider": "fake"},
+                headers={"Authorization": f"Bearer {self.key}", "Idempotency-Key": key},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as response:
+                body = await response.json(content_type=None)
+                self.answers.setdefault(key, []).append(response.status)
+                if response.status in (200, 202):
+                    self.acknowledged[key] = body["id"]
+                    return True
+                self.errors.append((key, response.status, body))
+                return False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.answers.setdefault(key, []).append(type(exc).__name__)
+            return False
+
+    async def run(self, clients: int, until_done: bool, deadline: float) -> None:
+        """Post every message once (or, with ``until_done``, until each is acknowledged)."""
+        pending = asyncio.Queue[int]()
+        for n in range(self.count):
+            if f"load-{n}" not in self.acknowledged:
+                pending.put_nowait(n)
+
+        async def client(session: aiohttp.ClientSession) -> None:
+            while not pending.empty():
+                n = pending.get_nowait()
+                ok = await self.post(session, n)
+                if not ok and until_done and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                    pending.put_nowait(n)
+
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(client(session) for _ in range(clients)))
+
+
+async def healthy(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{url} did not become healthy")
+            await asyncio.sleep(0.1)
+
+
+async def wait_settled(store: Store, timeout: float) -> dict[str, int]:
+    """Until no message is waiting to be sent."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = await store.messages.count_by_status()
+        if not any(counts.get(s, 0) for s in WAITING) or time.monotonic() > deadline:
+            return counts
+        await asyncio.sleep(0.2)
+
+
+async def rows(store: Store) -> list[Any]:
+    async with store.engine.connect() as conn:
+        return list(
+            (
+                await conn.execute(
+                    select(
+                        messages.c.id,
+                        messages.c.status,
+                        messages.c.idempotency_key,
+                        messages.c.lease_expires_at,
+                        messages.c.lease_owner,
+                        messages.c.next_attempt_at,
+                    )
+                )
+            ).all()
+        )
+
+
+async def check_nothing_lost_or_stuck(store: Store, load: Load) -> list[Any]:
+    """Every acknowledged message exists (once per key), and none is stuck."""
+    found = await rows(store)
+    by_key = Counter(r.idempotency_key for r in found)
+    assert all(n == 1 for n in by_key.values()), [k for k, n in by_key.items() if n > 1]
+    stored = {r.idempotency_key: r.id for r in found}
+    for key, message_id in load.acknowledged.items():
+        assert stored.get(key) == message_id, (key, message_id)
+    for r in found:
+        # Final, handed to the provider, or waiting with a lease or a due time: never stuck.
+        if r.status == "sending":
+            assert r.lease_expires_at is not None or r.lease_owner == "gateway", r
+        elif r.status == "pending":
+            assert r.next_attempt_at is not None, r
+    return found
+
+
+async def load_key(store: Store) -> str:
+    """An API key for the load (``serve`` printed its first one on its stdout; this is another)."""
+    _key, secret = await store.keys.create("load")
+    return secret
+
+
+def serve_env(tmp_path: Path, database_url: str, fake_url: str, port: int) -> dict[str, str]:
+    return clean_env(
+        TIDINGS_CONFIG=str(write_config(tmp_path, fake_url)),
+        TIDINGS_DATABASE_URL=database_url,
+        TIDINGS_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        TIDINGS_LEASE_SECONDS="2",
+        TIDINGS_POLL_INTERVAL="0.2",
+        TIDINGS_MAINTENANCE_INTERVAL="0.3",
+        TIDINGS_RETRY_BASE_SECONDS="0.2",
+        TIDINGS_RETRY_CAP_SECONDS="1",
+    )
+
+
+def write_config(directory: Path, fake_url: str) -> Path:
+    path = directory / "tidings.toml"
+    path.write_text(
+        f'[providers.fake]\nkind = "fake"\nurl = "{fake_url}"\nlatency_ms = 0\nconcurrency = 20\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+async def test_serve_killed_mid_dispatch_on_sqlite_loses_and_strands_nothing(
+    tmp_path: Path, fake_server: FakeProviderServer, processes: Processes
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'crash.db'}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = serve_env(tmp_path, database_url, fake_server.url, port)
+    first = processes.start("serve-1", ["serve", "--port", str(port)], env)
+    await healthy(url)
+    store = Store.connect(database_url)
+    try:
+        load = Load(url=url, key=await load_key(store), count=600)
+        posting = asyncio.create_task(load.run(clients=12, until_done=False, deadline=0))
+        deadline = time.monotonic() + 60
+        while stat(fake_server, "requests") < 150:
+            assert time.monotonic() < deadline, fake_server.stats
+            await asyncio.sleep(0.01)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        in_flight = {r.id for r in await rows(store) if r.status == "sending"}
+        await posting
+        assert load.acknowledged, "nothing was acknowledged before the kill"
+        assert in_flight, "nothing was being sent at the kill"
+        assert len(load.acknowledged) < load.count, "everything was acknowledged before the kill"
+
+        processes.start("serve-2", ["serve", "--port", str(port)], env)
+        await healthy(url)
+        # The clients send again what got no answer, with the same keys.
+        await load.run(clients=12, until_done=True, deadline=time.monotonic() + 60)
+        assert len(load.acknowledged) == load.count
+        counts = await wait_settled(store, timeout=60)
+        assert not any(counts.get(s, 0) for s in WAITING), counts
+        await check_nothing_lost_or_stuck(store, load)
+
+        # No request was answered with an error (a crash is a dropped connection, not an answer).
+        assert load.errors == [], load.errors[:5]
+        stats = fake_server.stats
+        duplicates = set(cast(list[str], stats["duplicates"]))
+        assert duplicates <= in_flight, (duplicates - in_flight, len(in_flight))
+        assert stats["references"] == load.count, stats
+    finally:
+        await store.close()
+
+
+async def test_a_database_restart_mid_load_answers_503_never_resets_and_loses_nothing(
+    tmp_path: Path, own_postgres: Cluster, fake_server: FakeProviderServer, processes: Processes
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = serve_env(tmp_path, own_postgres.url, fake_server.url, port)
+    processes.start("serve", ["serve", "--port", str(port)], env)
+    await healthy(url)
+    store = Store.connect(own_postgres.url)
+    try:
+        load = Load(url=url, key=await load_key(store), count=800)
+        await store.engine.dispose()
+        posting = asyncio.create_task(load.run(clients=12, until_done=False, deadline=0))
+        deadline = time.monotonic() + 60
+        while len(load.acknowledged) < 100:
+            assert time.monotonic() < deadline and not posting.done(), load.answers
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(own_postgres.restart, "immediate")
+        await posting
+        # During the outage: 503 with the error contract, never a reset or a 500.
+        transport = [a for answers in load.answers.values() for a in answers if isinstance(a, str)]
+        assert transport == [], Counter(transport)
+        assert load.errors, "no request met the outage"
+        assert {status for _key, status, _body in load.errors} <= {503}, load.errors[:5]
+        for _key, _status, body in load.errors:
+            assert body["error"]["code"] == "database_unavailable"
+
+        await load.run(clients=12, until_done=True, deadline=time.monotonic() + 60)
+        assert len(load.acknowledged) == load.count
+        counts = await wait_settled(store, timeout=90)
+        assert not any(counts.get(s, 0) for s in WAITING), (counts, processes.tails())
+        await check_nothing_lost_or_stuck(store, load)
+        # A 503 that said "nothing was stored" was true: the retry that stored its key created the
+        # message (202), it did not find it there already (200).
+        said_nothing = {
+            key for key, _s, body in load.errors if "nothing was stored" in body["error"]["message"]
+        }
+        for key in said_nothing:
+            assert load.answers[key][-1] == 202, (key, load.answers[key])
+        stats = fake_server.stats
+        assert stats["references"] == load.count, stats
+        assert stats["duplicates"] == [], stats
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(select(api_keys.c.id))).all()
+    finally:
+        await store.close()
