@@ -206,17 +206,38 @@ def send(
     body: Annotated[str, typer.Argument(help="Message text.")],
     provider: Annotated[str | None, typer.Option(help="Provider name.")] = None,
     sender: Annotated[str | None, typer.Option(help="Sender id or number.")] = None,
-    callback_url: Annotated[str | None, typer.Option(help="Where its status changes are posted.")] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            help="Send as this API key (id or name): its callback URL, signing secret, idempotency keys."
+        ),
+    ] = None,
+    callback_url: Annotated[
+        str | None, typer.Option(help="Where its status changes are posted (needs --key, which signs them).")
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Sending again with the same key returns the first message.")
     ] = None,
 ) -> None:
     """Queue a message (a running worker sends it) and print it as JSON."""
     settings = _settings()
+    if callback_url is not None and key is None:
+        typer.echo(
+            "tidings: --callback-url needs --key: callbacks are signed with an API key's secret", err=True
+        )
+        raise typer.Exit(2)
     request = SendRequest(to=to, body=body, sender=sender, provider=provider, callback_url=callback_url)
 
     async def action(service: Service) -> dict[str, Any]:
-        row, _created = await service.accepting.accept(request, idempotency_key=idempotency_key)
+        sender_key = await service.store.keys.named(key) if key is not None else None
+        if key is not None and sender_key is None:
+            raise TidingsError(f"no single active API key with id or name {key!r}")
+        row, _created = await service.accepting.accept(
+            request,
+            api_key_id=sender_key.id if sender_key else None,
+            default_callback_url=sender_key.callback_url if sender_key else None,
+            idempotency_key=idempotency_key,
+        )
         return row
 
     try:

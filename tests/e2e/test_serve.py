@@ -374,3 +374,23 @@ def test_serve_on_another_port_tells_providers_that_port(tmp_path: Path, launch:
         fake.wait(timeout=10)
         if fake.stdout is not None:
             fake.stdout.close()
+
+
+def test_send_goes_through_the_apis_path_with_a_key_and_an_idempotency_key(tmp_path: Path) -> None:
+    created = run_cli(tmp_path, "keys", "create", "clinic-app")
+    assert created.returncode == 0, created.stderr
+    first = run_cli(tmp_path, "send", ORDINARY, "hi", "--key", "clinic-app", "--idempotency-key", "r-1")
+    assert first.returncode == 0, first.stderr
+    again = run_cli(tmp_path, "send", ORDINARY, "hi", "--key", "clinic-app", "--idempotency-key", "r-1")
+    assert json.loads(again.stdout)["id"] == json.loads(first.stdout)["id"]  # not queued twice
+    other = run_cli(tmp_path, "send", ORDINARY, "changed", "--key", "clinic-app", "--idempotency-key", "r-1")
+    assert other.returncode == 1 and "Idempotency-Key" in other.stderr
+    # A callback URL needs a key (whose secret signs the callbacks), and may not point inside.
+    unsigned = run_cli(tmp_path, "send", ORDINARY, "hi", "--callback-url", "https://app.example.org/h")
+    assert unsigned.returncode == 2 and "--key" in unsigned.stderr
+    inside = run_cli(
+        tmp_path, "send", ORDINARY, "hi", "--key", "clinic-app", "--callback-url", "http://10.0.0.1/h"
+    )
+    assert inside.returncode == 1 and "callback" in inside.stderr
+    unknown = run_cli(tmp_path, "send", ORDINARY, "hi", "--key", "nobody")
+    assert unknown.returncode == 1 and "nobody" in unknown.stderr

@@ -89,6 +89,17 @@ class KeyStore:
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(api_keys))).scalar_one())
 
+    async def named(self, key: str) -> ApiKey | None:
+        """The active key with this id or this name (``None`` when there is no single one)."""
+        query = (
+            select(api_keys)
+            .where(or_(api_keys.c.id == key, api_keys.c.name == key), api_keys.c.revoked_at.is_(None))
+            .limit(2)
+        )
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(query)).all()
+        return _key(found[0]) if len(found) == 1 else None
+
     async def revoke(self, key: str) -> ApiKey | None:
         """Revoke the key with this id or this name; ``None`` when there is none."""
         now = utcnow()
