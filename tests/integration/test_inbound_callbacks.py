@@ -13,13 +13,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+from tests.integration.conftest import OUR_NUMBER, every_provider
 from tests.live import Live, eventually, live_service
 from tidings import verify_signature
 from tidings.testing.fake_orange import FakeOrangeServer
-from tidings.testing.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilioServer
+from tidings.testing.fake_twilio import DEFAULT_ACCOUNT_SID, FakeTwilioServer
 
 PERSON = "+254712345678"
-OUR_NUMBER = "+15005550006"
 
 
 @dataclass
@@ -73,51 +73,10 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilioServer]:
-    server = FakeTwilioServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def orange() -> AsyncIterator[FakeOrangeServer]:
-    server = FakeOrangeServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-def providers(twilio: FakeTwilioServer, orange: FakeOrangeServer) -> dict[str, Any]:
-    return {
-        "fake": {"kind": "fake", "latency_ms": 0, "receipt_delay_ms": 10},
-        "tw": {
-            "kind": "twilio",
-            "account_sid": DEFAULT_ACCOUNT_SID,
-            "auth_token": DEFAULT_AUTH_TOKEN,
-            "from": OUR_NUMBER,
-            "base_url": twilio.url,
-        },
-        "orange": {
-            "kind": "orange",
-            "client_id": "fake-orange-client",
-            "client_secret": "fake-orange-secret",
-            "sender": "tel:+2250000000000",
-            "base_url": orange.url,
-        },
-        "phone": {"kind": "gateway", "username": "phone", "password": "pw"},
-    }
-
-
-@pytest.fixture
 async def live(database_url: str, twilio: FakeTwilioServer, orange: FakeOrangeServer) -> AsyncIterator[Live]:
     async with live_service(
         database_url,
-        providers=providers(twilio, orange),
+        providers=every_provider(twilio, orange),
         opt_out_reply="You will get no more messages. Reply START to undo.",
         callback_retry_base_seconds=0.05,
         callback_retry_cap_seconds=0.2,
