@@ -1,11 +1,19 @@
 """Shared fixtures: real databases (a temporary SQLite file per test, a fresh PostgreSQL database
-per test module), a started service over them, and an HTTP client with an API key."""
+per test module), a started service over them, and an HTTP client with an API key.
+
+The schema is migrated once per session, into a template on each backend; a test's database is a
+copy of it (``CREATE DATABASE … TEMPLATE`` on PostgreSQL, a file copy on SQLite), so no test pays
+for the migrations. The migration tests themselves start from empty databases
+(``empty_database_url``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import secrets
+import shutil
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +56,15 @@ def postgres_unavailable() -> str | None:
     return None
 
 
+async def _migrate(url: str) -> None:
+    """Upgrade the database at ``url`` to head, leaving no connection open to it."""
+    store = Store.connect(url)
+    try:
+        await upgrade(store.engine)
+    finally:
+        await store.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     reason = postgres_unavailable()
@@ -58,24 +75,102 @@ def postgres_server() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture(scope="module")
-def postgres_database(postgres_server: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test module, dropped afterwards."""
-    name = f"tidings_test_{secrets.token_hex(6)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
-    finally:
+class PostgresDatabases:
+    """Creates uniquely named databases on the test server and drops them again."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+
+    def url(self, name: str) -> str:
+        return make_url(self.server_url).set(database=name).render_as_string(hide_password=False)
+
+    def create(self, prefix: str, template: str | None = None) -> str:
+        """A new database's name: empty, or a copy of ``template`` (which nobody may be connected to)."""
+        name = f"{prefix}_{secrets.token_hex(6)}"
+        copy = f' TEMPLATE "{template}"' if template is not None else ""
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"{copy}'))
+        return name
+
+    def drop(self, name: str) -> None:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_server: str) -> PostgresDatabases:
+    return PostgresDatabases(postgres_server)
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """The name of a database migrated to head once per session, dropped at the end of the session
+    (whatever happened). Unique, so that suites running side by side on one server each have one."""
+    name = postgres_databases.create("tidings_template")
+    try:
+        asyncio.run(_migrate(postgres_databases.url(name)))
+        yield name
+    finally:
+        postgres_databases.drop(name)
+
+
+@pytest.fixture(scope="module")
+def postgres_database(postgres_databases: PostgresDatabases, postgres_template: str) -> Iterator[str]:
+    """A migrated PostgreSQL database for this test module (a copy of the template), dropped afterwards."""
+    name = postgres_databases.create("tidings_test", template=postgres_template)
+    try:
+        yield postgres_databases.url(name)
+    finally:
+        postgres_databases.drop(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session; tests get copies of it.
+
+    The file is left whole on its own: its write-ahead log is checkpointed into it and the journal
+    switched back to the rollback mode a new file starts in (tidings turns WAL on again when it
+    connects to a copy), so copying the one file loses nothing.
+    """
+    path = tmp_path_factory.mktemp("sqlite-template") / "tidings.db"
+    asyncio.run(_migrate(f"sqlite:///{path}"))
+    conn = sqlite3.connect(path)
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0, "the SQLite template is still in use"
+        assert conn.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+    finally:
+        conn.close()
+    leftovers = [p.name for p in path.parent.iterdir() if p != path]
+    assert leftovers == [], f"the SQLite template left {leftovers} beside it"
+    path.chmod(0o444)
+    return path
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test that uses it runs twice: on a new SQLite file, and on PostgreSQL."""
+    """Each test that uses it runs twice, on a migrated database: a SQLite file of its own, and this
+    module's PostgreSQL database."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'tidings.db'}"
+        path = tmp_path / "tidings.db"
+        template: Path = request.getfixturevalue("sqlite_template")
+        shutil.copyfile(template, path)
+        return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_database")
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with nothing in it, not even a schema, for each test that uses it: a new SQLite
+    file, and a new PostgreSQL database (dropped afterwards). For the tests of the migrations."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tidings.db'}"
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    name = databases.create("tidings_empty")
+    try:
+        yield databases.url(name)
+    finally:
+        databases.drop(name)
 
 
 async def empty_tables(store: Store) -> None:
@@ -86,9 +181,8 @@ async def empty_tables(store: Store) -> None:
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    """A migrated, empty database."""
+    """A migrated database with empty tables."""
     store = Store.connect(database_url)
-    await upgrade(store.engine)
     await empty_tables(store)
     try:
         yield store

@@ -6,17 +6,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import pytest
 import uvicorn
 
 from tests.conftest import empty_tables, make_settings
 from tidings.api.app import create_app
 from tidings.services import Service
 from tidings.store import Store
+
+T = TypeVar("T")
+
+
+async def eventually(
+    read: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, timeout: float = 10.0, what: str = ""
+) -> T:
+    """The first value ``read()`` returns that ``done`` accepts; fails after ``timeout`` seconds,
+    showing the last value read.
+
+    For state another task commits after the event a test can see (a receiver got its payload,
+    but the sender has not yet marked it delivered, say).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await read()
+        if done(value):
+            return value
+        if loop.time() > deadline:
+            pytest.fail(f"{what or 'state'} not reached within {timeout}s; last read: {value!r}")
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

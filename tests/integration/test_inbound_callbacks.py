@@ -13,13 +13,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from tests.live import Live, live_service
+from tests.integration.conftest import OUR_NUMBER, every_provider
+from tests.live import Live, eventually, live_service
 from tidings import verify_signature
 from tidings.testing.fake_orange import FakeOrangeServer
-from tidings.testing.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilioServer
+from tidings.testing.fake_twilio import DEFAULT_ACCOUNT_SID, FakeTwilioServer
 
 PERSON = "+254712345678"
-OUR_NUMBER = "+15005550006"
 
 
 @dataclass
@@ -73,57 +73,27 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilioServer]:
-    server = FakeTwilioServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def orange() -> AsyncIterator[FakeOrangeServer]:
-    server = FakeOrangeServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-def providers(twilio: FakeTwilioServer, orange: FakeOrangeServer) -> dict[str, Any]:
-    return {
-        "fake": {"kind": "fake", "latency_ms": 0, "receipt_delay_ms": 10},
-        "tw": {
-            "kind": "twilio",
-            "account_sid": DEFAULT_ACCOUNT_SID,
-            "auth_token": DEFAULT_AUTH_TOKEN,
-            "from": OUR_NUMBER,
-            "base_url": twilio.url,
-        },
-        "orange": {
-            "kind": "orange",
-            "webhook_allow_ips": ["127.0.0.0/8"],
-            "client_id": "fake-orange-client",
-            "client_secret": "fake-orange-secret",
-            "sender": "tel:+2250000000000",
-            "base_url": orange.url,
-        },
-        "phone": {"kind": "gateway", "username": "phone", "password": "pw"},
-    }
-
-
-@pytest.fixture
 async def live(database_url: str, twilio: FakeTwilioServer, orange: FakeOrangeServer) -> AsyncIterator[Live]:
     async with live_service(
         database_url,
-        providers=providers(twilio, orange),
+        providers=every_provider(twilio, orange),
         opt_out_reply="You will get no more messages. Reply START to undo.",
         callback_retry_base_seconds=0.05,
         callback_retry_cap_seconds=0.2,
     ) as live:
         yield live
+
+
+async def callbacks(live: Live, **params: str) -> list[dict[str, Any]]:
+    """``GET /v1/callbacks`` with ``params``: the outbox rows, as a client application sees them."""
+    response = await live.client.get("/v1/callbacks", params=params)
+    assert response.status_code == 200, response.text
+    rows: list[dict[str, Any]] = response.json()["data"]
+    return rows
+
+
+def all_delivered(rows: list[dict[str, Any]]) -> bool:
+    return bool(rows) and all(c["status"] == "delivered" for c in rows)
 
 
 async def twilio_inbound(
@@ -312,19 +282,17 @@ async def test_callbacks_are_retried_through_a_failing_receiver_and_kept_when_re
     sent = await live.send(to=PERSON, body="hello", provider="fake")
     payloads = await receiver.wait(3)
     assert [p["status"] for p in payloads] == ["sending", "sent", "delivered"]
-    delivered = (await live.client.get("/v1/callbacks", params={"message_id": sent["id"]})).json()["data"]
+    # The receiver has the last payload before the sender has marked it delivered.
+    delivered = await eventually(
+        lambda: callbacks(live, message_id=sent["id"]), all_delivered, what="callbacks delivered"
+    )
     assert sorted(c["attempts"] for c in delivered) == [1, 1, 4]
     assert all(c["status"] == "delivered" for c in delivered)
 
     receiver.answers = [410]
     second = await live.send(to="+254700000001", body="hello", provider="fake")
     await live.wait_for(second["id"], "delivered")
-    for _ in range(200):
-        failed = (await live.client.get("/v1/callbacks", params={"status": "failed"})).json()["data"]
-        if failed:
-            break
-        await asyncio.sleep(0.02)
-    [refused] = failed
+    [refused] = await eventually(lambda: callbacks(live, status="failed"), bool, what="a failed callback")
     assert refused["attempts"] == 1 and refused["last_status_code"] == 410
     # The refused one does not hold back the rest of that message's callbacks.
     await receiver.wait(5)
@@ -349,9 +317,5 @@ async def test_a_callback_taken_by_a_worker_that_died_is_delivered_later(
     async with live_service(database_url, empty=False) as live:
         payloads = await receiver.wait(1)
         assert payloads[0]["id"] == sent["id"] and payloads[0]["status"] == "cancelled"
-        for _ in range(200):
-            [row] = (await live.client.get("/v1/callbacks")).json()["data"]
-            if row["status"] == "delivered":
-                break
-            await asyncio.sleep(0.02)
+        [row] = await eventually(lambda: callbacks(live), all_delivered, what="the callback delivered")
         assert row["status"] == "delivered" and row["attempts"] == 2

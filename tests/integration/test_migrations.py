@@ -1,9 +1,15 @@
-"""The migrations produce exactly the schema the code declares, on SQLite and PostgreSQL."""
+"""The migrations produce exactly the schema the code declares, on SQLite and PostgreSQL.
+
+These tests run the migrations themselves, on empty databases; the rest of the suite works on
+copies of a database the migrations built once per session.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect
@@ -20,21 +26,49 @@ def _diff(connection: Connection) -> list[Any]:
     return list(compare_metadata(context, metadata))
 
 
-async def test_migrations_produce_exactly_the_declared_schema(store: Store) -> None:
+async def _tables(store: Store) -> set[str]:
     async with store.engine.connect() as conn:
+        return await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+
+
+@pytest.fixture
+async def migrated(empty_database_url: str) -> AsyncIterator[Store]:
+    """An empty database, then migrated to head by the migrations (not copied from a template)."""
+    store = Store.connect(empty_database_url)
+    try:
+        assert await _tables(store) == set()
+        assert await current_revision(store.engine) is None
+        await upgrade(store.engine)
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_migrations_produce_exactly_the_declared_schema(migrated: Store) -> None:
+    async with migrated.engine.connect() as conn:
         diff = await conn.run_sync(_diff)
     assert diff == []
 
 
-async def test_migrations_reach_head_and_a_second_run_changes_nothing(store: Store) -> None:
-    assert await current_revision(store.engine) == head_revision()
-    assert await upgrade(store.engine) == head_revision()
-    async with store.engine.connect() as conn:
-        tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
-    assert {"messages", "message_events", "message_tags", "api_keys"} <= tables
+async def test_migrations_reach_head_and_a_second_run_changes_nothing(migrated: Store) -> None:
+    assert await current_revision(migrated.engine) == head_revision()
+    assert await upgrade(migrated.engine) == head_revision()
+    assert {"messages", "message_events", "message_tags", "api_keys"} <= await _tables(migrated)
 
 
-async def test_partial_queue_index_exists(store: Store) -> None:
-    async with store.engine.connect() as conn:
+async def test_partial_queue_index_exists(migrated: Store) -> None:
+    async with migrated.engine.connect() as conn:
         indexes = await conn.run_sync(lambda c: {i["name"] for i in inspect(c).get_indexes("messages")})
     assert {"ix_messages_due", "ix_messages_scheduled", "ix_messages_leased"} <= indexes
+
+
+async def test_the_databases_the_other_tests_get_are_at_head_with_the_declared_schema(
+    database_url: str,
+) -> None:
+    copy = Store.connect(database_url)
+    try:
+        assert await current_revision(copy.engine) == head_revision()
+        async with copy.engine.connect() as conn:
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await copy.close()

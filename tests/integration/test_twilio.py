@@ -18,7 +18,7 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from tests.live import Live, free_port, live_service
+from tests.live import Live, eventually, free_port, live_service
 from tidings.providers.fake_rules import NO_RECEIPT, RECEIPT_FAILED, TEMPORARY_THEN_OK
 from tidings.providers.twilio import signature
 from tidings.testing.fake_twilio import (
@@ -149,11 +149,9 @@ async def test_wrong_credentials_keep_the_message_waiting_not_failed(
     providers = {"tw": twilio(fake.url, auth_token="not-the-token")}
     async with live_service(database_url, providers=providers, default_provider="tw") as live:
         sent = await live.send(to=ORDINARY, body="hello")
-        for _ in range(200):
-            message = await live.message(sent["id"])
-            if message["attempts"] >= 2:
-                break
-            await asyncio.sleep(0.02)
+        message = await eventually(
+            lambda: live.message(sent["id"]), lambda m: m["attempts"] >= 2, what="a second attempt"
+        )
         assert message["status"] in ("pending", "sending")
         assert message["error_code"] == "20003"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -10,13 +11,20 @@ from fastapi import Depends, Header, Request
 from tidings.errors import Unauthorized
 from tidings.store.keys import ApiKey, KeyStore, hash_secret
 
+MAX_CACHED_KEYS = 10_000
+"""The most keys the cache holds: it is emptied when full, so ever new keys cannot make it grow."""
+
 
 class KeyChecker:
-    """Verifies ``Authorization: Bearer <key>``. A revoked key stops working within ``ttl`` seconds."""
+    """Verifies ``Authorization: Bearer <key>``. A revoked key stops working within ``ttl`` seconds.
 
-    def __init__(self, keys: KeyStore, ttl: float) -> None:
+    ``clock`` gives the time in seconds, monotonic (tests pass one they can move).
+    """
+
+    def __init__(self, keys: KeyStore, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.keys = keys
         self.ttl = ttl
+        self.clock = clock
         self._cache: dict[str, tuple[float, ApiKey]] = {}
 
     async def check(self, authorization: str | None) -> ApiKey:
@@ -27,7 +35,7 @@ class KeyChecker:
         if scheme.lower() != "bearer" or not secret:
             raise Unauthorized("use `Authorization: Bearer <key>`")
         digest = hash_secret(secret)
-        now = time.monotonic()
+        now = self.clock()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
@@ -36,7 +44,7 @@ class KeyChecker:
             self._cache.pop(digest, None)
             raise Unauthorized("unknown or revoked API key")
         if self.ttl > 0:
-            if len(self._cache) > 10_000:
+            if len(self._cache) >= MAX_CACHED_KEYS:
                 self._cache.clear()
             self._cache[digest] = (now + self.ttl, key)
         return key
