@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from tidings.service import Service
 
 from tests.conftest import make_settings
 from tidings.api.app import create_app
 from tidings.api.auth import KeyChecker
 from tidings.config import Settings
 from tidings.errors import Unauthorized
+from tidings.services import Service
 from tidings.store import Store
 from tidings.store.keys import ApiKey, KeyStore
 

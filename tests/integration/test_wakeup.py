@@ -9,11 +9,11 @@ from contextlib import AsyncExitStack
 
 import httpx
 import pytest
-from tidings.service import Service
 
 from tests.conftest import empty_tables, make_settings
 from tests.live import eventually
 from tidings.api.app import create_app
+from tidings.services import Service
 from tidings.store import Store
 from tidings.worker.wakeup import Waker
 
