@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from tests.e2e.test_multiprocess import Processes, clean_env, free_port, stat
+from tests.e2e.test_multiprocess import Processes, clean_env, free_port, healthy, stat
 from tests.pg_cluster import Cluster
 from tidings.store import Store
 from tidings.store.tables import api_keys, messages
@@ -106,21 +106,6 @@ class Load:
             await asyncio.gather(*(client(session) for _ in range(clients)))
 
 
-async def healthy(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(f"{url}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{url} did not become healthy")
-            await asyncio.sleep(0.1)
-
-
 async def wait_settled(store: Store, timeout: float) -> dict[str, int]:
     """Until no message is waiting to be sent."""
     deadline = time.monotonic() + timeout
@@ -202,7 +187,7 @@ async def test_serve_killed_mid_dispatch_on_sqlite_loses_and_strands_nothing(
     url = f"http://127.0.0.1:{port}"
     env = serve_env(tmp_path, database_url, fake_server.url, port)
     first = processes.start("serve-1", ["serve", "--port", str(port)], env)
-    await healthy(url)
+    await healthy(url, processes)
     store = Store.connect(database_url)
     try:
         load = Load(url=url, key=await load_key(store), count=600)
@@ -220,7 +205,7 @@ async def test_serve_killed_mid_dispatch_on_sqlite_loses_and_strands_nothing(
         assert len(load.acknowledged) < load.count, "everything was acknowledged before the kill"
 
         processes.start("serve-2", ["serve", "--port", str(port)], env)
-        await healthy(url)
+        await healthy(url, processes)
         # The clients send again what got no answer, with the same keys.
         await load.run(clients=12, until_done=True, deadline=time.monotonic() + 60)
         assert len(load.acknowledged) == load.count
@@ -245,7 +230,7 @@ async def test_a_database_restart_mid_load_answers_503_never_resets_and_loses_no
     url = f"http://127.0.0.1:{port}"
     env = serve_env(tmp_path, own_postgres.url, fake_server.url, port)
     processes.start("serve", ["serve", "--port", str(port)], env)
-    await healthy(url)
+    await healthy(url, processes)
     store = Store.connect(own_postgres.url)
     try:
         load = Load(url=url, key=await load_key(store), count=800)

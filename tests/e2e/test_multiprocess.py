@@ -249,20 +249,25 @@ def write_config(directory: Path, fake_url: str, concurrency: int) -> Path:
     return path
 
 
-async def start_api(procs: Processes, env: dict[str, str], port: int) -> None:
-    procs.start("api", ["api", "--port", str(port)], env)
-    deadline = time.monotonic() + 30
+async def healthy(url: str, procs: Processes, timeout: float = 30) -> None:
+    """Wait until ``url`` answers ``/healthz`` with 200; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while True:
             try:
-                async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                async with session.get(f"{url}/healthz") as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"tidings api did not become healthy:\n{procs.tails()}")
+                pytest.fail(f"{url} did not become healthy:\n{procs.tails()}")
             await asyncio.sleep(0.1)
+
+
+async def start_api(procs: Processes, env: dict[str, str], port: int) -> None:
+    procs.start("api", ["api", "--port", str(port)], env)
+    await healthy(f"http://127.0.0.1:{port}", procs)
 
 
 def service_env(

@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 
+from tidings.api.app import create_app
+from tidings.services import Service
 from tidings.testing.fake_orange import FakeOrangeServer
 from tidings.testing.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN, FakeTwilioServer
 
@@ -57,3 +60,14 @@ def every_provider(twilio: FakeTwilioServer, orange: FakeOrangeServer) -> dict[s
         },
         "phone": {"kind": "gateway", "username": "phone", "password": "pw"},
     }
+
+
+@pytest.fixture
+async def api(service: Service, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client with a valid key, over the app in process; an exception inside the app comes
+    back as the 500 it answers (as an API user would see it), not as a traceback."""
+    transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://tidings.test", headers={"Authorization": f"Bearer {api_key}"}
+    ) as client:
+        yield client

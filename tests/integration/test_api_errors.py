@@ -26,16 +26,6 @@ VALID = {"to": KENYA, "body": "hello"}
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-@pytest.fixture
-async def api(service: Service, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
-    """Like ``client``, but an exception inside the app comes back as the 500 it answers."""
-    transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://tidings.test", headers={"Authorization": f"Bearer {api_key}"}
-    ) as client:
-        yield client
-
-
 async def stored_count(store: Store) -> int:
     return sum((await store.messages.count_by_status()).values())
 

@@ -113,16 +113,20 @@ async def test_a_refused_callback_keeps_only_the_status_and_a_short_reason(
 ) -> None:
     async with live_service(database_url) as live:
         sent = await live.send(to=PERSON, body="hi", callback_url=receiver["url"])
+        await live.wait_for(sent["id"], "delivered")
+        # One callback per change (sending, sent, delivered), each refused with 410.
         async with asyncio.timeout(10):
             while True:
-                rows = (await live.client.get("/v1/callbacks", params={"status": "failed"})).json()["data"]
-                if rows:
+                rows = (await live.client.get("/v1/callbacks", params={"message_id": sent["id"]})).json()[
+                    "data"
+                ]
+                if len(rows) == 3 and all(r["status"] == "failed" for r in rows):
                     break
                 await asyncio.sleep(0.02)
-        [row] = rows
-        assert row["message_id"] == sent["id"]
-        assert row["last_status_code"] == 410
-        assert row["last_error"] == "HTTP 410 Gone"
+        for row in rows:
+            assert row["last_status_code"] == 410
+            assert row["last_error"] == "HTTP 410 Gone"
+        assert len(receiver["got"]) == 3
         assert "hunter2" not in orjson.dumps(rows).decode()
 
 

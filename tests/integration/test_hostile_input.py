@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,21 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.test_api_errors import JSON_HEADERS, KENYA, assert_error, stored_count
-from tidings.api.app import create_app
 from tidings.services import Service
 from tidings.store import Store
 
 SURROGATE = "\ud800"
-
-
-@pytest.fixture
-async def api(service: Service, api_key: str) -> AsyncIterator[httpx.AsyncClient]:
-    """An exception inside the app comes back as the 500 it answers."""
-    transport = httpx.ASGITransport(app=create_app(service), raise_app_exceptions=False)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://tidings.test", headers={"Authorization": f"Bearer {api_key}"}
-    ) as client:
-        yield client
 
 
 def encoded(payload: Any) -> bytes:

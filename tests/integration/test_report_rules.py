@@ -20,26 +20,6 @@ from tidings.testing.fake_twilio import DEFAULT_ACCOUNT_SID, DEFAULT_AUTH_TOKEN,
 TO = "+14155550123"
 
 
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilioServer]:
-    server = FakeTwilioServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def orange() -> AsyncIterator[FakeOrangeServer]:
-    server = FakeOrangeServer(FakeOrangeConfig(notify_delay_ms=10))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 def providers(twilio: FakeTwilioServer, orange: FakeOrangeServer) -> dict[str, Any]:
     defaults = FakeOrangeConfig()
     return {
