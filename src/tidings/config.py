@@ -9,16 +9,17 @@ Environment variables ``TIDINGS_<SETTING>`` override the file. A wrong or missin
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from tidings.domain.keywords import DEFAULT_HELP, DEFAULT_OPT_IN, DEFAULT_OPT_OUT
 from tidings.errors import ConfigError
@@ -141,6 +142,13 @@ class Settings(BaseModel):
 
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    _sources: Sources | None = PrivateAttr(default=None)
+
+    @property
+    def sources(self) -> Sources:
+        """Where each value came from (for error messages)."""
+        return self._sources or Sources()
+
     @field_validator("trusted_proxies", "callback_allow_networks")
     @classmethod
     def _proxy_cidrs(cls, value: list[str]) -> list[str]:
@@ -198,29 +206,113 @@ _JSON_FIELDS = frozenset(
 )
 """Settings whose environment variable holds JSON (a table or a list)."""
 
+PROVIDERS_PREFIX = f"{ENV_PREFIX}PROVIDERS__"
+"""``TIDINGS_PROVIDERS__<NAME>__<SETTING>``: a provider's setting from the environment."""
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+_NOT_SETTINGS = ("TIDINGS_CONFIG", "TIDINGS_TEST_")
+"""Variables with the prefix that are not settings: the file's name, and the test suite's own."""
+
+
+class Sources:
+    """Where each setting's value came from, to name it in an error: a variable, or the file."""
+
+    def __init__(self, file: str | None = None) -> None:
+        self.file = file
+        self._variables: dict[tuple[str, ...], str] = {}
+
+    def variable(self, path: tuple[str, ...], name: str) -> None:
+        self._variables[path] = name
+
+    def of(self, path: tuple[str, ...]) -> str | None:
+        """Where the value at ``path`` came from: the variable, else the file (``None``: neither)."""
+        for size in range(len(path), 0, -1):
+            found = self._variables.get(path[:size])
+            if found is not None:
+                return f"from {found}"
+        return f"in {self.file}" if self.file else None
+
+    def env_name(self, path: tuple[str, ...]) -> str:
+        """The variable that would set ``path``."""
+        if len(path) >= 3 and path[0] == "providers":
+            return f"{PROVIDERS_PREFIX}{path[1].upper()}__{path[2].upper()}"
+        return f"{ENV_PREFIX}{path[0].upper()}"
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The one of ``known`` that ``name`` looks like a typo of, if any."""
+    close = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+def _json_value(name: str, value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be JSON: {exc}") from exc
+
+
+def _env_overrides(env: Mapping[str, str], values: dict[str, Any], sources: Sources) -> dict[str, Any]:
     fields = set(Settings.model_fields) - {"providers"}
     overrides: dict[str, Any] = {}
-    for key, value in env.items():
-        if key.startswith(ENV_PREFIX):
-            name = key[len(ENV_PREFIX) :].lower()
-            if name in fields:
-                overrides[name] = value
-    for name in _JSON_FIELDS & overrides.keys():
-        try:
-            overrides[name] = json.loads(overrides[name])
-        except ValueError as exc:
-            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be JSON: {exc}") from exc
+    unknown: list[str] = []
+    for key, value in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or key.startswith(_NOT_SETTINGS):
+            continue
+        if key.startswith(PROVIDERS_PREFIX):
+            _provider_override(key, value, values, sources)
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in fields:
+            guess = closest(name, fields)
+            unknown.append(f"{key} (did you mean {ENV_PREFIX}{guess.upper()}?)" if guess else key)
+            continue
+        overrides[name] = _json_value(key, value) if name in _JSON_FIELDS else value
+        sources.variable((name,), key)
+    if unknown:
+        raise ConfigError(f"unknown setting variables: {', '.join(unknown)}")
     return overrides
 
 
-def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem, each naming the setting."""
+def _provider_override(key: str, value: str, values: dict[str, Any], sources: Sources) -> None:
+    """``TIDINGS_PROVIDERS__NAME__SETTING=value`` into ``values["providers"]``: the provider of that
+    name in the file whatever its case, or a new one; a value that looks like JSON is read as JSON
+    (``webhook_allow_ips='["10.0.0.0/8"]'``)."""
+    rest = key[len(PROVIDERS_PREFIX) :]
+    provider, _, setting = rest.partition("__")
+    if not provider or not setting:
+        raise ConfigError(f"{key}: write provider settings as {PROVIDERS_PREFIX}<NAME>__<SETTING>")
+    tables: dict[str, Any] = values.setdefault("providers", {})
+    name = next((n for n in tables if n.lower() == provider.lower()), provider.lower())
+    table = tables.setdefault(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"setting providers.{name}: must be a table")
+    stripped = value.strip()
+    table[setting.lower()] = _json_value(key, value) if stripped[:1] in ("[", "{") else value
+    sources.variable(("providers", name, setting.lower()), key)
+
+
+def describe_validation_error(
+    exc: ValidationError,
+    prefix: tuple[str, ...] = (),
+    sources: Sources | None = None,
+    known: Iterable[str] = (),
+) -> str:
+    """One line per problem, each naming the setting, where its value came from, and for an
+    unknown one what it may be a typo of."""
     lines = []
     for error in exc.errors():
-        path = ".".join(str(p) for p in error["loc"])
-        lines.append(f"setting {prefix}{path}: {error['msg']}")
+        path = (*prefix, *(str(p) for p in error["loc"]))
+        message = str(error["msg"])
+        if error["type"] == "extra_forbidden":
+            guess = closest(path[-1], known)
+            message = f"unknown setting (did you mean {guess}?)" if guess else "unknown setting"
+        elif error["type"] == "missing":
+            message = "missing: set it"
+            if sources is not None:
+                message += f" (or {sources.env_name(path)})"
+        origin = sources.of(path) if sources is not None and error["type"] != "missing" else None
+        where = f" ({origin})" if origin else ""
+        lines.append(f"setting {'.'.join(path)}{where}: {message}")
     return "; ".join(lines)
 
 
@@ -237,8 +329,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise ConfigError(f"TIDINGS_CONFIG names {path}, which does not exist") from exc
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
-    values.update(_env_overrides(env))
+    sources = Sources(path)
+    values.update(_env_overrides(env, values, sources))
     try:
-        return Settings.model_validate(values)
+        settings = Settings.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc)) from exc
+        raise ConfigError(
+            describe_validation_error(exc, sources=sources, known=Settings.model_fields)
+        ) from exc
+    settings._sources = sources
+    return settings

@@ -120,7 +120,7 @@ def test_unprotected_webhooks_stop_start_up_unless_the_operator_says_so() -> Non
         providers={NAME: orange("http://orange.test", webhook_allow_ips=[])}, default_provider=NAME
     )
     context = ProviderContext(base_url="http://tidings.test", sink=_no_sink)
-    with pytest.raises(ConfigError, match=rf"providers\.{NAME}\..*webhook_unauthenticated = true") as refused:
+    with pytest.raises(ConfigError, match=rf"providers\.{NAME}\b.*webhook_unauthenticated = true") as refused:
         build_providers(settings, context)
     assert "webhook_token" in refused.value.message and "webhook_allow_ips" in refused.value.message
 

@@ -116,3 +116,74 @@ def test_the_example_configuration_in_the_repository_is_valid() -> None:
     providers = build_providers(settings, ProviderContext(base_url=settings.base_url, sink=_sink))
     assert {p.kind for p in providers.values()} == {"twilio", "orange", "fake"}
     assert settings.routes["+225"] == ["orange", "twilio"]
+
+
+def test_provider_settings_and_secrets_come_from_the_environment(tmp_path: Path) -> None:
+    # The file holds no secret; the environment fills it in, nested by provider name.
+    file = tmp_path / "tidings.toml"
+    file.write_text(
+        'default_provider = "tw"\n[providers.tw]\nkind = "twilio"\n'
+        'account_sid = "AC00000000000000000000000000000001"\nfrom = "+15005550006"\n'
+    )
+    settings = load_settings(
+        {
+            "TIDINGS_CONFIG": str(file),
+            "TIDINGS_PROVIDERS__TW__AUTH_TOKEN": "s3cret-token",
+            "TIDINGS_PROVIDERS__TW__WEBHOOK_ALLOW_IPS": '["10.0.0.0/8"]',
+            "TIDINGS_PROVIDERS__BACKUP__KIND": "fake",
+        }
+    )
+    providers = build_providers(settings, CONTEXT)
+    assert sorted(providers) == ["backup", "tw"]
+    twilio = providers["tw"].settings
+    assert twilio.webhook_allow_ips == ["10.0.0.0/8"]
+    token = twilio.auth_token  # type: ignore[attr-defined]
+    assert token.get_secret_value() == "s3cret-token"
+    # A secret is never shown when the provider's settings are printed or logged.
+    assert "s3cret-token" not in repr(twilio) and "s3cret-token" not in str(twilio)
+
+
+def test_a_secret_is_not_repeated_in_an_error_about_it(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "TIDINGS_PROVIDERS__TW__KIND": "twilio",
+            "TIDINGS_PROVIDERS__TW__ACCOUNT_SID": "not-a-sid-but-secret-looking",
+            "TIDINGS_PROVIDERS__TW__AUTH_TOKEN": "",
+            "TIDINGS_DEFAULT_PROVIDER": "tw",
+        }
+    )
+    with pytest.raises(ConfigError) as caught:
+        build_providers(settings, CONTEXT)
+    message = caught.value.message
+    assert "providers.tw.auth_token (from TIDINGS_PROVIDERS__TW__AUTH_TOKEN)" in message
+    assert "providers.tw.account_sid (from TIDINGS_PROVIDERS__TW__ACCOUNT_SID)" in message
+    assert "not-a-sid-but-secret-looking" not in message
+
+
+def test_a_typo_gets_a_did_you_mean_wherever_it_is(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"TIDINGS_MAX_ATEMPTS \(did you mean TIDINGS_MAX_ATTEMPTS\?\)"):
+        load_settings({"TIDINGS_MAX_ATEMPTS": "3"})
+    file = tmp_path / "tidings.toml"
+    file.write_text("max_atempts = 3\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"max_atempts \(in .*tidings.toml\): unknown setting \(did you mean max_attempts\?\)",
+    ):
+        load_settings({"TIDINGS_CONFIG": str(file)})
+    file.write_text('default_provider = "x"\n[providers.x]\nkind = "fake"\nlatency = 5\n')
+    with pytest.raises(ConfigError, match=r"providers\.x\.latency .*did you mean latency_ms\?"):
+        build_providers(load_settings({"TIDINGS_CONFIG": str(file)}), CONTEXT)
+
+
+def test_variables_that_are_not_settings_are_left_alone() -> None:
+    settings = load_settings({"TIDINGS_TEST_POSTGRES_URL": "postgresql://x/y", "OTHER": "1"})
+    assert settings.port == 8000
+
+
+def test_a_value_names_where_it_came_from(tmp_path: Path) -> None:
+    file = tmp_path / "tidings.toml"
+    file.write_text("port = 99999\n")
+    with pytest.raises(ConfigError, match=r"setting port \(in .*tidings.toml\)"):
+        load_settings({"TIDINGS_CONFIG": str(file)})
+    with pytest.raises(ConfigError, match=r"setting port \(from TIDINGS_PORT\)"):
+        load_settings({"TIDINGS_CONFIG": str(file), "TIDINGS_PORT": "-1"})

@@ -36,7 +36,14 @@ def build_providers(settings: Settings, context: ProviderContext) -> dict[str, P
         try:
             provider_settings = cls.settings_model.model_validate(table)
         except ValidationError as exc:
-            raise ConfigError(describe_validation_error(exc, prefix=f"providers.{name}.")) from exc
+            raise ConfigError(
+                describe_validation_error(
+                    exc,
+                    prefix=("providers", name),
+                    sources=settings.sources,
+                    known=cls.settings_model.model_fields,
+                )
+            ) from exc
         providers[name] = cls(name, provider_settings, context)
     if settings.default_provider not in providers:
         raise ConfigError(

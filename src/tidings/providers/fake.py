@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from tidings.clock import to_db, utcnow
 from tidings.config import ProviderSettings
@@ -71,9 +71,13 @@ class FakeSettings(ProviderSettings):
     undelivered_rate: float = Field(default=0.0, ge=0, le=1)
     url: str | None = None
     """Base URL of a fake provider server; unset: simulate in process."""
-    token: str | None = None
-    webhook_secret: str | None = None
+    token: SecretStr | None = None
+    webhook_secret: SecretStr | None = None
     seed: int | None = None
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -103,7 +107,7 @@ class FakeProvider(HttpProvider):
         )
         # In process, receipts are signed with a per-process secret when none is configured,
         # so they take exactly the verified path a posted receipt takes.
-        self._secret = self.settings.webhook_secret or secrets.token_hex(16)
+        self._secret = _reveal(self.settings.webhook_secret) or secrets.token_hex(16)
         self._receipts: set[asyncio.Task[None]] = set()
         if self.settings.url:
             await super().start()
@@ -195,7 +199,8 @@ class FakeProvider(HttpProvider):
     # -- over HTTP ---------------------------------------------------------------------------------
 
     def headers(self) -> Mapping[str, str]:
-        return {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        token = _reveal(self.settings.token)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def build_send(self, message: OutboundMessage) -> HttpRequest:
         assert self.settings.url
@@ -225,7 +230,7 @@ class FakeProvider(HttpProvider):
 
     @property
     def _webhook_secret(self) -> str | None:
-        return self.settings.webhook_secret if self.settings.url else self._secret
+        return _reveal(self.settings.webhook_secret) if self.settings.url else self._secret
 
     def verify_webhook(self, event: str, request: WebhookRequest) -> None:
         secret = self._webhook_secret

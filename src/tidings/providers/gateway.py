@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from tidings.clock import to_db, utcnow
 from tidings.config import ProviderSettings
@@ -53,7 +53,7 @@ UPDATE_EVENT = "gateway_update"
 class GatewaySettings(ProviderSettings):
     kind: str = "gateway"
     username: str = Field(min_length=1)
-    password: str = Field(min_length=1)
+    password: SecretStr = Field(min_length=1)
     batch_size: int = Field(default=25, ge=1, le=1000)
     """Most messages handed over in one answer."""
     silent_after_seconds: float = Field(default=300.0, gt=0)

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import orjson
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from tidings import ids
 from tidings.clock import to_db, utcnow
@@ -96,7 +96,7 @@ _TEL = re.compile(r"^(?:tel:)?\+([0-9]{1,15})$")
 class OrangeSettings(ProviderSettings):
     kind: str = "orange"
     client_id: str = Field(min_length=1)
-    client_secret: str = Field(min_length=1)
+    client_secret: SecretStr = Field(min_length=1)
     sender: str
     """The account's number, ``tel:+2250700000000`` (``+2250700000000`` is accepted too)."""
     sender_name: str | None = Field(default=None, min_length=1)
@@ -104,7 +104,7 @@ class OrangeSettings(ProviderSettings):
     base_url: str = "https://api.orange.com"
     rate_limit: float | None = Field(default=5.0, gt=0)
     """Orange allows 5 sends a second unless the contract says otherwise."""
-    webhook_token: str | None = Field(default=None, min_length=1)
+    webhook_token: SecretStr | None = Field(default=None, min_length=1)
     """When set, receipts and inbound SMS must carry ``?token=<it>`` (Orange does not sign them)."""
     webhook_unauthenticated: bool = False
     """Take Orange's webhooks from anyone, with neither a token nor an allowlist (say so only when
@@ -208,7 +208,7 @@ class OrangeProvider(HttpProvider):
             self.call,
             token_url=f"{base}/oauth/v3/token",
             client_id=self.settings.client_id,
-            client_secret=self.settings.client_secret,
+            client_secret=self.settings.client_secret.get_secret_value(),
             issuer="Orange",
             provider=name,
             margin=self.settings.token_margin_seconds,
@@ -233,7 +233,7 @@ class OrangeProvider(HttpProvider):
         """Where Orange posts the receipts of the messages we send."""
         url = self.context.webhook_url(self.kind, self.name, "delivery")
         if self.settings.webhook_token:
-            url += f"?{TOKEN_PARAM}={quote(self.settings.webhook_token, safe='')}"
+            url += f"?{TOKEN_PARAM}={quote(self.settings.webhook_token.get_secret_value(), safe='')}"
         return url
 
     def build_send(self, message: OutboundMessage) -> HttpRequest:
@@ -315,7 +315,7 @@ class OrangeProvider(HttpProvider):
     # -- webhooks --------------------------------------------------------------------------------
 
     def verify_webhook(self, event: str, request: WebhookRequest) -> None:
-        expected = self.settings.webhook_token
+        expected = self.settings.webhook_token.get_secret_value() if self.settings.webhook_token else None
         if not expected:
             return
         given = dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True)).get(TOKEN_PARAM)

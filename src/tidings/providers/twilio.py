@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from tidings.clock import utcnow
 from tidings.config import ProviderSettings
@@ -89,7 +89,7 @@ ERROR_DESCRIPTIONS = {
 class TwilioSettings(ProviderSettings):
     kind: str = "twilio"
     account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
-    auth_token: str = Field(min_length=1)
+    auth_token: SecretStr = Field(min_length=1)
     from_: str | None = Field(default=None, alias="from", min_length=1)
     """The sending number or sender id; or use ``messaging_service_sid``."""
     messaging_service_sid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
@@ -153,7 +153,7 @@ class TwilioProvider(HttpProvider):
 
     def __init__(self, name: str, settings: ProviderSettings, context: ProviderContext) -> None:
         super().__init__(name, settings, context)
-        credentials = f"{self.settings.account_sid}:{self.settings.auth_token}".encode()
+        credentials = f"{self.settings.account_sid}:{self.settings.auth_token.get_secret_value()}".encode()
         self._authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
         self._messages_url = (
             f"{self.settings.base_url.rstrip('/')}/2010-04-01/Accounts/{self.settings.account_sid}/Messages"
@@ -212,7 +212,7 @@ class TwilioProvider(HttpProvider):
             raise WebhookUnauthorized(f"no {SIGNATURE_HEADER} header")
         params = _form(request.body)
         if not any(
-            signatures_match(signature(self.settings.auth_token, url, params), given)
+            signatures_match(signature(self.settings.auth_token.get_secret_value(), url, params), given)
             for url in _url_variants(request.url)
         ):
             raise WebhookUnauthorized(f"{SIGNATURE_HEADER} does not match the request")

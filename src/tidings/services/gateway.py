@@ -75,7 +75,9 @@ class GatewayService:
         found = None
         for provider in self.phones.values():
             same_user = hmac.compare_digest(username.encode(), provider.settings.username.encode())
-            same_password = hmac.compare_digest(password.encode(), provider.settings.password.encode())
+            same_password = hmac.compare_digest(
+                password.encode(), provider.settings.password.get_secret_value().encode()
+            )
             if same_user and same_password:
                 found = provider
         return found
