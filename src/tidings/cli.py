@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
 
+import asyncpg
 import orjson
 import typer
 
@@ -19,6 +21,7 @@ from tidings.errors import ConfigError, TidingsError
 from tidings.services import Service
 from tidings.services.accepting import SendRequest
 from tidings.store import Store
+from tidings.store.db import shown_url, sqlite_file, unreachable
 from tidings.store.migrate import upgrade
 
 app = typer.Typer(help="tidings: self-hosted SMS delivery with truthful statuses.", no_args_is_help=True)
@@ -26,6 +29,8 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 webhooks_app = typer.Typer(help="Read and replay the webhook log.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 T = TypeVar("T")
 
@@ -34,26 +39,78 @@ def _settings() -> Settings:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        typer.echo(f"tidings: configuration error: {exc.message}", err=True)
+        _config_errors(exc)
         raise typer.Exit(2) from exc
     logs.configure(settings.log_level)
+    global _database_url_shown
+    _database_url_shown = shown_url(settings.database_url)
     return settings
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command; a failure to start (bad settings, a database out of reach, a busy port) is
+    one line naming the cause and the setting, and exit code 2."""
     try:
-        import uvloop
-
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency of uvicorn[standard]
+            return asyncio.run(coro)
         return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency of uvicorn[standard]
-        return asyncio.run(coro)
+    except ConfigError as exc:
+        _config_errors(exc)
+        raise typer.Exit(2) from exc
+    except StartupError as exc:
+        typer.echo(f"tidings: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    except Exception as exc:
+        database = database_problem(exc)
+        if database is None:
+            raise
+        typer.echo(f"tidings: {database}", err=True)
+        raise typer.Exit(2) from exc
+
+
+class StartupError(TidingsError):
+    """tidings could not start."""
+
+
+def database_problem(exc: BaseException) -> str | None:
+    """One line saying why the database cannot be used, or ``None`` when ``exc`` is not about that."""
+    settings_url = _database_url_shown
+    root: BaseException = exc
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__  # type: ignore[assignment]
+    refused = isinstance(
+        root,
+        asyncpg.exceptions.InvalidPasswordError
+        | asyncpg.exceptions.InvalidAuthorizationSpecificationError
+        | asyncpg.exceptions.InvalidCatalogNameError,
+    )
+    if not refused and not unreachable(exc):
+        return None
+    reason = str(root).strip().splitlines()[0] if str(root).strip() else type(root).__name__
+    return f"cannot use the database {settings_url or 'configured'} (database_url): {reason}"
+
+
+_database_url_shown: str | None = None
+"""The database URL without its password, for messages (set when the settings are read)."""
+
+
+def _config_errors(exc: ConfigError) -> None:
+    """The configuration's problems, one line each."""
+    if len(exc.problems) == 1:
+        typer.echo(f"tidings: configuration error: {exc.problems[0]}", err=True)
+        return
+    typer.echo(f"tidings: configuration errors ({len(exc.problems)}):", err=True)
+    for problem in exc.problems:
+        typer.echo(f"  - {problem}", err=True)
 
 
 def _service(settings: Settings) -> Service:
     try:
         return Service(settings)
     except ConfigError as exc:
-        typer.echo(f"tidings: configuration error: {exc.message}", err=True)
+        _config_errors(exc)
         raise typer.Exit(2) from exc
 
 
@@ -99,6 +156,28 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port``, or :class:`StartupError` naming the setting."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _name, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {host}:{port} (host, port): {exc.strerror or exc}; "
+            "another program may be using it: choose another with --port or TIDINGS_PORT"
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
+
+
 def _listening(settings: Settings, host: str | None, port: int | None) -> Settings:
     """The settings with the address the command line gave: what the API listens on, and so what
     ``public_url`` is when it is not set (providers are told it, and sign receipts with it)."""
@@ -123,7 +202,15 @@ async def _serve(settings: Settings, *, with_api: bool, with_worker: bool) -> No
             yield
 
     service = _service(settings)
-    await service.start(listen=with_worker)
+    # Listen first: a busy port stops start-up before anything else starts.
+    sockets = [_listen(settings.host, settings.port)] if with_api else []
+    try:
+        await service.start(listen=with_worker)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        await service.close()
+        raise
     stop = asyncio.Event()
     _stop_on_signals(stop)
     server: Server | None = None
@@ -144,7 +231,7 @@ async def _serve(settings: Settings, *, with_api: bool, with_worker: bool) -> No
                 proxy_headers=False,
             )
             server = Server(config)
-            tasks.append(asyncio.create_task(server.serve()))
+            tasks.append(asyncio.create_task(server.serve(sockets=sockets)))
         if with_worker:
             tasks.append(asyncio.create_task(service.run_worker(stop)))
         stopping = asyncio.create_task(stop.wait())
@@ -263,6 +350,48 @@ def status(message_id: Annotated[str, typer.Argument(help="Message id.")]) -> No
         typer.echo(f"tidings: {exc.message}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Load and check every setting, every provider table and the database; say what is wrong,
+    where the value came from and what to do (exit 2), or what is configured (exit 0)."""
+    settings = _settings()
+    service = _service(settings)
+
+    async def database() -> tuple[str | None, str | None]:
+        from tidings.store.migrate import current_revision, head_revision
+
+        file = sqlite_file(settings.database_url)
+        if file is not None and not file.exists():
+            await service.store.close()
+            return "no file yet: it is made at the first start", None
+        try:
+            await service.store.ping()
+            revision = await current_revision(service.store.engine)
+        except Exception as exc:
+            return None, database_problem(exc) or f"cannot use the database (database_url): {exc}"
+        finally:
+            await service.store.close()
+        if revision != head_revision():
+            state = (
+                f"schema at {revision or 'nothing'}, code expects {head_revision()}: run `tidings migrate`"
+            )
+            return state, None
+        return f"schema at {revision}, up to date", None
+
+    state, problem = _run(database())
+    if problem is not None:
+        typer.echo(f"tidings: {problem}", err=True)
+        raise typer.Exit(2)
+    config = settings.sources.file
+    typer.echo(f"configuration file: {config or 'none (TIDINGS_CONFIG is not set)'}")
+    typer.echo(f"database: {shown_url(settings.database_url)} ({state})")
+    typer.echo(f"listens on: {settings.host}:{settings.port}; providers reach it at {settings.base_url}")
+    for name, provider in service.providers.items():
+        default = " (default)" if name == settings.default_provider else ""
+        typer.echo(f"provider {name}: {provider.kind}{default}")
+    typer.echo("configuration OK")
 
 
 @app.command()

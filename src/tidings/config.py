@@ -296,7 +296,7 @@ def describe_validation_error(
     prefix: tuple[str, ...] = (),
     sources: Sources | None = None,
     known: Iterable[str] = (),
-) -> str:
+) -> list[str]:
     """One line per problem, each naming the setting, where its value came from, and for an
     unknown one what it may be a typo of."""
     lines = []
@@ -313,7 +313,7 @@ def describe_validation_error(
         origin = sources.of(path) if sources is not None and error["type"] != "missing" else None
         where = f" ({origin})" if origin else ""
         lines.append(f"setting {'.'.join(path)}{where}: {message}")
-    return "; ".join(lines)
+    return lines
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -335,7 +335,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(
-            describe_validation_error(exc, sources=sources, known=Settings.model_fields)
+            problems=describe_validation_error(exc, sources=sources, known=Settings.model_fields)
         ) from exc
     settings._sources = sources
     return settings

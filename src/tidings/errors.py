@@ -60,6 +60,13 @@ class ConfigError(TidingsError):
 
     code = "config_error"
 
+    def __init__(
+        self, message: str | None = None, *, field: str | None = None, problems: list[str] | None = None
+    ) -> None:
+        super().__init__(message or "; ".join(problems or []) or None, field=field)
+        self.problems = problems or [self.message]
+        """Each problem on its own line: what ``tidings config check`` prints."""
+
 
 class InvalidInput(TidingsError):
     """A field of the request is not acceptable."""

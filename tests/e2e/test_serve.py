@@ -394,3 +394,79 @@ def test_send_goes_through_the_apis_path_with_a_key_and_an_idempotency_key(tmp_p
     assert inside.returncode == 1 and "callback" in inside.stderr
     unknown = run_cli(tmp_path, "send", ORDINARY, "hi", "--key", "nobody")
     assert unknown.returncode == 1 and "nobody" in unknown.stderr
+
+
+def test_start_up_failures_are_one_line_naming_the_cause_and_nothing_starts(tmp_path: Path) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        cases = {
+            "port busy": (["serve", "--port", str(port)], {}, "cannot listen on 127.0.0.1"),
+            "database refused": (
+                ["serve", "--port", str(free_port())],
+                {"TIDINGS_DATABASE_URL": "postgresql://postgres:pw@127.0.0.1:1/tidings"},
+                "cannot use the database postgresql://postgres:***@127.0.0.1:1/tidings (database_url)",
+            ),
+            "no such role": (
+                ["worker"],
+                {"TIDINGS_DATABASE_URL": "postgresql://no_such_role@127.0.0.1:5432/postgres"},
+                "no_such_role",
+            ),
+            "folder typo": (
+                ["serve", "--port", str(free_port())],
+                {"TIDINGS_DATABASE_URL": f"sqlite:///{tmp_path}/no-such-folder/tidings.db"},
+                "no-such-folder does not exist",
+            ),
+        }
+        for name, (args, env, says) in cases.items():
+            done = run_cli(tmp_path, *args, env=clean_env(**env))
+            assert done.returncode == 2, (name, done.stderr)
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1, (name, done.stderr)
+            assert says in lines[0], (name, lines[0])
+            assert "pw" not in lines[0]
+            assert "worker started" not in done.stderr
+        # Nothing was made: no database beside the busy port, no folder for the typo.
+        assert not (tmp_path / "tidings.db").exists()
+        assert not (tmp_path / "no-such-folder").exists()
+    finally:
+        busy.close()
+
+
+def test_config_check_lists_every_problem_with_its_source_or_what_is_configured(tmp_path: Path) -> None:
+    config = tmp_path / "tidings.toml"
+    config.write_text('max_atempts = 3\n[providers.tw]\nkind = "twilio"\nauth_tokn = "x"\n')
+    env = clean_env(TIDINGS_CONFIG=str(config), TIDINGS_PORT="99999")
+    bad = run_cli(tmp_path, "config", "check", env=env)
+    assert bad.returncode == 2
+    lines = bad.stderr.splitlines()
+    assert "setting port (from TIDINGS_PORT): Input should be less than or equal to 65535" in bad.stderr
+    assert any("max_atempts (in " in line and "did you mean max_attempts?" in line for line in lines)
+    # Provider tables are checked only once the top-level settings are right.
+    config.write_text('[providers.tw]\nkind = "twilio"\nauth_tokn = "x"\n')
+    bad = run_cli(tmp_path, "config", "check", env=clean_env(TIDINGS_CONFIG=str(config)))
+    assert bad.returncode == 2
+    assert "providers.tw.auth_tokn (in " in bad.stderr and "did you mean auth_token?" in bad.stderr
+    assert "providers.tw.account_sid: missing: set it (or TIDINGS_PROVIDERS__TW__ACCOUNT_SID)" in bad.stderr
+    assert "default_provider: 'fake' is not a configured provider" in bad.stderr
+    # Fixed, with the secret from the environment: all is well, and nothing was created.
+    config.write_text(
+        '[providers.tw]\nkind = "twilio"\nfrom = "+15005550006"\n'
+        'account_sid = "AC00000000000000000000000000000001"\n'
+    )
+    good = run_cli(
+        tmp_path,
+        "config",
+        "check",
+        env=clean_env(
+            TIDINGS_CONFIG=str(config),
+            TIDINGS_DEFAULT_PROVIDER="tw",
+            TIDINGS_PROVIDERS__TW__AUTH_TOKEN="s3cret",
+        ),
+    )
+    assert good.returncode == 0, good.stderr
+    assert "provider tw: twilio (default)" in good.stdout and "configuration OK" in good.stdout
+    assert "s3cret" not in good.stdout + good.stderr
+    assert not (tmp_path / "tidings.db").exists()

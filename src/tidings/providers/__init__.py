@@ -22,34 +22,47 @@ KINDS: dict[str, type[Provider]] = {
 }
 
 
+def _shown(settings: Settings, *path: str) -> str:
+    """A setting's name, with where its value came from."""
+    where = settings.sources.of(path)
+    return ".".join(path) + (f" ({where})" if where else "")
+
+
 def build_providers(settings: Settings, context: ProviderContext) -> dict[str, Provider]:
-    """One adapter per ``[providers.NAME]`` table; a wrong table raises :class:`ConfigError`."""
+    """One adapter per ``[providers.NAME]`` table; wrong tables raise :class:`ConfigError` with
+    every problem of every table."""
     providers: dict[str, Provider] = {}
+    problems: list[str] = []
     for name, table in settings.provider_tables().items():
         if not isinstance(table, dict):
-            raise ConfigError(f"setting providers.{name}: must be a table")
+            problems.append(f"setting {_shown(settings, 'providers', name)}: must be a table")
+            continue
         kind = table.get("kind")
         cls = KINDS.get(str(kind)) if kind is not None else None
         if cls is None:
             known = ", ".join(sorted(KINDS))
-            raise ConfigError(f"setting providers.{name}.kind: {kind!r} is not one of: {known}")
+            problems.append(
+                f"setting {_shown(settings, 'providers', name, 'kind')}: {kind!r} is not one of: {known}"
+            )
+            continue
         try:
             provider_settings = cls.settings_model.model_validate(table)
         except ValidationError as exc:
-            raise ConfigError(
-                describe_validation_error(
-                    exc,
-                    prefix=("providers", name),
-                    sources=settings.sources,
-                    known=cls.settings_model.model_fields,
-                )
-            ) from exc
+            problems += describe_validation_error(
+                exc,
+                prefix=("providers", name),
+                sources=settings.sources,
+                known=cls.settings_model.model_fields,
+            )
+            continue
         providers[name] = cls(name, provider_settings, context)
-    if settings.default_provider not in providers:
-        raise ConfigError(
+    if settings.default_provider not in settings.provider_tables():
+        problems.append(
             f"setting default_provider: {settings.default_provider!r} is not a configured provider "
-            f"(configured: {', '.join(sorted(providers))})"
+            f"(configured: {', '.join(sorted(settings.provider_tables()))})"
         )
+    if problems:
+        raise ConfigError(problems=problems)
     return providers
 
 

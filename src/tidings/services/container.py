@@ -62,6 +62,7 @@ class Service:
         )
         self.retention = Retention(self.store, settings)
         self._listener: PostgresListener | None = None
+        self._started: list[Provider] = []
         self.started = False
 
     async def start(self, *, listen: bool = False) -> None:
@@ -79,6 +80,7 @@ class Service:
                 )
         for provider in self.providers.values():
             await provider.start()
+            self._started.append(provider)
         if listen and self.store.is_postgres:
             self._listener = PostgresListener(self.settings.database_url, self.waker)
             await self._listener.start()
@@ -107,10 +109,11 @@ class Service:
     async def close(self) -> None:
         if self._listener is not None:
             await self._listener.close()
-        for provider in self.providers.values():
+        for provider in self._started:
             try:
                 await provider.close()
             except Exception:
                 log.exception("provider did not close cleanly", extra={"provider": provider.name})
+        self._started.clear()
         await self.store.close()
         self.started = False

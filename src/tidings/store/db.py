@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,14 +43,43 @@ def plain_postgres_dsn(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def shown_url(url: str) -> str:
+    """``url`` without its password, to show in messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unreadable URL)"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ``url`` (``None`` for PostgreSQL or an in-memory database)."""
+    parsed = make_url(async_url(url))
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).expanduser().resolve()
+
+
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> AsyncEngine:
-    """An engine for ``url``. SQLite files get WAL mode, a busy timeout and foreign keys."""
+    """An engine for ``url``. SQLite files get WAL mode, a busy timeout and foreign keys.
+
+    A SQLite file's folder must exist: a typo in the path is an error, not a new empty database
+    somewhere unexpected."""
     target = async_url(url)
     parsed = make_url(target)
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database and database != ":memory:":
-            Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        file = sqlite_file(url)
+        if file is not None:
+            folder = file.parent
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"setting database_url: the folder {folder} does not exist; create it, or fix the path",
+                    field="database_url",
+                )
+            if not os.access(folder, os.W_OK):
+                raise ConfigError(
+                    f"setting database_url: the folder {folder} is not writable by this user",
+                    field="database_url",
+                )
         engine = create_async_engine(
             target,
             connect_args={"timeout": 30, "check_same_thread": False},
