@@ -41,7 +41,7 @@ def _settings() -> Settings:
     except ConfigError as exc:
         _config_errors(exc)
         raise typer.Exit(2) from exc
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     global _database_url_shown
     _database_url_shown = shown_url(settings.database_url)
     return settings

@@ -72,6 +72,10 @@ class Settings(BaseModel):
     public_url: str | None = None
     """Where providers reach this service (for receipts); default http://HOST:PORT."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """``json`` lines, or ``text`` (``key=value``); ``auto``: text on a terminal, JSON otherwise."""
+    access_log: bool = True
+    """One log line per HTTP request: method, path, status, time taken and request id."""
 
     default_region: str | None = None
     """ISO 3166 code used to read numbers written without +country code (e.g. KE)."""

@@ -218,6 +218,13 @@ def test_first_serve_prints_a_key_and_delivers_a_message(tmp_path: Path, launch:
     assert anonymous.status_code == 401
     served.terminate()
 
+    # Not on a terminal, the log is JSON lines: the worker's start, and an access line per request.
+    entries = [json.loads(line) for line in served.stderr().splitlines() if line.startswith("{")]
+    assert any(e["message"] == "worker started" for e in entries)
+    posted = [e for e in entries if e.get("action") == "request" and e["method"] == "POST"]
+    assert [(e["path"], e["status"]) for e in posted] == [("/v1/messages", 202)]
+    assert posted[0]["request_id"] == response.headers["x-request-id"]
+
 
 def test_restart_prints_no_new_key_and_keeps_the_old_one(tmp_path: Path, launch: Any) -> None:
     first = launch(tmp_path)

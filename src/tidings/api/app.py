@@ -9,6 +9,8 @@ committed to the database before the API answers 2xx.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +20,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tidings import ids, logs
 from tidings.api import callbacks, gateway, inbound, messages, opt_outs, webhooks
 from tidings.api import log as message_log
 from tidings.api.auth import KeyChecker
@@ -70,6 +73,60 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+access = logging.getLogger("tidings.access")
+
+
+class RequestLog:
+    """Gives every request an id (the client's ``X-Request-Id`` when it sends a sensible one, else a
+    new one), puts it on every log line the request causes and on the answer, and writes one
+    access-log line per request."""
+
+    def __init__(self, app: ASGIApp, *, enabled: bool) -> None:
+        self.app = app
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        request = given if _REQUEST_ID.match(given) else ids.new_id()
+        token = logs.request_id.set(request)
+        started = time.perf_counter()
+        status = 0
+
+        async def stamped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, stamped)
+        finally:
+            if self.enabled:
+                client = scope.get("client")
+                access.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={
+                        "action": "request",
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "client": client[0] if client else None,
+                    },
+                )
+            logs.request_id.reset(token)
 
 
 class Guard:
@@ -184,4 +241,5 @@ def create_app(service: Service) -> FastAPI:
     webhooks.add_legacy_routes(app, service)
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_request_bytes)
     app.add_middleware(Guard)
+    app.add_middleware(RequestLog, enabled=service.settings.access_log)
     return app
