@@ -11,7 +11,6 @@ import pytest
 
 from tests.scripted_api import ScriptedApi, answer, running, scripted_api
 from tidings.domain.content import SmsContent
-from tidings.domain.reports import ProviderReport
 from tidings.domain.status import Status
 from tidings.errors import PermanentProviderError, TemporaryProviderError
 from tidings.providers.base import OutboundMessage, ProviderContext, WebhookRequest
@@ -24,10 +23,6 @@ TOKEN = "fake-token"
 SECRET = "receipt-secret"
 ORDINARY = "+14155550123"
 RECEIPTS = "/webhooks/fake/fk/status"
-
-
-async def no_sink(_name: str, _reports: list[ProviderReport]) -> None:
-    return None
 
 
 def message(to: str, message_id: str = "msg-1") -> OutboundMessage:
@@ -61,7 +56,7 @@ async def receiver() -> AsyncIterator[ScriptedApi]:
 
 def build(base_url: str, **settings: Any) -> FakeProvider:
     values = {"kind": "fake", **settings}
-    context = ProviderContext(base_url=base_url, sink=no_sink)
+    context = ProviderContext(base_url=base_url)
     return FakeProvider("fk", FakeProvider.settings_model.model_validate(values), context)
 
 

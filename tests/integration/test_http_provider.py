@@ -23,7 +23,7 @@ from tests.scripted_api import ScriptedApi, answer, running, scripted_api
 from tidings.clock import utcnow
 from tidings.config import ProviderSettings
 from tidings.domain.content import SmsContent
-from tidings.domain.reports import ProviderReport, Report
+from tidings.domain.reports import Report
 from tidings.domain.status import Status
 from tidings.errors import PermanentProviderError, ProviderError, TemporaryProviderError
 from tidings.providers.base import OutboundMessage, PollRequest, ProviderContext, SendResult
@@ -70,13 +70,9 @@ class ParrotProvider(HttpProvider):
         )
 
 
-async def no_sink(_name: str, _reports: list[ProviderReport]) -> None:
-    return None
-
-
 def build(url: str, session: aiohttp.ClientSession | None = None, **settings: Any) -> ParrotProvider:
     values = {"kind": "parrot", "base_url": url, "timeout_seconds": 5, **settings}
-    context = ProviderContext(base_url="http://tidings.test", sink=no_sink, session=session)
+    context = ProviderContext(base_url="http://tidings.test", session=session)
     return ParrotProvider("parrot", ParrotSettings.model_validate(values), context)
 
 
@@ -338,7 +334,7 @@ async def test_the_example_adapter_of_adding_md_sends_and_reads_refusals(
         {"kind": "pigeon", "api_key": "k-1", "base_url": api.url + "/"}
     )
     provider = pigeon_module.PigeonProvider(
-        "pigeon", settings, ProviderContext(base_url="http://tidings.test", sink=no_sink)
+        "pigeon", settings, ProviderContext(base_url="http://tidings.test")
     )
     assert isinstance(provider, HttpProvider)
     api.route("POST", "/v2/sms", answer(201, {"id": "pg-9"}))

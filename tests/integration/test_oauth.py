@@ -17,7 +17,6 @@ from aiohttp import web
 from tests.scripted_api import ScriptedApi, answer, running, scripted_api
 from tidings.config import ProviderSettings
 from tidings.domain.content import SmsContent
-from tidings.domain.reports import ProviderReport
 from tidings.errors import PermanentProviderError, TemporaryProviderError
 from tidings.providers.base import OutboundMessage, ProviderContext, SendResult
 from tidings.providers.http import Answer, HttpProvider, HttpRequest
@@ -103,10 +102,6 @@ class ExampleProvider(HttpProvider):
         return SendResult(provider_message_ids=(str(answer.data["id"]),), raw=answer.data)
 
 
-async def no_sink(_name: str, _reports: list[ProviderReport]) -> None:
-    return None
-
-
 MESSAGE = OutboundMessage(
     id="m-1",
     to="+14155550123",
@@ -141,7 +136,7 @@ def build(endpoint: TokenEndpoint, clock: Clock, **settings: Any) -> ExampleProv
     provider = ExampleProvider(
         NAME,
         ExampleSettings.model_validate(values),
-        ProviderContext(base_url="http://tidings.test", sink=no_sink),
+        ProviderContext(base_url="http://tidings.test"),
     )
     provider.auth = credentials(provider, clock)
     return provider

@@ -92,7 +92,7 @@ def delivery(status: str, address: str, callback: str | None = None) -> dict[str
 def test_settings_normalise_the_sender_and_default_to_five_a_second() -> None:
     def build(**extra: Any) -> OrangeProvider:
         settings = Settings(providers={NAME: orange("http://orange.test", **extra)}, default_provider=NAME)
-        context = ProviderContext(base_url="http://tidings.test", sink=_no_sink)
+        context = ProviderContext(base_url="http://tidings.test")
         provider = build_providers(settings, context)[NAME]
         assert isinstance(provider, OrangeProvider)
         return provider
@@ -110,16 +110,12 @@ def test_settings_normalise_the_sender_and_default_to_five_a_second() -> None:
         build(client_secret=None)
 
 
-async def _no_sink(_name: str, _reports: list[Any]) -> None:
-    return None
-
-
 def test_unprotected_webhooks_stop_start_up_unless_the_operator_says_so() -> None:
     # Orange does not sign its notifications: a warning in a log nobody reads is not enough.
     settings = Settings(
         providers={NAME: orange("http://orange.test", webhook_allow_ips=[])}, default_provider=NAME
     )
-    context = ProviderContext(base_url="http://tidings.test", sink=_no_sink)
+    context = ProviderContext(base_url="http://tidings.test")
     with pytest.raises(ConfigError, match=rf"providers\.{NAME}\b.*webhook_unauthenticated = true") as refused:
         build_providers(settings, context)
     assert "webhook_token" in refused.value.message and "webhook_allow_ips" in refused.value.message
@@ -128,7 +124,7 @@ def test_unprotected_webhooks_stop_start_up_unless_the_operator_says_so() -> Non
 async def test_unprotected_webhooks_the_operator_allowed_are_warned_about_at_start(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    context = ProviderContext(base_url="http://tidings.test", sink=_no_sink)
+    context = ProviderContext(base_url="http://tidings.test")
     for extra, warned in (
         ({"webhook_allow_ips": [], "webhook_unauthenticated": True}, True),
         ({"webhook_allow_ips": [], "webhook_token": "t"}, False),

@@ -468,3 +468,20 @@ async def test_a_receipt_the_in_process_fake_lost_with_a_restart_is_polled(datab
         assert delivered["polls"] >= 1
         # No receipt ever comes for this one: it stays sent, and polling it changes nothing.
         assert (await live.message(ids[2]))["status"] == "sent"
+
+
+async def test_the_in_process_fakes_receipts_are_in_the_webhook_log(database_url: str) -> None:
+    # They take the path a provider's posted webhook takes, log entry included.
+    async with live_service(database_url) as live:
+        sent = await live.send(to=ORDINARY, body="hi")
+        await live.wait_for(sent["id"], "delivered")
+        async with asyncio.timeout(10):
+            while not [e for e in await live.service.store.webhooks.search(provider="fake") if e.processed]:
+                await asyncio.sleep(0.02)
+        [entry] = await live.service.store.webhooks.search(provider="fake")
+        assert (entry.event, entry.verified, entry.state, entry.message_id) == (
+            "status",
+            True,
+            "processed",
+            sent["id"],
+        )

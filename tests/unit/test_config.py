@@ -7,18 +7,12 @@ from pathlib import Path
 import pytest
 
 from tidings.config import load_settings
-from tidings.domain.reports import ProviderReport
 from tidings.errors import ConfigError
 from tidings.providers import build_providers
 from tidings.providers.base import ProviderContext
 from tidings.providers.fake import FakeProvider
 
-
-async def _sink(_provider: str, _reports: list[ProviderReport]) -> None:
-    return None
-
-
-CONTEXT = ProviderContext(base_url="http://localhost:8000", sink=_sink)
+CONTEXT = ProviderContext(base_url="http://localhost:8000")
 
 
 def test_no_configuration_gives_sqlite_and_the_fake_provider() -> None:
@@ -107,13 +101,13 @@ def test_twilio_needs_a_sender(tmp_path: Path) -> None:
     )
     settings = load_settings({"TIDINGS_CONFIG": str(config)})
     with pytest.raises(ConfigError, match=r"providers\.tw.*`from`"):
-        build_providers(settings, ProviderContext(base_url="http://x", sink=_sink))
+        build_providers(settings, ProviderContext(base_url="http://x"))
 
 
 def test_the_example_configuration_in_the_repository_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "tidings.toml"
     settings = load_settings({"TIDINGS_CONFIG": str(example)})
-    providers = build_providers(settings, ProviderContext(base_url=settings.base_url, sink=_sink))
+    providers = build_providers(settings, ProviderContext(base_url=settings.base_url))
     assert {p.kind for p in providers.values()} == {"twilio", "orange", "fake"}
     assert settings.routes["+225"] == ["orange", "twilio"]
 

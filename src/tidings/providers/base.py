@@ -122,8 +122,9 @@ class PollRequest:
     provider_message_id: str
 
 
-ReportSink = Callable[[str, list[ProviderReport]], Awaitable[None]]
-"""Where receipts go: ``sink(provider_name, reports)``. Webhooks and in-process fakes share it."""
+WebhookSink = Callable[["Provider", str, "WebhookRequest"], Awaitable[None]]
+"""``deliver(provider, event, request)``: a webhook made inside tidings (the in-process fake's
+receipts) taken through the webhook pipeline a posted one goes through: logged, checked, applied."""
 
 
 @dataclass
@@ -131,7 +132,7 @@ class ProviderContext:
     """What the service gives every adapter."""
 
     base_url: str
-    sink: ReportSink
+    deliver: WebhookSink | None = None
     session: aiohttp.ClientSession | None = None
 
     def webhook_url(self, kind: str, name: str, event: str) -> str:

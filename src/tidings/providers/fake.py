@@ -6,8 +6,8 @@ each path. It runs in one of two ways:
 
 - in process (no ``url``): the adapter decides the outcome itself and, after
   ``receipt_delay_ms``, builds the same signed receipt the fake server would post and feeds it
-  through :meth:`FakeProvider.parse_webhook` into the service's receipt sink: the very path a
-  real provider's webhook takes. A receipt still waiting when the process stops is lost, as a
+  through the service's webhook pipeline: the very path a real provider's webhook takes, log
+  entry included. A receipt still waiting when the process stops is lost, as a
   real provider's can be; like one, this fake can then be polled (``poll_after_seconds``): the
   outcome it decided is written into the id it gave;
 - over HTTP (``url`` set): the adapter posts to the fake provider server
@@ -165,10 +165,10 @@ class FakeProvider(HttpProvider):
             headers={SIGNATURE_HEADER: sign(self._secret, body), "content-type": "application/json"},
             body=body,
         )
+        if self.context.deliver is None:
+            return
         try:
-            self.verify_webhook("status", request)
-            result = await self.parse_webhook("status", request)
-            await self.context.sink(self.name, result.reports)
+            await self.context.deliver(self, "status", request)
         except Exception:
             log.exception(
                 "fake receipt could not be applied", extra={"action": "receipt", "message_id": reference}

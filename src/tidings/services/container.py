@@ -15,6 +15,7 @@ import logging
 
 from tidings.config import Settings
 from tidings.providers import Provider, ProviderContext, build_providers
+from tidings.providers.base import WebhookRequest
 from tidings.services.accepting import Acceptor
 from tidings.services.callbacks import CallbackService
 from tidings.services.gateway import GatewayService
@@ -43,7 +44,7 @@ class Service:
         )
         self.waker = Waker()
         self.tracker = Tracker(self.store)
-        self.context = ProviderContext(base_url=settings.base_url, sink=self.tracker.sink)
+        self.context = ProviderContext(base_url=settings.base_url, deliver=self._deliver_webhook)
         # Built now so that a wrong provider table stops start-up before anything opens.
         self.providers: dict[str, Provider] = build_providers(settings, self.context)
         self.router = Router(settings, self.providers)
@@ -64,6 +65,9 @@ class Service:
         self._listener: PostgresListener | None = None
         self._started: list[Provider] = []
         self.started = False
+
+    async def _deliver_webhook(self, provider: Provider, event: str, request: WebhookRequest) -> None:
+        await self.webhooks.receive(provider, event, request, peer=None)
 
     async def start(self, *, listen: bool = False) -> None:
         """Migrate (when allowed), start the providers and, for a worker on PostgreSQL, LISTEN."""

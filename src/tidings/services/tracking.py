@@ -89,7 +89,3 @@ class Tracker:
                 )
                 return found
         return None
-
-    async def sink(self, provider: str, reports: list[ProviderReport]) -> None:
-        """The :data:`~tidings.providers.base.ReportSink` given to provider adapters."""
-        await self.apply(provider, reports)
