@@ -97,10 +97,14 @@ async def test_a_receipt_naming_any_of_a_messages_provider_ids_finds_it(store: S
     receipt = Report(
         status=Status.DELIVERED, source="provider:p", occurred_at=utcnow(), provider_status="DELIVRD"
     )
-    result = await Tracker(store).apply("p", [ProviderReport(report=receipt, provider_message_id="part-2")])
+    result = await Tracker(store, {}).apply(
+        "p", [ProviderReport(report=receipt, provider_message_id="part-2")]
+    )
     assert [(o.message_id, o.status_after) for o in result.applied] == [(row["id"], Status.DELIVERED)]
     # Another provider's id of the same value is another message.
-    other = await Tracker(store).apply("q", [ProviderReport(report=receipt, provider_message_id="part-2")])
+    other = await Tracker(store, {}).apply(
+        "q", [ProviderReport(report=receipt, provider_message_id="part-2")]
+    )
     assert other.applied == [] and other.unmatched == 1
 
 

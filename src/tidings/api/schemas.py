@@ -69,6 +69,7 @@ class EventOut(BaseModel):
     provider_status: str | None
     error_code: str | None
     error_message: str | None
+    failure_reason: str | None
     detail: dict[str, Any]
     occurred_at: str
     recorded_at: str
@@ -88,6 +89,7 @@ class MessageOut(BaseModel):
     provider_status: str | None
     error_code: str | None
     error_message: str | None
+    failure_reason: str | None
     attempts: int
     max_attempts: int
     next_attempt_at: str | None

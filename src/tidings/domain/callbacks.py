@@ -18,6 +18,7 @@ def status_payload(event: Mapping[str, Any], to: str) -> dict[str, Any]:
         "provider_status": event.get("provider_status"),
         "error_code": event.get("error_code"),
         "error_message": event.get("error_message"),
+        "failure_reason": event.get("failure_reason"),
         "to": to,
         "occurred_at": to_api(event["occurred_at"]),
     }

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tidings.domain.failures import FailureReason
 from tidings.domain.status import Status
 
 
@@ -31,6 +32,8 @@ class Report:
     error_code: str | None = None
     error_message: str | None = None
     detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    failure_reason: FailureReason | None = None
+    """``error_code`` in words every provider shares, for a report of failure."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ provider adds and the hooks it fills in.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import aiohttp
 
 from tidings.config import ProviderSettings
 from tidings.domain.content import Channel, Content, EmailContent, SmsContent
+from tidings.domain.failures import FailureReason, reason_for
 from tidings.domain.reports import InboundMessage, ProviderReport, Report
 from tidings.domain.status import Status
 from tidings.errors import WebhookMediaType, WebhookUnknownEvent
@@ -177,6 +179,20 @@ class Provider(abc.ABC):
 
     can_poll: ClassVar[bool] = False
     """Whether :meth:`poll` can ask the provider about a message."""
+
+    failure_reasons: ClassVar[Mapping[str, FailureReason]] = {}
+    """This provider's error codes in shared words (``domain/failures.py``); codes not listed are
+    ``unknown``."""
+
+    def explain(self, report: Report) -> Report:
+        """``report`` with its failure reason filled in, when it reports a failure and has none."""
+        if report.status is not Status.FAILED or report.failure_reason is not None:
+            return report
+        return dataclasses.replace(report, failure_reason=self.failure_reason(report))
+
+    def failure_reason(self, report: Report) -> FailureReason:
+        """Why a report of failure says the message failed, from its error code."""
+        return reason_for(report.error_code, self.failure_reasons)
 
     def check_webhook(self, event: str, request: WebhookRequest) -> None:
         """Refuse an event this provider does not have, or a body in the wrong content type."""

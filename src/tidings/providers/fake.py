@@ -35,6 +35,7 @@ from pydantic import Field, SecretStr
 
 from tidings.clock import to_db, utcnow
 from tidings.config import ProviderSettings
+from tidings.domain.failures import FailureReason
 from tidings.domain.reports import ProviderReport, Report
 from tidings.domain.status import Status
 from tidings.errors import (
@@ -88,6 +89,14 @@ def sign(secret: str, body: bytes) -> str:
 _RECEIPT_STATUS = {"delivered": Status.DELIVERED, "failed": Status.FAILED, "sent": Status.SENT}
 
 
+FAILURE_REASONS: Mapping[str, FailureReason] = {
+    "invalid_number": FailureReason.INVALID_NUMBER,
+    "throttled": FailureReason.RATE_LIMITED,
+    "undeliverable": FailureReason.UNREACHABLE,
+}
+"""The fake's codes in shared words."""
+
+
 class FakeProvider(HttpProvider):
     kind = "fake"
     settings_model = FakeSettings
@@ -95,6 +104,7 @@ class FakeProvider(HttpProvider):
     service = "the fake provider"
     sent_statuses = frozenset({200, 201, 202})
     can_poll = True
+    failure_reasons = FAILURE_REASONS
 
     settings: FakeSettings
 

@@ -21,6 +21,7 @@ Any other word, or none, is recorded as unrecognised and changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -30,6 +31,7 @@ from pydantic import Field, SecretStr
 
 from tidings.clock import to_db, utcnow
 from tidings.config import ProviderSettings
+from tidings.domain.failures import FailureReason, reason_for
 from tidings.domain.reports import InboundMessage, ProviderReport, Report
 from tidings.domain.status import Status
 from tidings.errors import GatewayProtocolError, TemporaryProviderError
@@ -48,6 +50,16 @@ STATUSES: dict[str, tuple[Status, str]] = {
 
 UPDATE_EVENT = "gateway_update"
 """How a phone's status update is named in a message's history."""
+
+
+FAILURE_REASONS: Mapping[str, FailureReason] = {
+    # The reasons the app gives with FAILED: Android's SmsManager results.
+    "radio-off": FailureReason.UNREACHABLE,
+    "no-service": FailureReason.UNREACHABLE,
+    "null-pdu": FailureReason.REJECTED_CONTENT,
+    "generic-failure": FailureReason.UNKNOWN,
+}
+"""The Android app's failure reasons in shared words."""
 
 
 class GatewaySettings(ProviderSettings):
@@ -178,8 +190,13 @@ class GatewayProvider(Provider):
     kind = "gateway"
     settings_model = GatewaySettings
     pulls: ClassVar[bool] = True
+    failure_reasons = FAILURE_REASONS
 
     settings: GatewaySettings
+
+    def failure_reason(self, report: Report) -> FailureReason:
+        # The app's code is always FAILED; its reason says why.
+        return reason_for(report.error_message, self.failure_reasons)
 
     def inbound(self, poll: GatewayPoll) -> list[InboundMessage]:
         """The SMS the phone received."""

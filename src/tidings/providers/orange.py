@@ -49,6 +49,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from tidings import ids
 from tidings.clock import to_db, utcnow
 from tidings.config import ProviderSettings
+from tidings.domain.failures import FailureReason
 from tidings.domain.reports import InboundMessage, ProviderReport, Report
 from tidings.domain.status import Status
 from tidings.errors import (
@@ -91,6 +92,18 @@ MAX_ID = 128
 """The longest provider id the store keeps; a longer inbound messageId is kept as its hash."""
 
 _TEL = re.compile(r"^(?:tel:)?\+([0-9]{1,15})$")
+
+
+FAILURE_REASONS: Mapping[str, FailureReason] = {
+    "SVC0004": FailureReason.INVALID_NUMBER,  # no valid address
+    "SVC0002": FailureReason.REJECTED_CONTENT,  # an invalid value in the request
+    "POL0001": FailureReason.BLOCKED,  # a policy refused it (sender not allowed, country, …)
+    "DeliveryImpossible": FailureReason.UNREACHABLE,  # the network could not deliver it
+    "rate_limited": FailureReason.RATE_LIMITED,
+    "invalid_client": FailureReason.PROVIDER_UNAVAILABLE,  # credentials refused
+    "token_unavailable": FailureReason.PROVIDER_UNAVAILABLE,
+}
+"""Orange's codes (and the words of its receipts) in shared words."""
 
 
 class OrangeSettings(ProviderSettings):
@@ -195,6 +208,7 @@ class OrangeProvider(HttpProvider):
     }
     can_poll = True
     service = "the Orange SMS API"
+    failure_reasons = FAILURE_REASONS
 
     settings: OrangeSettings
 

@@ -33,6 +33,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from tidings.clock import utcnow
 from tidings.config import ProviderSettings
+from tidings.domain.failures import FailureReason
 from tidings.domain.reports import InboundMessage, ProviderReport, Report
 from tidings.domain.status import Status
 from tidings.errors import (
@@ -84,6 +85,32 @@ ERROR_DESCRIPTIONS = {
     "30008": "Unknown error",
     "30034": "Message from an unregistered number",
 }
+
+
+FAILURE_REASONS: Mapping[str, FailureReason] = {
+    "21211": FailureReason.INVALID_NUMBER,  # not a valid number
+    "21614": FailureReason.INVALID_NUMBER,  # not a mobile number
+    "30005": FailureReason.INVALID_NUMBER,  # unknown destination handset
+    "30006": FailureReason.INVALID_NUMBER,  # landline or unreachable carrier
+    "21612": FailureReason.UNREACHABLE,  # not reachable by SMS
+    "30003": FailureReason.UNREACHABLE,  # unreachable destination handset
+    "21610": FailureReason.OPTED_OUT,  # the recipient replied STOP to this sender
+    "21408": FailureReason.BLOCKED,  # no permission to send to this region
+    "21606": FailureReason.BLOCKED,  # the From number is not a valid sender
+    "30002": FailureReason.BLOCKED,  # account suspended
+    "30004": FailureReason.BLOCKED,  # message blocked
+    "30032": FailureReason.BLOCKED,  # toll-free number not verified
+    "30034": FailureReason.BLOCKED,  # unregistered 10DLC sender
+    "30007": FailureReason.REJECTED_CONTENT,  # filtered by the carrier
+    "21602": FailureReason.REJECTED_CONTENT,  # no body
+    "21617": FailureReason.REJECTED_CONTENT,  # body too long
+    "30001": FailureReason.RATE_LIMITED,  # queue overflow
+    "20429": FailureReason.RATE_LIMITED,  # too many requests
+    "30036": FailureReason.EXPIRED,  # validity period expired
+    "20003": FailureReason.PROVIDER_UNAVAILABLE,  # credentials refused
+    "30008": FailureReason.UNKNOWN,
+}
+"""Twilio's error codes in shared words."""
 
 
 class TwilioSettings(ProviderSettings):
@@ -148,6 +175,7 @@ class TwilioProvider(HttpProvider):
     }
     can_poll = True
     service = "Twilio"
+    failure_reasons = FAILURE_REASONS
 
     settings: TwilioSettings
 

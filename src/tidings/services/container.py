@@ -43,10 +43,10 @@ class Service:
             pool_size=settings.pool_size,
         )
         self.waker = Waker()
-        self.tracker = Tracker(self.store)
         self.context = ProviderContext(base_url=settings.base_url, deliver=self._deliver_webhook)
         # Built now so that a wrong provider table stops start-up before anything opens.
         self.providers: dict[str, Provider] = build_providers(settings, self.context)
+        self.tracker = Tracker(self.store, self.providers)
         self.router = Router(settings, self.providers)
         self.messages = MessageService(self.store)
         self.inbound = InboundService(self.store, InboundPolicy.from_settings(settings))

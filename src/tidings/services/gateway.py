@@ -149,7 +149,8 @@ class GatewayService:
                 skip[message_id] -= 1
                 result.updates_repeated += 1
                 continue
-            items.append(ReportItem(message_id, report.report, type=UPDATE_EVENT, provider=phone.name))
+            explained = phone.explain(report.report)
+            items.append(ReportItem(message_id, explained, type=UPDATE_EVENT, provider=phone.name))
         outcomes = await apply_reports(conn, items)
         result.updates_applied = sum(1 for o in outcomes if o is not None and o.refused is None)
 

@@ -9,12 +9,15 @@ writer (``store/reports.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
 from tidings.clock import utcnow
 from tidings.domain.reports import ProviderReport
+from tidings.providers.base import Provider
 from tidings.store import Store
 from tidings.store.reports import ReportItem, ReportOutcome
 
@@ -31,14 +34,18 @@ class TrackResult:
 
 
 class Tracker:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, providers: Mapping[str, Provider]) -> None:
         self.store = store
+        self.providers = providers
 
     async def apply(self, provider: str, reports: list[ProviderReport]) -> TrackResult:
         """Apply ``reports`` from ``provider`` in order; reports for unknown messages are logged."""
         applied: list[ReportOutcome] = []
         unmatched = 0
+        adapter = self.providers.get(provider)
         for item in reports:
+            if adapter is not None:
+                item = dataclasses.replace(item, report=adapter.explain(item.report))
             outcome = None
             if item.message_id is not None:
                 outcome = await self._apply(provider, item.message_id, item)

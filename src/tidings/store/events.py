@@ -31,6 +31,7 @@ def event_row(
     provider_status: str | None = None,
     error_code: str | None = None,
     error_message: str | None = None,
+    failure_reason: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The row of one event: ``status`` is the status it reports, ``changed`` whether it moved
@@ -44,6 +45,7 @@ def event_row(
         "provider_status": provider_status,
         "error_code": error_code,
         "error_message": error_message,
+        "failure_reason": failure_reason,
         "detail": detail or {},
         "occurred_at": at,
         "recorded_at": recorded_at or at,

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tidings import ids
 from tidings.clock import utcnow
 from tidings.domain.content import SmsContent
+from tidings.domain.failures import reason_for
 from tidings.domain.messages import NewMessage
 from tidings.domain.status import CANCELLABLE, Status
 from tidings.errors import IdempotencyConflict, RecipientOptedOut
@@ -192,6 +193,7 @@ async def cancel(
             condition.append(messages.c.sender == recipient.scope)
     if ids is None and recipient is None:
         raise ValueError("cancel needs ids or a recipient")
+    failure_reason = reason_for(error_code, {}).value if error_code else None
     cancelled = list(
         (
             await conn.execute(
@@ -203,6 +205,7 @@ async def cancel(
                     updated_at=now,
                     error_code=error_code,
                     error_message=reason,
+                    failure_reason=failure_reason,
                 )
                 .returning(messages.c.id)
             )
@@ -220,6 +223,7 @@ async def cancel(
                 at=now,
                 error_code=error_code,
                 error_message=reason,
+                failure_reason=failure_reason,
             )
             for m in cancelled
         ],

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.clock import utcnow
 from tidings.domain.content import Content, SmsContent
+from tidings.domain.failures import FailureReason
 from tidings.domain.routes import next_provider
 from tidings.domain.status import Status
 from tidings.store import events
@@ -345,6 +346,9 @@ class QueueStore:
                         next_attempt_at=now,
                         failed_at=case((exhausted, now), else_=messages.c.failed_at),
                         error_code=case((exhausted, "lease_expired"), else_=messages.c.error_code),
+                        failure_reason=case(
+                            (exhausted, FailureReason.UNKNOWN.value), else_=messages.c.failure_reason
+                        ),
                         error_message=case(
                             (exhausted, "attempts used up; the last one was interrupted"),
                             else_=messages.c.error_message,

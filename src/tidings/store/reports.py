@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.clock import utcnow
+from tidings.domain.failures import FailureReason
 from tidings.domain.reports import Report
 from tidings.domain.routes import tried
 from tidings.domain.status import Status, apply_report
@@ -52,6 +53,7 @@ _READ = (
     "provider_message_id",
     "error_code",
     "error_message",
+    "failure_reason",
     "sent_at",
     "delivered_at",
     "failed_at",
@@ -122,9 +124,11 @@ def _status_columns(status: Status, report: Report, sent_at: datetime | None) ->
     if status is Status.FAILED:
         values["error_code"] = report.error_code
         values["error_message"] = report.error_message
+        values["failure_reason"] = (report.failure_reason or FailureReason.UNKNOWN).value
     elif status is Status.DELIVERED:
         values["error_code"] = None
         values["error_message"] = None
+        values["failure_reason"] = None
     if status in (Status.SENT, Status.FAILED, Status.DELIVERED):
         values["lease_owner"] = None
         values["lease_expires_at"] = None
@@ -198,6 +202,7 @@ async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> l
                 provider_status=report.provider_status,
                 error_code=report.error_code,
                 error_message=report.error_message,
+                failure_reason=report.failure_reason.value if report.failure_reason else None,
                 detail=report.detail,
             )
         )

@@ -53,6 +53,12 @@ api_keys = Table(
     # After a rotation the old secret still signs, beside the new one, until this time.
     Column("previous_callback_secret", String(64)),
     Column("previous_secret_until", DateTime()),
+    # What the key may do (send, read, admin), how many requests a second it may make (NULL: the
+    # setting's default), and whether it is a test key (its messages only reach the fake provider).
+    # Space-separated, as OAuth writes scopes.
+    Column("scopes", String(64), nullable=False, server_default="send read admin"),
+    Column("rate_limit", Float()),
+    Column("test", Boolean(), nullable=False, server_default=false()),
 )
 
 messages = Table(
@@ -73,6 +79,8 @@ messages = Table(
     Column("provider_status", String(64)),
     Column("error_code", String(64)),
     Column("error_message", Text()),
+    # The provider's error_code in words every provider shares (domain/failures.py).
+    Column("failure_reason", String(32)),
     Column("attempts", Integer(), nullable=False, server_default="0"),
     Column("max_attempts", Integer(), nullable=False),
     Column("next_attempt_at", DateTime(), nullable=False),
@@ -168,6 +176,7 @@ message_events = Table(
     Column("provider_status", String(64)),
     Column("error_code", String(64)),
     Column("error_message", Text()),
+    Column("failure_reason", String(32)),
     Column("detail", JSON(), nullable=False),
     Column("occurred_at", DateTime(), nullable=False),
     Column("recorded_at", DateTime(), nullable=False),

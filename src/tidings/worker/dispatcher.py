@@ -358,20 +358,18 @@ class Dispatcher:
             reason = f"attempts used up ({message.attempts}); last error: {exc.message}"
         else:
             reason = exc.message
-        await self.store.reports.apply(
-            ReportItem(
-                message.id,
-                Report(
-                    status=Status.FAILED,
-                    source="worker",
-                    occurred_at=now,
-                    error_code=exc.code,
-                    error_message=reason,
-                    detail=detail,
-                ),
-                type="send_failed",
-            )
+        failure = Report(
+            status=Status.FAILED,
+            source="worker",
+            occurred_at=now,
+            error_code=exc.code,
+            error_message=reason,
+            detail=detail,
         )
+        lane = self.lanes.get(message.provider)
+        if lane is not None:
+            failure = lane.provider.explain(failure)
+        await self.store.reports.apply(ReportItem(message.id, failure, type="send_failed"))
         log.error(
             "message failed: %s",
             reason,
