@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import signal
 import socket
 import sys
@@ -13,15 +14,19 @@ from typing import Annotated, Any, TypeVar
 import asyncpg
 import orjson
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from tidings import logs
 from tidings.api.schemas import message_json
+from tidings.clock import to_api
 from tidings.config import Settings, load_settings
 from tidings.errors import ConfigError, TidingsError
 from tidings.services import Service
 from tidings.services.accepting import SendRequest
 from tidings.store import Store
 from tidings.store.db import shown_url, sqlite_file, unreachable
+from tidings.store.keys import ALL_SCOPES
 from tidings.store.migrate import upgrade
 
 app = typer.Typer(help="tidings: self-hosted SMS delivery with truthful statuses.", no_args_is_help=True)
@@ -33,6 +38,26 @@ config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 T = TypeVar("T")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")]
+
+
+def _print_rows(rows: list[dict[str, Any]], columns: list[str], *, as_json: bool) -> None:
+    """``rows`` as a table for a person (``rich``), or as JSON lines for a program."""
+    if as_json:
+        for row in rows:
+            typer.echo(orjson.dumps(row).decode())
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column.upper().replace("_", " "), no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+    # Wide, so that a table read by another program is never wrapped; no trailing blanks.
+    console = Console(file=io.StringIO(), width=10_000, soft_wrap=True, color_system=None)
+    console.print(table)
+    for line in console.file.getvalue().splitlines():  # type: ignore[attr-defined]
+        typer.echo(line.rstrip())
 
 
 def _settings() -> Settings:
@@ -320,10 +345,7 @@ def send(
         if key is not None and sender_key is None:
             raise TidingsError(f"no single active API key with id or name {key!r}")
         row, _created = await service.accepting.accept(
-            request,
-            api_key_id=sender_key.id if sender_key else None,
-            default_callback_url=sender_key.callback_url if sender_key else None,
-            idempotency_key=idempotency_key,
+            request, key=sender_key, idempotency_key=idempotency_key
         )
         return row
 
@@ -409,34 +431,63 @@ def prune() -> None:
 
 
 @keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Argument(help="A name to recognise the key by.")]) -> None:
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name to recognise the key by.")],
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="What it may do: send, read, admin (repeat it; default: all three)."),
+    ] = None,
+    test: Annotated[
+        bool, typer.Option("--test", help="A test key: its messages only reach the fake provider.")
+    ] = False,
+    rate_limit: Annotated[
+        float | None, typer.Option(min=0.001, help="Requests a second it may make (default: the setting).")
+    ] = None,
+) -> None:
     """Create an API key; its secret is printed once, as the last line."""
     settings = _settings()
+    scopes = frozenset(scope) if scope else ALL_SCOPES
 
     async def action(store: Store) -> tuple[str, str]:
-        key, secret = await store.keys.create(name)
+        key, secret = await store.keys.create(name, scopes=scopes, rate_limit=rate_limit, test=test)
         return key.id, secret
 
-    key_id, secret = _run(_with_store(settings, action))
-    typer.echo(f"created API key {name!r} (id {key_id}); the secret below is shown only once")
+    try:
+        key_id, secret = _run(_with_store(settings, action))
+    except TidingsError as exc:
+        typer.echo(f"tidings: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    kind = "test key" if test else "API key"
+    typer.echo(f"created {kind} {name!r} (id {key_id}); the secret below is shown only once")
     typer.echo(secret)
 
 
 @keys_app.command("list")
-def keys_list() -> None:
+def keys_list(json_output: JsonOption = False) -> None:
     """List API keys (never their secrets)."""
     settings = _settings()
 
     async def action(store: Store) -> list[Any]:
         return await store.keys.all()
 
-    rows = _run(_with_store(settings, action))
-    typer.echo(f"{'ID':26}  {'NAME':20}  {'PREFIX':10}  {'CREATED':19}  STATE")
-    for key in rows:
-        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
-        typer.echo(
-            f"{key.id:26}  {key.name[:20]:20}  {key.prefix:10}  {key.created_at:%Y-%m-%d %H:%M:%S}  {state}"
-        )
+    keys = _run(_with_store(settings, action))
+    _print_rows(
+        [
+            {
+                "id": key.id,
+                "name": key.name,
+                "prefix": key.prefix,
+                "created_at": to_api(key.created_at),
+                "scopes": " ".join(sorted(key.scopes)),
+                "test": key.test,
+                "rate_limit": key.rate_limit,
+                "state": f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active",
+            }
+            for key in keys
+        ],
+        ["id", "name", "prefix", "created_at", "scopes", "test", "rate_limit", "state"],
+        as_json=json_output,
+    )
 
 
 @keys_app.command("revoke")
@@ -463,6 +514,7 @@ def webhooks_list(
     failed: Annotated[bool, typer.Option("--failed", help="Only requests that were not processed.")] = False,
     provider: Annotated[str | None, typer.Option(help="Only this provider's requests.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    json_output: JsonOption = False,
 ) -> None:
     """List logged webhook requests, newest first."""
     settings = _settings()
@@ -471,13 +523,21 @@ def webhooks_list(
         return await store.webhooks.search(provider=provider, failed=failed, limit=limit)
 
     entries = _run(_with_store(settings, action))
-    typer.echo(f"{'ID':>8}  {'PROVIDER':12}  {'EVENT':10}  {'HTTP':4}  {'STATE':9}  ERROR")
-    for entry in entries:
-        state = entry.state
-        typer.echo(
-            f"{entry.id:>8}  {entry.provider[:12]:12}  {entry.event[:10]:10}  "
-            f"{entry.response_status or '':>4}  {state:9}  {entry.error or ''}"
-        )
+    _print_rows(
+        [
+            {
+                "id": entry.id,
+                "provider": entry.provider,
+                "event": entry.event,
+                "http": entry.response_status,
+                "state": entry.state,
+                "error": entry.error,
+            }
+            for entry in entries
+        ],
+        ["id", "provider", "event", "http", "state", "error"],
+        as_json=json_output,
+    )
 
 
 @webhooks_app.command("replay")

@@ -83,6 +83,9 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     max_body_chars: int = Field(default=1600, ge=1)
     api_key_cache_seconds: float = Field(default=5.0, ge=0)
+    api_key_rate_limit: float | None = Field(default=None, gt=0)
+    """Requests a second each API key may make, per API process (unset: no limit); a key's own
+    limit (``tidings keys create --rate-limit``) comes first."""
     auto_migrate: bool = True
     pool_size: int = Field(default=10, ge=1, le=1000)
     """Database connections per process (plus as many again in bursts)."""

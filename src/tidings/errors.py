@@ -13,6 +13,8 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     │   └── CallbackUrlNotAllowed
     ├── BadRequest                   400: the request cannot be read (bad JSON, bad cursor)
     ├── Unauthorized                 401: missing, unknown or revoked API key
+    ├── Forbidden                    403: the API key may not do this (its scopes)
+    ├── RateLimited                  429: the API key sent more requests a second than it may
     ├── NotFound                     404
     ├── Conflict                     409
     │   ├── IdempotencyConflict
@@ -41,6 +43,8 @@ class TidingsError(Exception):
 
     code: str = "internal_error"
     http_status: int = 500
+    retry_after: float | None = None
+    """Seconds a client should wait before trying again (sent as ``Retry-After``), when it says."""
 
     def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
         self.message = message or (self.__doc__ or self.code).strip().splitlines()[0]
@@ -113,6 +117,24 @@ class Unauthorized(TidingsError):
     http_status = 401
 
 
+class Forbidden(TidingsError):
+    """This API key may not do that."""
+
+    code = "insufficient_scope"
+    http_status = 403
+
+
+class RateLimited(TidingsError):
+    """Too many requests from this API key: slow down."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str | None = None, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotFound(TidingsError):
     """No such resource."""
 
@@ -152,7 +174,6 @@ class DatabaseUnavailable(TidingsError):
     code = "database_unavailable"
     http_status = 503
     retry_after = 1
-    """Seconds a client should wait before trying again (the ``Retry-After`` header)."""
 
 
 class WebhookRejected(TidingsError):

@@ -161,10 +161,7 @@ def failure_response(exc: Exception) -> Response:
     """The answer to an exception no route handled."""
     if unreachable(exc):
         log.warning("database unreachable: %s", exc, extra={"action": "api"})
-        error = exc if isinstance(exc, DatabaseUnavailable) else DatabaseUnavailable()
-        response = error_response(error)
-        response.headers["Retry-After"] = str(DatabaseUnavailable.retry_after)
-        return response
+        return error_response(exc if isinstance(exc, DatabaseUnavailable) else DatabaseUnavailable())
     log.error("unexpected error answering a request", exc_info=exc, extra={"action": "api"})
     return error_response(TidingsError("internal error; the request may be retried"))
 
@@ -195,7 +192,11 @@ def create_app(service: Service) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    app.state.keys = KeyChecker(service.store.keys, service.settings.api_key_cache_seconds)
+    app.state.keys = KeyChecker(
+        service.store.keys,
+        service.settings.api_key_cache_seconds,
+        default_rate=service.settings.api_key_rate_limit,
+    )
 
     @app.exception_handler(TidingsError)
     async def _tidings_error(_request: Request, exc: TidingsError) -> Response:

@@ -1,14 +1,16 @@
-"""Bearer-key authentication, with a short cache so a request costs no key lookup."""
+"""Bearer-key authentication, with a short cache so a request costs no key lookup; each key's
+scopes (what it may do) and its requests a second."""
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from tidings.errors import Unauthorized
+from tidings.errors import Forbidden, RateLimited, Unauthorized
 from tidings.store.keys import ApiKey, KeyStore, hash_secret
 
 MAX_CACHED_KEYS = 10_000
@@ -17,15 +19,40 @@ MAX_CACHED_KEYS = 10_000
 
 class KeyChecker:
     """Verifies ``Authorization: Bearer <key>``. A revoked key stops working within ``ttl`` seconds.
+    A key that makes more than its rate of requests in a second gets :class:`RateLimited`.
 
     ``clock`` gives the time in seconds, monotonic (tests pass one they can move).
     """
 
-    def __init__(self, keys: KeyStore, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        keys: KeyStore,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        default_rate: float | None = None,
+    ) -> None:
         self.keys = keys
         self.ttl = ttl
         self.clock = clock
+        self.default_rate = default_rate
         self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._recent: dict[str, collections.deque[float]] = {}
+
+    def _count(self, key: ApiKey) -> None:
+        """Count one request of ``key`` against its rate (per process: a sliding second)."""
+        rate = key.rate_limit if key.rate_limit is not None else self.default_rate
+        if rate is None:
+            return
+        now = self.clock()
+        recent = self._recent.setdefault(key.id, collections.deque())
+        while recent and now - recent[0] >= 1.0:
+            recent.popleft()
+        if len(recent) >= max(1, int(rate)):
+            raise RateLimited(
+                f"this API key may make {rate:g} requests a second", retry_after=recent[0] + 1.0 - now
+            )
+        recent.append(now)
 
     async def check(self, authorization: str | None) -> ApiKey:
         if not authorization:
@@ -38,6 +65,7 @@ class KeyChecker:
         now = self.clock()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
+            self._count(cached[1])
             return cached[1]
         key = await self.keys.verify(secret)
         if key is None:
@@ -47,6 +75,7 @@ class KeyChecker:
             if len(self._cache) >= MAX_CACHED_KEYS:
                 self._cache.clear()
             self._cache[digest] = (now + self.ttl, key)
+        self._count(key)
         return key
 
 
@@ -58,3 +87,21 @@ async def authenticate(request: Request, authorization: Annotated[str | None, He
 
 
 Authenticated = Annotated[ApiKey, Depends(authenticate)]
+"""Any valid key."""
+
+
+def _scope(name: str) -> Callable[[ApiKey], ApiKey]:
+    def check(key: Authenticated) -> ApiKey:
+        if name not in key.scopes:
+            raise Forbidden(f"this API key may not {name} (its scopes: {', '.join(sorted(key.scopes))})")
+        return key
+
+    return check
+
+
+Sender = Annotated[ApiKey, Depends(_scope("send"))]
+"""A key that may send messages."""
+Reader = Annotated[ApiKey, Depends(_scope("read"))]
+"""A key that may read messages, the log, inbound messages and callbacks."""
+Admin = Annotated[ApiKey, Depends(_scope("admin"))]
+"""A key that may manage opt-outs, callback settings and retries."""

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import Field
 
-from tidings.api.auth import Authenticated
+from tidings.api.auth import Admin, Reader
 from tidings.api.common import URL_PATTERN, ServiceDep, id_cursor, json_response, times
 from tidings.api.schemas import RequestModel
 from tidings.errors import printable
@@ -26,7 +26,7 @@ class CallbackSettingsIn(RequestModel):
 
 @router.get("/v1/callbacks")
 async def list_callbacks(
-    _key: Authenticated,
+    _key: Reader,
     service: ServiceDep,
     status: Annotated[str | None, Query(pattern="^(pending|delivering|delivered|failed)$")] = None,
     message_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -42,29 +42,27 @@ async def list_callbacks(
 
 @router.post("/v1/callbacks/{callback_id}/retry")
 async def retry_callback(
-    callback_id: Annotated[str, Path(max_length=64)], _key: Authenticated, service: ServiceDep
+    callback_id: Annotated[str, Path(max_length=64)], _key: Admin, service: ServiceDep
 ) -> Response:
     """Queue a failed callback again, with a fresh set of attempts."""
     return json_response(times(await service.callbacks.retry(callback_id), *_TIMES))
 
 
 @router.get("/v1/callback-settings")
-async def get_callback_settings(key: Authenticated, service: ServiceDep) -> Response:
+async def get_callback_settings(key: Reader, service: ServiceDep) -> Response:
     """This API key's default callback URL and the secret its callbacks are signed with."""
     return json_response(await service.callbacks.settings(key.id))
 
 
 @router.post("/v1/callback-settings/rotate-secret")
-async def rotate_callback_secret(key: Authenticated, service: ServiceDep) -> Response:
+async def rotate_callback_secret(key: Admin, service: ServiceDep) -> Response:
     """A new signing secret for this key's callbacks; the old one keeps signing beside it until
     ``previous_secret_until`` (``callback_secret_grace_seconds``), so receivers can switch."""
     return json_response(await service.callbacks.rotate_secret(key.id))
 
 
 @router.put("/v1/callback-settings")
-async def set_callback_settings(
-    payload: CallbackSettingsIn, key: Authenticated, service: ServiceDep
-) -> Response:
+async def set_callback_settings(payload: CallbackSettingsIn, key: Admin, service: ServiceDep) -> Response:
     """Set (or with ``null`` clear) this key's default callback URL; a signing secret is made the
     first time and kept."""
     return json_response(await service.callbacks.set_url(key.id, payload.url))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -29,7 +30,10 @@ def json_response(content: Any, status_code: int = 200) -> Response:
 
 
 def error_response(exc: TidingsError) -> Response:
-    return json_response(exc.to_dict(), exc.http_status)
+    response = json_response(exc.to_dict(), exc.http_status)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
 
 
 def get_service(request: Request) -> Service:

@@ -16,7 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from tidings.api.auth import Authenticated
+from tidings.api.auth import Reader
 from tidings.api.common import ServiceDep, json_response
 from tidings.errors import GatewayProtocolError, PayloadTooLarge
 from tidings.providers.gateway import parse_poll
@@ -125,6 +125,6 @@ async def poll(request: Request, service: ServiceDep) -> Response:
 
 
 @router.get("/v1/gateways")
-async def list_gateways(_key: Authenticated, service: ServiceDep) -> Response:
+async def list_gateways(_key: Reader, service: ServiceDep) -> Response:
     """Each Android gateway: its last poll, counts, and whether it went silent."""
     return json_response({"data": await service.gateway.states()})

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from tidings.api.auth import Authenticated
+from tidings.api.auth import Reader
 from tidings.api.common import ServiceDep, id_cursor, json_response, times
 from tidings.clock import utc_field
 from tidings.errors import printable
@@ -18,7 +18,7 @@ router = APIRouter(tags=["inbound"])
 
 @router.get("/v1/inbound")
 async def list_inbound(
-    _key: Authenticated,
+    _key: Reader,
     service: ServiceDep,
     sender: Annotated[str | None, Query(alias="from", max_length=64)] = None,
     to: Annotated[str | None, Query(max_length=64)] = None,

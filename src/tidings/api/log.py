@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from tidings.api.auth import Authenticated
+from tidings.api.auth import Reader
 from tidings.api.common import ServiceDep, json_response, read_time_cursor, time_cursor, times
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
@@ -20,7 +20,7 @@ router = APIRouter(tags=["log"])
 
 @router.get("/v1/log")
 async def message_log(
-    _key: Authenticated,
+    _key: Reader,
     service: ServiceDep,
     kind: Kind | None = None,
     number: Annotated[str | None, Query(max_length=64)] = None,

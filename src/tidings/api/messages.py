@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response
 
-from tidings.api.auth import Authenticated
+from tidings.api.auth import Reader, Sender
 from tidings.api.common import ERRORS, ServiceDep, id_cursor, json_response
 from tidings.api.schemas import MessageIn, MessageOut, MessagePage, message_json
 from tidings.clock import utc_field
@@ -29,22 +29,20 @@ router = APIRouter(tags=["messages"])
 )
 async def send_message(
     payload: MessageIn,
-    key: Authenticated,
+    key: Sender,
     service: ServiceDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Response:
     """Accept a message. It is stored before this answers; with an ``Idempotency-Key`` a retried
     request returns the same message (200), and a different body under the same key is a 409."""
     request = SendRequest(**payload.model_dump())
-    row, created = await service.accepting.accept(
-        request, api_key_id=key.id, default_callback_url=key.callback_url, idempotency_key=idempotency_key
-    )
+    row, created = await service.accepting.accept(request, key=key, idempotency_key=idempotency_key)
     return json_response(message_json(row), 202 if created else 200)
 
 
 @router.get("/v1/messages/{message_id}", response_model=MessageOut, responses=ERRORS)
 async def get_message(
-    message_id: Annotated[str, Path(max_length=64)], _key: Authenticated, service: ServiceDep
+    message_id: Annotated[str, Path(max_length=64)], _key: Reader, service: ServiceDep
 ) -> Response:
     """A message with its status, provider status, error, attempts, timestamps and history."""
     row, history = await service.messages.get(message_id)
@@ -53,7 +51,7 @@ async def get_message(
 
 @router.get("/v1/messages", response_model=MessagePage, responses=ERRORS)
 async def list_messages(
-    _key: Authenticated,
+    _key: Reader,
     service: ServiceDep,
     status: Status | None = None,
     to: Annotated[str | None, Query(max_length=64)] = None,
@@ -79,7 +77,7 @@ async def list_messages(
 
 @router.post("/v1/messages/{message_id}/cancel", response_model=MessageOut, responses=ERRORS)
 async def cancel_message(
-    message_id: Annotated[str, Path(max_length=64)], _key: Authenticated, service: ServiceDep
+    message_id: Annotated[str, Path(max_length=64)], _key: Sender, service: ServiceDep
 ) -> Response:
     """Cancel a message that is still ``scheduled`` or ``pending``; 409 once it is sending or beyond."""
     return json_response(message_json(await service.messages.cancel(message_id)))

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 from pydantic import Field
 
-from tidings.api.auth import Authenticated
+from tidings.api.auth import Admin, Reader
 from tidings.api.common import ServiceDep, id_cursor, json_response, times
 from tidings.api.schemas import RequestModel
 from tidings.domain.content import Channel
@@ -36,7 +36,7 @@ def _entry(row: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/v1/opt-outs")
 async def list_opt_outs(
-    _key: Authenticated,
+    _key: Reader,
     service: ServiceDep,
     number: Annotated[str | None, Query(max_length=64)] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
@@ -57,7 +57,7 @@ async def list_opt_outs(
 
 
 @router.post("/v1/opt-outs")
-async def add_opt_out(payload: OptOutIn, _key: Authenticated, service: ServiceDep) -> Response:
+async def add_opt_out(payload: OptOutIn, _key: Admin, service: ServiceDep) -> Response:
     """Opt a number out (e.g. a patient who asked on paper): its waiting messages are cancelled
     and new ones refused. 201 when added, 200 when it was already there."""
     number = normalize_e164(payload.number, service.settings.default_region)
@@ -72,7 +72,7 @@ async def add_opt_out(payload: OptOutIn, _key: Authenticated, service: ServiceDe
 @router.delete("/v1/opt-outs/{number}", status_code=204)
 async def remove_opt_out(
     number: Annotated[str, Path(max_length=64)],
-    _key: Authenticated,
+    _key: Admin,
     service: ServiceDep,
     sender: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:

@@ -25,7 +25,12 @@ from tidings.providers.base import Provider
 from tidings.services.callbacks import CallbackService
 from tidings.services.routing import Router
 from tidings.store import Store
+from tidings.store.keys import ApiKey
 from tidings.worker.wakeup import Waker
+
+TEST_PROVIDER = "tidings-test"
+"""The fake provider that answers every message of a test key (a name no configured provider may
+take)."""
 
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 128
@@ -71,8 +76,11 @@ class Acceptor:
         self.waker = waker
         self.callbacks = callbacks
 
-    def build(self, request: SendRequest, *, default_callback_url: str | None = None) -> NewMessage:
-        """Validate and normalise one SMS; raises :class:`InvalidInput` naming the field."""
+    def build(
+        self, request: SendRequest, *, default_callback_url: str | None = None, test: bool = False
+    ) -> NewMessage:
+        """Validate and normalise one SMS; raises :class:`InvalidInput` naming the field. A test
+        key's message goes to the test provider whatever it asked for."""
         settings = self.settings
         number = normalize_e164(request.to, settings.default_region)
         body = request.body
@@ -91,7 +99,7 @@ class Acceptor:
                 f"unknown provider {request.provider!r}; configured: {', '.join(sorted(self.providers))}",
                 field="provider",
             )
-        route = self.router.route(number, request.provider)
+        route = [TEST_PROVIDER] if test else self.router.route(number, request.provider)
         chosen = route[0]
         tag_list = list(dict.fromkeys(request.tags))
         if len(tag_list) > MAX_TAGS:
@@ -116,19 +124,19 @@ class Acceptor:
         )
 
     async def accept(
-        self,
-        request: SendRequest,
-        *,
-        api_key_id: str | None = None,
-        default_callback_url: str | None = None,
-        idempotency_key: str | None = None,
+        self, request: SendRequest, *, key: ApiKey | None = None, idempotency_key: str | None = None
     ) -> tuple[dict[str, Any], bool]:
-        """Validate, store and queue one message; returns the stored row and whether it is new
-        (``False``: the earlier message of the same idempotency key)."""
-        new = self.build(request, default_callback_url=default_callback_url)
+        """Validate, store and queue one message sent with ``key`` (its default callback URL, its
+        idempotency keys; a test key's message only reaches the fake provider); returns the stored
+        row and whether it is new (``False``: the earlier message of the same idempotency key)."""
+        new = self.build(
+            request,
+            default_callback_url=key.callback_url if key else None,
+            test=key.test if key else False,
+        )
         row, created = await self.store.messages.insert(
             new,
-            api_key_id=api_key_id,
+            api_key_id=key.id if key else None,
             idempotency_key=idempotency_key,
             request_hash=request.fingerprint() if idempotency_key is not None else None,
         )

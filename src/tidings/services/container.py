@@ -14,9 +14,11 @@ import asyncio
 import logging
 
 from tidings.config import Settings
+from tidings.errors import ConfigError
 from tidings.providers import Provider, ProviderContext, build_providers
 from tidings.providers.base import WebhookRequest
-from tidings.services.accepting import Acceptor
+from tidings.providers.fake import FakeProvider, FakeSettings
+from tidings.services.accepting import TEST_PROVIDER, Acceptor
 from tidings.services.callbacks import CallbackService
 from tidings.services.gateway import GatewayService
 from tidings.services.inbound import InboundPolicy, InboundService
@@ -46,6 +48,10 @@ class Service:
         self.context = ProviderContext(base_url=settings.base_url, deliver=self._deliver_webhook)
         # Built now so that a wrong provider table stops start-up before anything opens.
         self.providers: dict[str, Provider] = build_providers(settings, self.context)
+        if TEST_PROVIDER in self.providers:
+            raise ConfigError(f"setting providers.{TEST_PROVIDER}: the name is tidings' own (for test keys)")
+        # Test keys' messages go to an in-process fake, never to a real provider.
+        self.providers[TEST_PROVIDER] = FakeProvider(TEST_PROVIDER, FakeSettings(kind="fake"), self.context)
         self.tracker = Tracker(self.store, self.providers)
         self.router = Router(settings, self.providers)
         self.messages = MessageService(self.store)

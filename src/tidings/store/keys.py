@@ -13,9 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings import ids
 from tidings.clock import utcnow
+from tidings.errors import InvalidInput
 from tidings.store.tables import api_keys
 
 SECRET_PREFIX = "tdg_"
+TEST_SECRET_PREFIX = "tdg_test_"
+ALL_SCOPES = frozenset({"send", "read", "admin"})
 CALLBACK_SECRET_PREFIX = "whsec_"
 
 
@@ -40,6 +43,13 @@ class ApiKey:
     revoked_at: datetime | None
     callback_url: str | None = None
     """Where this key's application takes callbacks (the default for its messages)."""
+    scopes: frozenset[str] = ALL_SCOPES
+    """What it may do: ``send`` messages, ``read`` them and the logs, ``admin`` (opt-outs,
+    callback settings, retries)."""
+    rate_limit: float | None = None
+    """Requests a second it may make (``None``: the ``api_key_rate_limit`` setting)."""
+    test: bool = False
+    """A test key: its messages are answered by the fake provider, never a real one."""
 
 
 def _key(row: Any) -> ApiKey:
@@ -50,7 +60,10 @@ def _key(row: Any) -> ApiKey:
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
-        callback_url=getattr(row, "callback_url", None),
+        callback_url=row.callback_url,
+        scopes=frozenset(row.scopes.split()),
+        rate_limit=row.rate_limit,
+        test=bool(row.test),
     )
 
 
@@ -58,12 +71,30 @@ class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def create(self, name: str) -> tuple[ApiKey, str]:
+    async def create(
+        self,
+        name: str,
+        *,
+        scopes: frozenset[str] = ALL_SCOPES,
+        rate_limit: float | None = None,
+        test: bool = False,
+    ) -> tuple[ApiKey, str]:
         """A new key and its secret (the only time the secret exists outside the caller)."""
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        unknown = scopes - ALL_SCOPES
+        if unknown or not scopes:
+            raise InvalidInput(f"scopes are some of {', '.join(sorted(ALL_SCOPES))}", field="scopes")
+        secret = (TEST_SECRET_PREFIX if test else SECRET_PREFIX) + secrets.token_urlsafe(32)
         now = utcnow()
         key = ApiKey(
-            id=ids.new_id(), name=name, prefix=secret[:10], created_at=now, last_used_at=None, revoked_at=None
+            id=ids.new_id(),
+            name=name,
+            prefix=secret[:10],
+            created_at=now,
+            last_used_at=None,
+            revoked_at=None,
+            scopes=scopes,
+            rate_limit=rate_limit,
+            test=test,
         )
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -76,6 +107,9 @@ class KeyStore:
                     "created_at": now,
                     # Every callback is signed, so every key has its signing secret from the start.
                     "callback_secret": new_callback_secret(),
+                    "scopes": " ".join(sorted(scopes)),
+                    "rate_limit": rate_limit,
+                    "test": test,
                 },
             )
         return key, secret
