@@ -1,6 +1,6 @@
 """The HTTP API: one module per resource (``messages``, ``webhooks``, ``gateway``, ``inbound``,
 ``opt_outs``, ``log``, ``callbacks``), each a thin layer over the services. OpenAPI at
-``/openapi.json``, docs at ``/docs``.
+``/openapi.json``, docs at ``/docs`` and ``/redoc`` (``docs``, served without internet access).
 
 Every error is JSON ``{"error": {"code", "message", "field"?}}`` with a stable code; a message is
 committed to the database before the API answers 2xx.
@@ -22,6 +22,7 @@ from tidings.api import callbacks, gateway, inbound, messages, opt_outs, webhook
 from tidings.api import log as message_log
 from tidings.api.auth import KeyChecker
 from tidings.api.common import error_response, json_response
+from tidings.api.docs import add_docs
 from tidings.errors import BadRequest, DatabaseUnavailable, PayloadTooLarge, TidingsError
 from tidings.services import Service
 from tidings.store.db import unreachable
@@ -136,6 +137,9 @@ def create_app(service: Service) -> FastAPI:
         version="0.1.0",
         description="Self-hosted SMS delivery that tracks every message to a final, truthful status.",
         lifespan=lifespan,
+        # Served by add_docs from the installed assets instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.keys = KeyChecker(service.store.keys, service.settings.api_key_cache_seconds)
@@ -182,6 +186,7 @@ def create_app(service: Service) -> FastAPI:
     for module in (messages, webhooks, gateway, inbound, opt_outs, message_log, callbacks):
         app.include_router(module.router)
     webhooks.add_legacy_routes(app, service)
+    add_docs(app)
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_request_bytes)
     app.add_middleware(Guard)
     return app
