@@ -7,6 +7,7 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     TidingsError                     500 internal_error
     ├── ConfigError                  a setting is missing or wrong; start-up stops
     ├── InvalidInput                 422: a field of a request is not acceptable
+    │   ├── ValidationFailed         missing, of the wrong type or out of range (the request model)
     │   ├── InvalidPhoneNumber
     │   ├── BodyTooLong
     │   ├── RecipientOptedOut
@@ -66,6 +67,12 @@ class InvalidInput(TidingsError):
 
     code = "invalid_input"
     http_status = 422
+
+
+class ValidationFailed(InvalidInput):
+    """A field of the request is missing, of the wrong type or out of range."""
+
+    code = "validation_error"
 
 
 class InvalidPhoneNumber(InvalidInput):

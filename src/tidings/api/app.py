@@ -23,7 +23,8 @@ from tidings.api import log as message_log
 from tidings.api.auth import KeyChecker
 from tidings.api.common import error_response, json_response
 from tidings.api.docs import add_docs
-from tidings.errors import BadRequest, DatabaseUnavailable, PayloadTooLarge, TidingsError
+from tidings.api.schemas import HealthOut
+from tidings.errors import BadRequest, DatabaseUnavailable, PayloadTooLarge, TidingsError, ValidationFailed
 from tidings.services import Service
 from tidings.store.db import unreachable
 
@@ -159,10 +160,7 @@ def create_app(service: Service) -> FastAPI:
             return error_response(BadRequest("request body must be a JSON object"))
         field = _field(tuple(first.get("loc", ())))
         message = str(first.get("msg", "invalid value"))
-        error = TidingsError(f"{field}: {message}" if field else message, field=field)
-        error.code = "validation_error"
-        error.http_status = 422
-        return error_response(error)
+        return error_response(ValidationFailed(f"{field}: {message}" if field else message, field=field))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
@@ -176,7 +174,13 @@ def create_app(service: Service) -> FastAPI:
     async def _unavailable(_request: Request, exc: DatabaseUnavailable) -> Response:
         return failure_response(exc)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        operation_id="getHealth",
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "The database does not answer."}},
+    )
     async def healthz() -> Response:
         """Whether tidings and its database answer (503 when the database does not)."""
         if not await service.healthy():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import orjson
@@ -11,15 +12,59 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from tidings import ids
-from tidings.api.schemas import ErrorOut
+from tidings.api.schemas import error_schema
 from tidings.clock import to_api, to_db
-from tidings.errors import BadRequest, InvalidInput, TidingsError, printable
+from tidings.errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    InvalidInput,
+    PayloadTooLarge,
+    TidingsError,
+    Unauthorized,
+    ValidationFailed,
+    printable,
+)
 from tidings.services import Service
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 404, 409, 413, 422)
-}
-"""The error answers routes document."""
+AUTHENTICATED: tuple[type[TidingsError], ...] = (Unauthorized, DatabaseUnavailable)
+"""What any operation that needs an API key can answer (the key is looked up in the database)."""
+PARAMETERS: tuple[type[TidingsError], ...] = (ValidationFailed,)
+"""What an operation with path, query or header parameters can answer."""
+POSTED: tuple[type[TidingsError], ...] = (PayloadTooLarge,)
+"""What any POST or PUT can answer, whatever its body (``BodyLimit``)."""
+JSON_BODY: tuple[type[TidingsError], ...] = (BadRequest, PayloadTooLarge, ValidationFailed)
+"""What an operation that reads a JSON object from its body can answer."""
+
+
+def errors(*raised: type[TidingsError]) -> dict[int | str, dict[str, Any]]:
+    """The error answers of an operation that can raise ``raised``, for its ``responses``: per
+    HTTP status, the error contract with ``code`` as the enum of those errors' codes, and an
+    example of each."""
+    by_status: dict[int, dict[str, type[TidingsError]]] = {}
+    for error in raised:
+        by_status.setdefault(error.http_status, {}).setdefault(error.code, error)
+    answers: dict[int | str, dict[str, Any]] = {}
+    for status, by_code in sorted(by_status.items()):
+        examples = {code: error().to_dict() for code, error in by_code.items()}
+        answer: dict[str, Any] = {
+            "description": f"{HTTPStatus(status).phrase}: " + ", ".join(f"`{code}`" for code in by_code),
+            "content": {
+                "application/json": {
+                    "schema": error_schema(list(by_code)),
+                    "examples": {code: {"value": value} for code, value in examples.items()},
+                }
+            },
+        }
+        if status == DatabaseUnavailable.http_status:
+            answer["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer", "example": DatabaseUnavailable.retry_after},
+                }
+            }
+        answers[status] = answer
+    return answers
+
 
 URL_PATTERN = r"^https?://[^\s]+$"
 

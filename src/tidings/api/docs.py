@@ -1,4 +1,5 @@
-"""``/docs`` (Swagger UI) and ``/redoc`` (ReDoc), served with no request leaving the machine.
+"""``/docs`` (Swagger UI) and ``/redoc`` (ReDoc), served with no request leaving the machine, and
+the last corrections to the OpenAPI document they show.
 
 FastAPI's own pages load their scripts, styles and favicon from a CDN (and ReDoc its fonts from
 Google), so they are blank on a network without internet access. The same pages are built here
@@ -9,10 +10,13 @@ app class.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 ASSETS_PATH = "/docs/assets"
 ASSETS_PACKAGE = ("fastapi_offline", "static")
@@ -30,6 +34,7 @@ SWAGGER_UI_PARAMETERS = {
 def add_docs(app: FastAPI) -> None:
     """Serve ``/docs`` and ``/redoc`` from the installed assets; ``app`` must be made with
     ``docs_url=None, redoc_url=None`` so that FastAPI's CDN pages are not there too."""
+    _finish_document(app)
     app.mount(ASSETS_PATH, StaticFiles(packages=[ASSETS_PACKAGE]), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
 
@@ -56,3 +61,48 @@ def add_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png",
             with_google_fonts=False,
         )
+
+
+def _finish_document(app: FastAPI) -> None:
+    """Two corrections to the OpenAPI document FastAPI makes.
+
+    FastAPI's ``HTTPValidationError`` is left out: the API never answers it. FastAPI adds it as
+    the ``422`` of an operation with parameters that documents none; operations whose parameters
+    can be refused document our own (``common.errors``), so what is left is an operation whose
+    parameters cannot be (plain text in its path).
+
+    The models' examples get their nulls back: FastAPI drops every ``null`` from the document,
+    which leaves examples without the fields that are required (and null in them).
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            fastapi_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+            for operation in (op for path in document["paths"].values() for op in path.values()):
+                answer = operation.get("responses", {}).get("422", {})
+                if answer.get("content", {}).get("application/json", {}).get("schema") == fastapi_422:
+                    del operation["responses"]["422"]
+            components = document.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.pop(name, None)
+            models = _api_models()
+            for name, schema in components.items():
+                if "examples" in schema and name in models:
+                    schema["examples"] = models[name].model_json_schema()["examples"]
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _api_models() -> dict[str, type[BaseModel]]:
+    """The API's models by name (which is their name in the document)."""
+    found: dict[str, type[BaseModel]] = {}
+    classes: list[type[BaseModel]] = [BaseModel]
+    while classes:
+        for model in classes.pop().__subclasses__():
+            classes.append(model)
+            if model.__module__.startswith("tidings.api."):
+                found[model.__name__] = model
+    return found

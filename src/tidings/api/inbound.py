@@ -9,14 +9,20 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from tidings.api.auth import Authenticated
-from tidings.api.common import ServiceDep, id_cursor, json_response, times
+from tidings.api.common import AUTHENTICATED, PARAMETERS, ServiceDep, errors, id_cursor, json_response, times
+from tidings.api.schemas import InboundPage
 from tidings.clock import utc_field
-from tidings.errors import printable
+from tidings.errors import BadRequest, InvalidInput, printable
 
 router = APIRouter(tags=["inbound"])
 
 
-@router.get("/v1/inbound")
+@router.get(
+    "/v1/inbound",
+    operation_id="listInbound",
+    response_model=InboundPage,
+    responses=errors(*AUTHENTICATED, *PARAMETERS, BadRequest, InvalidInput),
+)
 async def list_inbound(
     _key: Authenticated,
     service: ServiceDep,

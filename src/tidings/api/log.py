@@ -9,16 +9,31 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from tidings.api.auth import Authenticated
-from tidings.api.common import ServiceDep, json_response, read_time_cursor, time_cursor, times
+from tidings.api.common import (
+    AUTHENTICATED,
+    PARAMETERS,
+    ServiceDep,
+    errors,
+    json_response,
+    read_time_cursor,
+    time_cursor,
+    times,
+)
+from tidings.api.schemas import LogPage
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
-from tidings.errors import printable
+from tidings.errors import BadRequest, InvalidInput, InvalidPhoneNumber, printable
 from tidings.store.log import Kind, LogFilter
 
 router = APIRouter(tags=["log"])
 
 
-@router.get("/v1/log")
+@router.get(
+    "/v1/log",
+    operation_id="listLog",
+    response_model=LogPage,
+    responses=errors(*AUTHENTICATED, *PARAMETERS, BadRequest, InvalidInput, InvalidPhoneNumber),
+)
 async def message_log(
     _key: Authenticated,
     service: ServiceDep,

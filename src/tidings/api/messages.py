@@ -9,12 +9,32 @@ from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response
 
 from tidings.api.auth import Authenticated
-from tidings.api.common import ERRORS, ServiceDep, id_cursor, json_response
+from tidings.api.common import (
+    AUTHENTICATED,
+    JSON_BODY,
+    PARAMETERS,
+    POSTED,
+    ServiceDep,
+    errors,
+    id_cursor,
+    json_response,
+)
 from tidings.api.schemas import MessageIn, MessageOut, MessagePage, message_json
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
 from tidings.domain.status import Status
-from tidings.errors import printable
+from tidings.errors import (
+    BadRequest,
+    BodyTooLong,
+    CallbackUrlNotAllowed,
+    IdempotencyConflict,
+    InvalidInput,
+    InvalidPhoneNumber,
+    NotCancellable,
+    NotFound,
+    RecipientOptedOut,
+    printable,
+)
 from tidings.services.accepting import SendRequest
 from tidings.store.messages import MessageFilter
 
@@ -23,9 +43,23 @@ router = APIRouter(tags=["messages"])
 
 @router.post(
     "/v1/messages",
+    operation_id="sendMessage",
     status_code=202,
     response_model=MessageOut,
-    responses={200: {"model": MessageOut, "description": "Idempotent replay"}, **ERRORS},
+    response_description="Accepted: the message is stored and queued.",
+    responses={
+        200: {"model": MessageOut, "description": "The message sent before with this `Idempotency-Key`."},
+        **errors(
+            *AUTHENTICATED,
+            *JSON_BODY,
+            InvalidInput,
+            InvalidPhoneNumber,
+            BodyTooLong,
+            RecipientOptedOut,
+            CallbackUrlNotAllowed,
+            IdempotencyConflict,
+        ),
+    },
 )
 async def send_message(
     payload: MessageIn,
@@ -42,7 +76,12 @@ async def send_message(
     return json_response(message_json(row), 202 if created else 200)
 
 
-@router.get("/v1/messages/{message_id}", response_model=MessageOut, responses=ERRORS)
+@router.get(
+    "/v1/messages/{message_id}",
+    operation_id="getMessage",
+    response_model=MessageOut,
+    responses=errors(*AUTHENTICATED, *PARAMETERS, NotFound),
+)
 async def get_message(
     message_id: Annotated[str, Path(max_length=64)], _key: Authenticated, service: ServiceDep
 ) -> Response:
@@ -51,7 +90,12 @@ async def get_message(
     return json_response(message_json(row, history))
 
 
-@router.get("/v1/messages", response_model=MessagePage, responses=ERRORS)
+@router.get(
+    "/v1/messages",
+    operation_id="listMessages",
+    response_model=MessagePage,
+    responses=errors(*AUTHENTICATED, *PARAMETERS, BadRequest, InvalidInput, InvalidPhoneNumber),
+)
 async def list_messages(
     _key: Authenticated,
     service: ServiceDep,
@@ -77,7 +121,12 @@ async def list_messages(
     return json_response({"data": [message_json(r) for r in page], "next_cursor": next_cursor})
 
 
-@router.post("/v1/messages/{message_id}/cancel", response_model=MessageOut, responses=ERRORS)
+@router.post(
+    "/v1/messages/{message_id}/cancel",
+    operation_id="cancelMessage",
+    response_model=MessageOut,
+    responses=errors(*AUTHENTICATED, *POSTED, *PARAMETERS, NotFound, NotCancellable),
+)
 async def cancel_message(
     message_id: Annotated[str, Path(max_length=64)], _key: Authenticated, service: ServiceDep
 ) -> Response:
