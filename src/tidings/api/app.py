@@ -164,7 +164,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        # 400: a body FastAPI could not read (not UTF-8, say), which is our bad_request.
+        codes = {400: BadRequest.code, 404: "not_found", 405: "method_not_allowed"}
         error = TidingsError(str(exc.detail))
         error.code = codes.get(exc.status_code, "http_error")
         error.http_status = exc.status_code

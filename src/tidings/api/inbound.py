@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -10,7 +9,7 @@ from fastapi.responses import Response
 
 from tidings.api.auth import Authenticated
 from tidings.api.common import AUTHENTICATED, PARAMETERS, ServiceDep, errors, id_cursor, json_response, times
-from tidings.api.schemas import InboundPage
+from tidings.api.schemas import TIME_PARAMETER, InboundPage, Timestamp
 from tidings.clock import utc_field
 from tidings.errors import BadRequest, InvalidInput, printable
 
@@ -28,8 +27,8 @@ async def list_inbound(
     service: ServiceDep,
     sender: Annotated[str | None, Query(alias="from", max_length=64)] = None,
     to: Annotated[str | None, Query(max_length=64)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
+    until: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:

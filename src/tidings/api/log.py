@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -19,7 +18,7 @@ from tidings.api.common import (
     time_cursor,
     times,
 )
-from tidings.api.schemas import LogPage
+from tidings.api.schemas import TIME_PARAMETER, LogPage, Timestamp
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
 from tidings.errors import BadRequest, InvalidInput, InvalidPhoneNumber, printable
@@ -40,8 +39,8 @@ async def message_log(
     kind: Kind | None = None,
     number: Annotated[str | None, Query(max_length=64)] = None,
     message_id: Annotated[str | None, Query(max_length=64)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
+    until: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query
@@ -19,7 +18,7 @@ from tidings.api.common import (
     id_cursor,
     json_response,
 )
-from tidings.api.schemas import MessageIn, MessageOut, MessagePage, message_json
+from tidings.api.schemas import TIME_PARAMETER, MessageIn, MessageOut, MessagePage, Timestamp, message_json
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
 from tidings.domain.status import Status
@@ -103,8 +102,8 @@ async def list_messages(
     to: Annotated[str | None, Query(max_length=64)] = None,
     tag: Annotated[str | None, Query(max_length=128)] = None,
     provider: Annotated[str | None, Query(max_length=64)] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
+    created_before: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:

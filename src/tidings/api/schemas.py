@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from tidings.clock import to_api
 from tidings.domain.content import Channel
@@ -29,6 +30,25 @@ def _storable(value: Any) -> None:
     elif isinstance(value, list):
         for item in value:
             _storable(item)
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _not_a_number(value: Any) -> Any:
+    # pydantic reads a number, or the text of one, as seconds since 1970: `until=2025` would be
+    # a moment on 1 January 1970.
+    if (isinstance(value, int | float) and not isinstance(value, bool)) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+    ):
+        raise ValueError("must be an ISO 8601 time (2025-03-14T09:26:53Z), not a number")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_not_a_number)]
+"""A time a client gives: ISO 8601, with an offset or in UTC without one; not a number."""
+
+TIME_PARAMETER = "ISO 8601 (2025-03-14T09:26:53Z); no offset means UTC."
 
 
 class RequestModel(BaseModel):
@@ -73,7 +93,7 @@ class MessageIn(RequestModel):
     to: str = Field(min_length=1, max_length=64, description="Recipient, E.164 (+254712345678) or national.")
     body: str = Field(min_length=1, description="The text to send.")
     sender: str | None = Field(default=None, max_length=64, description="Sender id or number.")
-    send_at: datetime | None = Field(default=None, description="Send later (ISO 8601; no offset means UTC).")
+    send_at: Timestamp | None = Field(default=None, description="Send later (ISO 8601; no offset means UTC).")
     provider: str | None = Field(default=None, max_length=64, description="A configured provider's name.")
     tags: list[str] = Field(default_factory=list, description="Labels to find the message by.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Anything the client wants kept.")
@@ -518,7 +538,8 @@ class GatewayUpdateIn(BaseModel):
 
 
 class GatewayPollIn(BaseModel):
-    """The medic-gateway app's poll. A malformed item is skipped (and logged); the rest are kept."""
+    """The medic-gateway app's poll. Missing or null lists are fine and unknown fields are ignored;
+    a malformed item is skipped (and logged), the rest are kept."""
 
     model_config = _examples(
         {
@@ -529,8 +550,8 @@ class GatewayPollIn(BaseModel):
         }
     )
 
-    messages: list[GatewaySmsIn] = Field(default_factory=list)
-    updates: list[GatewayUpdateIn] = Field(default_factory=list)
+    messages: list[GatewaySmsIn] | None = Field(default=None, description="SMS the phone received.")
+    updates: list[GatewayUpdateIn] | None = Field(default=None, description="What became of its messages.")
 
 
 class GatewayMessageOut(BaseModel):
