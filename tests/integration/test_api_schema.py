@@ -195,3 +195,23 @@ async def test_times_in_iso_8601_are_still_taken(client: httpx.AsyncClient, when
     response = await client.get("/v1/log", params={"since": when})
 
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "body"),
+    [
+        ("GET", "/v1/opt-outs", {"number": "nobody"}, None),
+        ("POST", "/v1/opt-outs", None, {"number": "nobody"}),
+        ("DELETE", "/v1/opt-outs/nobody", None, None),
+        ("GET", "/v1/log", {"number": "nobody"}, None),
+    ],
+)
+async def test_a_wrong_number_is_named_by_its_own_field(
+    client: httpx.AsyncClient, method: str, path: str, params: dict[str, str] | None, body: object
+) -> None:
+    # The error named `to`, a field these requests do not have.
+    response = await client.request(method, path, params=params, json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_phone_number"
+    assert response.json()["error"]["field"] == "number"

@@ -14,13 +14,13 @@ from tidings.api.common import (
     ServiceDep,
     errors,
     json_response,
+    phone_number,
     read_time_cursor,
     time_cursor,
     times,
 )
 from tidings.api.schemas import TIME_PARAMETER, LogPage, Timestamp
 from tidings.clock import utc_field
-from tidings.domain.phone import normalize_e164
 from tidings.errors import BadRequest, InvalidInput, InvalidPhoneNumber, printable
 from tidings.store.log import Kind, LogFilter
 
@@ -48,7 +48,7 @@ async def message_log(
     provider's answer), ``INBOUND`` and ``STATUS_UPDATE`` (receipts with their raw status)."""
     filters = LogFilter(
         kind=kind,
-        number=normalize_e164(number, service.settings.default_region) if number else None,
+        number=phone_number(number, service.settings.default_region, "number") if number else None,
         message_id=printable(message_id, "message_id"),
         since=utc_field(since, "since"),
         until=utc_field(until, "until"),

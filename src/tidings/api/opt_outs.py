@@ -17,11 +17,11 @@ from tidings.api.common import (
     errors,
     id_cursor,
     json_response,
+    phone_number,
     times,
 )
 from tidings.api.schemas import OptOutAdded, OptOutPage, RequestModel
 from tidings.domain.content import Channel
-from tidings.domain.phone import normalize_e164
 from tidings.errors import BadRequest, InvalidInput, InvalidPhoneNumber, NotFound, printable
 from tidings.store.messages import ALL_SENDERS
 
@@ -70,7 +70,7 @@ async def list_opt_outs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     """Addresses that opted out, newest first."""
-    wanted = normalize_e164(number, service.settings.default_region) if number else None
+    wanted = phone_number(number, service.settings.default_region, "number") if number else None
     rows = await service.store.opt_outs.search(
         channel=Channel.SMS.value if wanted else None,
         address=wanted,
@@ -97,7 +97,7 @@ async def list_opt_outs(
 async def add_opt_out(payload: OptOutIn, _key: Authenticated, service: ServiceDep) -> Response:
     """Opt a number out (e.g. a patient who asked on paper): its waiting messages are cancelled
     and new ones refused. 201 when added, 200 when it was already there."""
-    number = normalize_e164(payload.number, service.settings.default_region)
+    number = phone_number(payload.number, service.settings.default_region, "number")
     scope = printable(payload.sender, "sender") or ALL_SENDERS
     created, cancelled = await service.inbound.opt_out(Channel.SMS, number, scope, note=payload.note)
     return json_response(
@@ -121,7 +121,7 @@ async def remove_opt_out(
     sender: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """Opt a number back in (for one sender, or for all)."""
-    normalized = normalize_e164(number, service.settings.default_region)
+    normalized = phone_number(number, service.settings.default_region, "number")
     removed = await service.inbound.opt_in(
         Channel.SMS, normalized, printable(sender, "sender") or ALL_SENDERS
     )
