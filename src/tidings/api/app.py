@@ -179,6 +179,7 @@ def create_app(service: Service) -> FastAPI:
         "/healthz",
         tags=["health"],
         operation_id="getHealth",
+        summary="Health",
         response_model=HealthOut,
         responses={503: {"model": HealthOut, "description": "The database does not answer."}},
     )

@@ -97,7 +97,9 @@ def _decompress(body: bytes, limit: int) -> bytes:
     return data
 
 
-@router.get("/api/sms", operation_id="checkGateway", response_model=GatewayCheckOut)
+@router.get(
+    "/api/sms", operation_id="checkGateway", summary="Gateway URL check", response_model=GatewayCheckOut
+)
 @router.get("/api/sms/", include_in_schema=False)
 async def check() -> Response:
     """The app checks the URL it was given with a GET."""
@@ -107,6 +109,7 @@ async def check() -> Response:
 @router.post(
     "/api/sms",
     operation_id="pollGateway",
+    summary="Gateway poll",
     response_model=GatewayPollOut,
     responses=POLL_RESPONSES,
     dependencies=[Depends(gateway_basic)],

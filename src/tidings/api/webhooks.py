@@ -69,6 +69,7 @@ async def webhook_probe(kind: str, name: str, event: str, service: ServiceDep) -
 @router.post(
     "/webhooks/{kind}/{name}/{event}",
     operation_id="receiveWebhook",
+    summary="Receive a provider's webhook",
     response_class=PlainTextResponse,
     responses=RESPONSES,
 )
