@@ -7,6 +7,7 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     TidingsError                     500 internal_error
     ├── ConfigError                  a setting is missing or wrong; start-up stops
     ├── InvalidInput                 422: a field of a request is not acceptable
+    │   ├── ValidationFailed         missing, of the wrong type or out of range (the request model)
     │   ├── InvalidPhoneNumber
     │   ├── BodyTooLong
     │   ├── RecipientOptedOut
@@ -79,6 +80,12 @@ class InvalidInput(TidingsError):
     http_status = 422
 
 
+class ValidationFailed(InvalidInput):
+    """A field of the request is missing, of the wrong type or out of range."""
+
+    code = "validation_error"
+
+
 class InvalidPhoneNumber(InvalidInput):
     """The phone number is not a valid number."""
 
@@ -130,7 +137,7 @@ class RateLimited(TidingsError):
     code = "rate_limited"
     http_status = 429
 
-    def __init__(self, message: str | None = None, *, retry_after: float) -> None:
+    def __init__(self, message: str | None = None, *, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

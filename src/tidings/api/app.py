@@ -1,6 +1,6 @@
 """The HTTP API: one module per resource (``messages``, ``webhooks``, ``gateway``, ``inbound``,
 ``opt_outs``, ``log``, ``callbacks``), each a thin layer over the services. OpenAPI at
-``/openapi.json``, docs at ``/docs``.
+``/openapi.json``, docs at ``/docs`` and ``/redoc`` (``docs``, served without internet access).
 
 Every error is JSON ``{"error": {"code", "message", "field"?}}`` with a stable code; a message is
 committed to the database before the API answers 2xx.
@@ -25,7 +25,9 @@ from tidings.api import callbacks, gateway, inbound, messages, opt_outs, webhook
 from tidings.api import log as message_log
 from tidings.api.auth import KeyChecker
 from tidings.api.common import error_response, json_response
-from tidings.errors import BadRequest, DatabaseUnavailable, PayloadTooLarge, TidingsError
+from tidings.api.docs import add_docs
+from tidings.api.schemas import HealthOut
+from tidings.errors import BadRequest, DatabaseUnavailable, PayloadTooLarge, TidingsError, ValidationFailed
 from tidings.services import Service
 from tidings.store.db import unreachable
 
@@ -190,6 +192,9 @@ def create_app(service: Service) -> FastAPI:
         version="0.1.0",
         description="Self-hosted SMS delivery that tracks every message to a final, truthful status.",
         lifespan=lifespan,
+        # Served by add_docs from the installed assets instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.keys = KeyChecker(
@@ -213,14 +218,12 @@ def create_app(service: Service) -> FastAPI:
             return error_response(BadRequest("request body must be a JSON object"))
         field = _field(tuple(first.get("loc", ())))
         message = str(first.get("msg", "invalid value"))
-        error = TidingsError(f"{field}: {message}" if field else message, field=field)
-        error.code = "validation_error"
-        error.http_status = 422
-        return error_response(error)
+        return error_response(ValidationFailed(f"{field}: {message}" if field else message, field=field))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        # 400: a body FastAPI could not read (not UTF-8, say), which is our bad_request.
+        codes = {400: BadRequest.code, 404: "not_found", 405: "method_not_allowed"}
         error = TidingsError(str(exc.detail))
         error.code = codes.get(exc.status_code, "http_error")
         error.http_status = exc.status_code
@@ -230,7 +233,14 @@ def create_app(service: Service) -> FastAPI:
     async def _unavailable(_request: Request, exc: DatabaseUnavailable) -> Response:
         return failure_response(exc)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get(
+        "/healthz",
+        tags=["health"],
+        operation_id="getHealth",
+        summary="Health",
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "The database does not answer."}},
+    )
     async def healthz() -> Response:
         """Whether tidings and its database answer (503 when the database does not)."""
         if not await service.healthy():
@@ -240,6 +250,7 @@ def create_app(service: Service) -> FastAPI:
     for module in (messages, webhooks, gateway, inbound, opt_outs, message_log, callbacks):
         app.include_router(module.router)
     webhooks.add_legacy_routes(app, service)
+    add_docs(app)
     app.add_middleware(BodyLimit, max_bytes=service.settings.max_request_bytes)
     app.add_middleware(Guard)
     app.add_middleware(RequestLog, enabled=service.settings.access_log)

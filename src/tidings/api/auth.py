@@ -8,7 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tidings.errors import Forbidden, RateLimited, Unauthorized
 from tidings.store.keys import ApiKey, KeyStore, hash_secret
@@ -79,11 +80,23 @@ class KeyChecker:
         return key
 
 
-async def authenticate(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+bearer = HTTPBearer(
+    scheme_name="bearerAuth",
+    bearerFormat="tdg_…",
+    description="An API key made with `tidings keys create NAME`, sent as `Authorization: Bearer <key>`.",
+    # It only declares the scheme (Swagger UI's "Authorize" sends the header): KeyChecker reads
+    # the header itself and answers with the API's own 401.
+    auto_error=False,
+)
+
+
+async def authenticate(
+    request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> ApiKey:
     """The API key of the request; a dependency, so a request without one gets 401 before its
     body is validated."""
     checker: KeyChecker = request.app.state.keys
-    return await checker.check(authorization)
+    return await checker.check(request.headers.get("authorization"))
 
 
 Authenticated = Annotated[ApiKey, Depends(authenticate)]

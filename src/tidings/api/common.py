@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import math
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import orjson
@@ -12,15 +13,64 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 
 from tidings import ids
-from tidings.api.schemas import ErrorOut
+from tidings.api.schemas import error_schema
 from tidings.clock import to_api, to_db
-from tidings.errors import BadRequest, InvalidInput, TidingsError, printable
+from tidings.domain.phone import normalize_e164
+from tidings.errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    Forbidden,
+    InvalidInput,
+    InvalidPhoneNumber,
+    PayloadTooLarge,
+    RateLimited,
+    TidingsError,
+    Unauthorized,
+    ValidationFailed,
+    printable,
+)
 from tidings.services import Service
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 404, 409, 413, 422)
-}
-"""The error answers routes document."""
+AUTHENTICATED: tuple[type[TidingsError], ...] = (Unauthorized, Forbidden, RateLimited, DatabaseUnavailable)
+"""What any operation that needs an API key can answer: no key, not its scope, over its rate, or
+the database out of reach (the key is looked up in it)."""
+PARAMETERS: tuple[type[TidingsError], ...] = (ValidationFailed,)
+"""What an operation with path, query or header parameters can answer."""
+POSTED: tuple[type[TidingsError], ...] = (PayloadTooLarge,)
+"""What any POST or PUT can answer, whatever its body (``BodyLimit``)."""
+JSON_BODY: tuple[type[TidingsError], ...] = (BadRequest, PayloadTooLarge, ValidationFailed)
+"""What an operation that reads a JSON object from its body can answer."""
+
+
+def errors(*raised: type[TidingsError]) -> dict[int | str, dict[str, Any]]:
+    """The error answers of an operation that can raise ``raised``, for its ``responses``: per
+    HTTP status, the error contract with ``code`` as the enum of those errors' codes, and an
+    example of each."""
+    by_status: dict[int, dict[str, type[TidingsError]]] = {}
+    for error in raised:
+        by_status.setdefault(error.http_status, {}).setdefault(error.code, error)
+    answers: dict[int | str, dict[str, Any]] = {}
+    for status, by_code in sorted(by_status.items()):
+        examples = {code: error().to_dict() for code, error in by_code.items()}
+        answer: dict[str, Any] = {
+            "description": f"{HTTPStatus(status).phrase}: " + ", ".join(f"`{code}`" for code in by_code),
+            "content": {
+                "application/json": {
+                    "schema": error_schema(list(by_code)),
+                    "examples": {code: {"value": value} for code, value in examples.items()},
+                }
+            },
+        }
+        if status in (DatabaseUnavailable.http_status, RateLimited.http_status):
+            answer["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "integer", "example": 1},
+                }
+            }
+        answers[status] = answer
+    return answers
+
 
 URL_PATTERN = r"^https?://[^\s]+$"
 
@@ -48,6 +98,15 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 def times(row: dict[str, Any], *names: str) -> dict[str, Any]:
     """``row`` with the columns ``names`` as API timestamps."""
     return {k: (to_api(v) if k in names else v) for k, v in row.items()}
+
+
+def phone_number(raw: str, default_region: str | None, field: str) -> str:
+    """``raw`` in E.164; :class:`InvalidPhoneNumber` naming ``field`` (the domain names ``to``)."""
+    try:
+        return normalize_e164(raw, default_region)
+    except InvalidPhoneNumber as exc:
+        exc.field = field
+        raise
 
 
 def id_cursor(cursor: str | None) -> str | None:

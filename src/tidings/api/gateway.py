@@ -13,17 +13,57 @@ import zlib
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from fastapi.security.http import HTTPBase
 
 from tidings.api.auth import Reader
-from tidings.api.common import ServiceDep, json_response
+from tidings.api.common import AUTHENTICATED, ServiceDep, errors, json_response
+from tidings.api.schemas import (
+    GatewayCheckOut,
+    GatewayErrorOut,
+    GatewayList,
+    GatewayPollIn,
+    GatewayPollOut,
+    error_schema,
+    inline_schema,
+)
 from tidings.errors import GatewayProtocolError, PayloadTooLarge
 from tidings.providers.gateway import parse_poll
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["gateway"])
+
+gateway_basic = HTTPBase(
+    scheme="basic",
+    scheme_name="gatewayBasic",
+    description="The gateway's `username` and `password` from its provider settings.",
+    # It only declares the scheme: the route reads the header itself and answers in the app's shape.
+    auto_error=False,
+)
+
+
+def _gateway_error(description: str) -> dict[str, Any]:
+    return {"model": GatewayErrorOut, "description": description}
+
+
+POLL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _gateway_error("The body is not JSON (or not gzip when it says it is), or not an object."),
+    401: _gateway_error("Wrong or missing credentials."),
+    413: {
+        "description": "The body is larger than `max_request_bytes` (the API's error), or it is "
+        "larger than ten times that once decompressed (the app's).",
+        "content": {
+            "application/json": {
+                "schema": {"anyOf": [inline_schema(GatewayErrorOut), error_schema([PayloadTooLarge.code])]}
+            }
+        },
+    },
+    415: _gateway_error("The body is not `application/json`."),
+    500: _gateway_error("The poll could not be processed; the phone sends it again."),
+}
+"""The answers of the app's poll besides 200: errors in the app's shape, which it shows on the phone."""
 
 
 def _answer(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -57,14 +97,30 @@ def _decompress(body: bytes, limit: int) -> bytes:
     return data
 
 
-@router.get("/api/sms")
+@router.get(
+    "/api/sms", operation_id="checkGateway", summary="Gateway URL check", response_model=GatewayCheckOut
+)
 @router.get("/api/sms/", include_in_schema=False)
 async def check() -> Response:
     """The app checks the URL it was given with a GET."""
     return _answer({"medic-gateway": True})
 
 
-@router.post("/api/sms")
+@router.post(
+    "/api/sms",
+    operation_id="pollGateway",
+    summary="Gateway poll",
+    response_model=GatewayPollOut,
+    responses=POLL_RESPONSES,
+    dependencies=[Depends(gateway_basic)],
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": inline_schema(GatewayPollIn)}},
+            "description": "May be gzipped (`Content-Encoding: gzip`).",
+        }
+    },
+)
 @router.post("/api/sms/", include_in_schema=False)
 async def poll(request: Request, service: ServiceDep) -> Response:
     """Take the phone's received SMS and status updates; answer the messages due for it."""
@@ -124,7 +180,12 @@ async def poll(request: Request, service: ServiceDep) -> Response:
     return _answer({"messages": [{"id": m.id, "to": m.to, "content": m.sms.text} for m in done.outgoing]})
 
 
-@router.get("/v1/gateways")
+@router.get(
+    "/v1/gateways",
+    operation_id="listGateways",
+    response_model=GatewayList,
+    responses=errors(*AUTHENTICATED),
+)
 async def list_gateways(_key: Reader, service: ServiceDep) -> Response:
     """Each Android gateway: its last poll, counts, and whether it went silent."""
     return json_response({"data": await service.gateway.states()})

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from tidings.api.auth import Reader
-from tidings.api.common import ServiceDep, id_cursor, json_response, times
+from tidings.api.common import AUTHENTICATED, PARAMETERS, ServiceDep, errors, id_cursor, json_response, times
+from tidings.api.schemas import TIME_PARAMETER, InboundPage, Timestamp
 from tidings.clock import utc_field
-from tidings.errors import printable
+from tidings.errors import BadRequest, InvalidInput, printable
 
 router = APIRouter(tags=["inbound"])
 
 
-@router.get("/v1/inbound")
+@router.get(
+    "/v1/inbound",
+    operation_id="listInbound",
+    response_model=InboundPage,
+    responses=errors(*AUTHENTICATED, *PARAMETERS, BadRequest, InvalidInput),
+)
 async def list_inbound(
     _key: Reader,
     service: ServiceDep,
     sender: Annotated[str | None, Query(alias="from", max_length=64)] = None,
     to: Annotated[str | None, Query(max_length=64)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
+    until: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:

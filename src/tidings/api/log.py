@@ -2,31 +2,45 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from tidings.api.auth import Reader
-from tidings.api.common import ServiceDep, json_response, read_time_cursor, time_cursor, times
+from tidings.api.common import (
+    AUTHENTICATED,
+    PARAMETERS,
+    ServiceDep,
+    errors,
+    json_response,
+    phone_number,
+    read_time_cursor,
+    time_cursor,
+    times,
+)
+from tidings.api.schemas import TIME_PARAMETER, LogPage, Timestamp
 from tidings.clock import utc_field
-from tidings.domain.phone import normalize_e164
-from tidings.errors import printable
+from tidings.errors import BadRequest, InvalidInput, InvalidPhoneNumber, printable
 from tidings.store.log import Kind, LogFilter
 
 router = APIRouter(tags=["log"])
 
 
-@router.get("/v1/log")
+@router.get(
+    "/v1/log",
+    operation_id="listLog",
+    response_model=LogPage,
+    responses=errors(*AUTHENTICATED, *PARAMETERS, BadRequest, InvalidInput, InvalidPhoneNumber),
+)
 async def message_log(
     _key: Reader,
     service: ServiceDep,
     kind: Kind | None = None,
     number: Annotated[str | None, Query(max_length=64)] = None,
     message_id: Annotated[str | None, Query(max_length=64)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
+    until: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
@@ -34,7 +48,7 @@ async def message_log(
     provider's answer), ``INBOUND`` and ``STATUS_UPDATE`` (receipts with their raw status)."""
     filters = LogFilter(
         kind=kind,
-        number=normalize_e164(number, service.settings.default_region) if number else None,
+        number=phone_number(number, service.settings.default_region, "number") if number else None,
         message_id=printable(message_id, "message_id"),
         since=utc_field(since, "since"),
         until=utc_field(until, "until"),

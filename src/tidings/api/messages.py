@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response
 
 from tidings.api.auth import Reader, Sender
-from tidings.api.common import ERRORS, ServiceDep, id_cursor, json_response
-from tidings.api.schemas import MessageIn, MessageOut, MessagePage, message_json
+from tidings.api.common import (
+    AUTHENTICATED,
+    JSON_BODY,
+    PARAMETERS,
+    POSTED,
+    ServiceDep,
+    errors,
+    id_cursor,
+    json_response,
+)
+from tidings.api.schemas import TIME_PARAMETER, MessageIn, MessageOut, MessagePage, Timestamp, message_json
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
 from tidings.domain.status import Status
-from tidings.errors import printable
+from tidings.errors import (
+    BadRequest,
+    BodyTooLong,
+    CallbackUrlNotAllowed,
+    IdempotencyConflict,
+    InvalidInput,
+    InvalidPhoneNumber,
+    NotCancellable,
+    NotFound,
+    RecipientOptedOut,
+    printable,
+)
 from tidings.services.accepting import SendRequest
 from tidings.store.messages import MessageFilter
 
@@ -23,9 +42,23 @@ router = APIRouter(tags=["messages"])
 
 @router.post(
     "/v1/messages",
+    operation_id="sendMessage",
     status_code=202,
     response_model=MessageOut,
-    responses={200: {"model": MessageOut, "description": "Idempotent replay"}, **ERRORS},
+    response_description="Accepted: the message is stored and queued.",
+    responses={
+        200: {"model": MessageOut, "description": "The message sent before with this `Idempotency-Key`."},
+        **errors(
+            *AUTHENTICATED,
+            *JSON_BODY,
+            InvalidInput,
+            InvalidPhoneNumber,
+            BodyTooLong,
+            RecipientOptedOut,
+            CallbackUrlNotAllowed,
+            IdempotencyConflict,
+        ),
+    },
 )
 async def send_message(
     payload: MessageIn,
@@ -40,7 +73,12 @@ async def send_message(
     return json_response(message_json(row), 202 if created else 200)
 
 
-@router.get("/v1/messages/{message_id}", response_model=MessageOut, responses=ERRORS)
+@router.get(
+    "/v1/messages/{message_id}",
+    operation_id="getMessage",
+    response_model=MessageOut,
+    responses=errors(*AUTHENTICATED, *PARAMETERS, NotFound),
+)
 async def get_message(
     message_id: Annotated[str, Path(max_length=64)], _key: Reader, service: ServiceDep
 ) -> Response:
@@ -49,7 +87,12 @@ async def get_message(
     return json_response(message_json(row, history))
 
 
-@router.get("/v1/messages", response_model=MessagePage, responses=ERRORS)
+@router.get(
+    "/v1/messages",
+    operation_id="listMessages",
+    response_model=MessagePage,
+    responses=errors(*AUTHENTICATED, *PARAMETERS, BadRequest, InvalidInput, InvalidPhoneNumber),
+)
 async def list_messages(
     _key: Reader,
     service: ServiceDep,
@@ -57,8 +100,8 @@ async def list_messages(
     to: Annotated[str | None, Query(max_length=64)] = None,
     tag: Annotated[str | None, Query(max_length=128)] = None,
     provider: Annotated[str | None, Query(max_length=64)] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
+    created_before: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
@@ -75,7 +118,12 @@ async def list_messages(
     return json_response({"data": [message_json(r) for r in page], "next_cursor": next_cursor})
 
 
-@router.post("/v1/messages/{message_id}/cancel", response_model=MessageOut, responses=ERRORS)
+@router.post(
+    "/v1/messages/{message_id}/cancel",
+    operation_id="cancelMessage",
+    response_model=MessageOut,
+    responses=errors(*AUTHENTICATED, *POSTED, *PARAMETERS, NotFound, NotCancellable),
+)
 async def cancel_message(
     message_id: Annotated[str, Path(max_length=64)], _key: Sender, service: ServiceDep
 ) -> Response:

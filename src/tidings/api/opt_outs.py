@@ -6,25 +6,47 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from tidings.api.auth import Admin, Reader
-from tidings.api.common import ServiceDep, id_cursor, json_response, times
-from tidings.api.schemas import RequestModel
+from tidings.api.common import (
+    AUTHENTICATED,
+    JSON_BODY,
+    PARAMETERS,
+    ServiceDep,
+    errors,
+    id_cursor,
+    json_response,
+    phone_number,
+    times,
+)
+from tidings.api.schemas import OptOutAdded, OptOutPage, RequestModel
 from tidings.domain.content import Channel
-from tidings.domain.phone import normalize_e164
-from tidings.errors import NotFound, printable
+from tidings.errors import BadRequest, InvalidInput, InvalidPhoneNumber, NotFound, printable
 from tidings.store.messages import ALL_SENDERS
 
 router = APIRouter(tags=["opt-outs"])
 
 
 class OptOutIn(RequestModel):
-    number: str = Field(min_length=1, max_length=64)
+    """A number to opt out."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"number": "+254712345678", "note": "asked on paper at the clinic"},
+                {"number": "+254712345678", "sender": "CLINIC"},
+            ]
+        }
+    )
+
+    number: str = Field(min_length=1, max_length=64, description="E.164, or national with `default_region`.")
     sender: str | None = Field(
         default=None, max_length=64, description="Only from this sender (default: all)."
     )
-    note: str | None = Field(default=None, max_length=1000)
+    note: str | None = Field(
+        default=None, max_length=1000, description="Why, for the people who read the list."
+    )
 
 
 def _entry(row: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +56,12 @@ def _entry(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@router.get("/v1/opt-outs")
+@router.get(
+    "/v1/opt-outs",
+    operation_id="listOptOuts",
+    response_model=OptOutPage,
+    responses=errors(*AUTHENTICATED, *PARAMETERS, BadRequest, InvalidPhoneNumber),
+)
 async def list_opt_outs(
     _key: Reader,
     service: ServiceDep,
@@ -43,7 +70,7 @@ async def list_opt_outs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     """Addresses that opted out, newest first."""
-    wanted = normalize_e164(number, service.settings.default_region) if number else None
+    wanted = phone_number(number, service.settings.default_region, "number") if number else None
     rows = await service.store.opt_outs.search(
         channel=Channel.SMS.value if wanted else None,
         address=wanted,
@@ -56,11 +83,21 @@ async def list_opt_outs(
     )
 
 
-@router.post("/v1/opt-outs")
+@router.post(
+    "/v1/opt-outs",
+    operation_id="addOptOut",
+    status_code=201,
+    response_model=OptOutAdded,
+    response_description="Opted out.",
+    responses={
+        200: {"model": OptOutAdded, "description": "It had already opted out."},
+        **errors(*AUTHENTICATED, *JSON_BODY, InvalidPhoneNumber),
+    },
+)
 async def add_opt_out(payload: OptOutIn, _key: Admin, service: ServiceDep) -> Response:
     """Opt a number out (e.g. a patient who asked on paper): its waiting messages are cancelled
     and new ones refused. 201 when added, 200 when it was already there."""
-    number = normalize_e164(payload.number, service.settings.default_region)
+    number = phone_number(payload.number, service.settings.default_region, "number")
     scope = printable(payload.sender, "sender") or ALL_SENDERS
     created, cancelled = await service.inbound.opt_out(Channel.SMS, number, scope, note=payload.note)
     return json_response(
@@ -69,7 +106,14 @@ async def add_opt_out(payload: OptOutIn, _key: Admin, service: ServiceDep) -> Re
     )
 
 
-@router.delete("/v1/opt-outs/{number}", status_code=204)
+@router.delete(
+    "/v1/opt-outs/{number}",
+    operation_id="removeOptOut",
+    status_code=204,
+    response_class=Response,
+    response_description="Opted back in.",
+    responses=errors(*AUTHENTICATED, *PARAMETERS, InvalidPhoneNumber, InvalidInput, NotFound),
+)
 async def remove_opt_out(
     number: Annotated[str, Path(max_length=64)],
     _key: Admin,
@@ -77,7 +121,7 @@ async def remove_opt_out(
     sender: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """Opt a number back in (for one sender, or for all)."""
-    normalized = normalize_e164(number, service.settings.default_region)
+    normalized = phone_number(number, service.settings.default_region, "number")
     removed = await service.inbound.opt_in(
         Channel.SMS, normalized, printable(sender, "sender") or ALL_SENDERS
     )

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from tidings.clock import to_api
+from tidings.domain.content import Channel
+from tidings.domain.failures import FailureReason
+from tidings.domain.segments import Encoding
+from tidings.domain.status import Status
 from tidings.errors import unstorable
+from tidings.store.log import Kind
+
+CallbackStatus = Literal["pending", "delivering", "delivered", "failed"]
 
 
 def _storable(value: Any) -> None:
@@ -25,6 +33,25 @@ def _storable(value: Any) -> None:
             _storable(item)
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _not_a_number(value: Any) -> Any:
+    # pydantic reads a number, or the text of one, as seconds since 1970: `until=2025` would be
+    # a moment on 1 January 1970.
+    if (isinstance(value, int | float) and not isinstance(value, bool)) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
+    ):
+        raise ValueError("must be an ISO 8601 time (2025-03-14T09:26:53Z), not a number")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_not_a_number)]
+"""A time a client gives: ISO 8601, with an offset or in UTC without one; not a number."""
+
+TIME_PARAMETER = "ISO 8601 (2025-03-14T09:26:53Z); no offset means UTC."
+
+
 class RequestModel(BaseModel):
     """A request body: unknown fields are refused, and so is text no database can store (NUL,
     unpaired surrogates) anywhere in it."""
@@ -38,13 +65,36 @@ class RequestModel(BaseModel):
         return value
 
 
+MESSAGE_ID = "01J9ZK3V8Q4W6M2N5P7R9T1X3Y"
+WHEN = "2025-03-14T09:26:53.589Z"
+LATER = "2025-03-14T09:26:57.932Z"
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    """A model's examples, shown in /docs and /redoc (a test checks each one is valid)."""
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
 class MessageIn(RequestModel):
     """A message to send."""
+
+    model_config = _examples(
+        {"to": "+254712345678", "body": "Your appointment is tomorrow at 9:00."},
+        {
+            "to": "+254712345678",
+            "body": "Reminder: clinic visit on Friday.",
+            "sender": "CLINIC",
+            "send_at": "2025-03-20T07:00:00Z",
+            "tags": ["reminders"],
+            "metadata": {"patient": "P-1042"},
+            "callback_url": "https://app.example.org/sms-events",
+        },
+    )
 
     to: str = Field(min_length=1, max_length=64, description="Recipient, E.164 (+254712345678) or national.")
     body: str = Field(min_length=1, description="The text to send.")
     sender: str | None = Field(default=None, max_length=64, description="Sender id or number.")
-    send_at: datetime | None = Field(default=None, description="Send later (ISO 8601; no offset means UTC).")
+    send_at: Timestamp | None = Field(default=None, description="Send later (ISO 8601; no offset means UTC).")
     provider: str | None = Field(default=None, max_length=64, description="A configured provider's name.")
     tags: list[str] = Field(default_factory=list, description="Labels to find the message by.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Anything the client wants kept.")
@@ -61,70 +111,548 @@ class MessageIn(RequestModel):
 
 
 class EventOut(BaseModel):
+    """One step of a message's history: what happened, who said so, and the status after it."""
+
+    model_config = _examples(
+        {
+            "id": 2,
+            "type": "report",
+            "source": "provider:twilio",
+            "status": "delivered",
+            "changed": True,
+            "provider_status": "delivered",
+            "error_code": None,
+            "error_message": None,
+            "failure_reason": None,
+            "detail": {"MessageStatus": "delivered"},
+            "occurred_at": LATER,
+            "recorded_at": LATER,
+        }
+    )
+
     id: int
-    type: str
-    source: str
-    status: str
-    changed: bool
-    provider_status: str | None
+    type: str = Field(description="What happened: `accepted`, `send_accepted`, `report`, `cancelled`…")
+    source: str = Field(description="Who said so: `api`, `worker`, `provider:NAME`…")
+    status: Status = Field(description="The message's status after this event.")
+    changed: bool = Field(description="Whether this event changed the status.")
+    provider_status: str | None = Field(description="The provider's own word for the status.")
     error_code: str | None
     error_message: str | None
-    failure_reason: str | None
-    detail: dict[str, Any]
-    occurred_at: str
-    recorded_at: str
+    failure_reason: FailureReason | None = Field(
+        description="Why it failed, in words every provider shares (see Failure reasons)."
+    )
+    detail: dict[str, Any] = Field(description="What the provider sent, as it sent it.")
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+_MESSAGE: dict[str, Any] = {
+    "id": MESSAGE_ID,
+    "channel": "sms",
+    "to": "+254712345678",
+    "sender": None,
+    "body": "Your appointment is tomorrow at 9:00.",
+    "segments": 1,
+    "encoding": "GSM-7",
+    "status": "pending",
+    "provider": "twilio",
+    "provider_message_id": None,
+    "provider_status": None,
+    "error_code": None,
+    "error_message": None,
+    "failure_reason": None,
+    "attempts": 0,
+    "max_attempts": 11,
+    "next_attempt_at": WHEN,
+    "send_at": None,
+    "created_at": WHEN,
+    "updated_at": WHEN,
+    "sent_at": None,
+    "delivered_at": None,
+    "failed_at": None,
+    "cancelled_at": None,
+    "tags": [],
+    "metadata": {},
+    "route": ["twilio"],
+    "provider_failures": 0,
+    "ordered": False,
+    "polled_at": None,
+    "polls": 0,
+    "callback_url": None,
+    "redacted_at": None,
+}
 
 
 class MessageOut(BaseModel):
+    """A message as tidings holds it; ``events`` (its history) only when it is read by id."""
+
+    model_config = _examples(_MESSAGE)
+
     id: str
-    channel: str
+    channel: Channel
     to: str
     sender: str | None
-    body: str
-    segments: int
-    encoding: str
-    status: str
-    provider: str
+    body: str = Field(description="Empty once retention redacted it (see `redacted_at`).")
+    segments: int | None = Field(description="How many SMS parts the body takes (SMS only).")
+    encoding: Encoding | None = Field(description="How the body is encoded (SMS only).")
+    status: Status
+    provider: str = Field(description="The provider it goes (or went) through.")
     provider_message_id: str | None
-    provider_status: str | None
-    error_code: str | None
+    provider_status: str | None = Field(description="The provider's own word for the status.")
+    error_code: str | None = Field(description="The provider's error code, when it failed.")
     error_message: str | None
-    failure_reason: str | None
+    failure_reason: FailureReason | None = Field(
+        description="Why it failed (or, for an opt-out, was cancelled), in words every provider shares."
+    )
     attempts: int
     max_attempts: int
-    next_attempt_at: str | None
-    send_at: str | None
-    created_at: str
-    updated_at: str
-    sent_at: str | None
-    delivered_at: str | None
-    failed_at: str | None
-    cancelled_at: str | None
+    next_attempt_at: datetime | None = Field(description="When it is next tried; null once final.")
+    send_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    failed_at: datetime | None
+    cancelled_at: datetime | None
     tags: list[str]
     metadata: dict[str, Any]
-    route: list[str]
+    route: list[str] = Field(description="The providers it may go through, in order.")
     provider_failures: int
     ordered: bool
-    polled_at: str | None
+    polled_at: datetime | None = Field(description="When its provider was last asked for its status.")
     polls: int
     callback_url: str | None
-    redacted_at: str | None
-    events: list[EventOut] | None = None
+    redacted_at: datetime | None
+    events: list[EventOut] | None = Field(default=None, description="Its history, oldest first.")
 
 
 class MessagePage(BaseModel):
+    """A page of messages, newest first; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    model_config = _examples({"data": [_MESSAGE], "next_cursor": None})
+
     data: list[MessageOut]
     next_cursor: str | None
 
 
-class ErrorDetail(BaseModel):
-    code: str
+_INBOUND: dict[str, Any] = {
+    "id": "01J9ZK7D2C5E8G1J4L6N8Q0S2U",
+    "provider": "twilio",
+    "provider_message_id": "SM0123456789abcdef0123456789abcdef",
+    "from": "+254712345678",
+    "to": "+15005550006",
+    "body": "STOP",
+    "sent_at": None,
+    "received_at": WHEN,
+    "raw": {"Body": "STOP", "From": "+254712345678"},
+    "webhook_log_id": 17,
+    "redacted_at": None,
+}
+
+
+class InboundOut(BaseModel):
+    """An SMS a person sent to one of our numbers."""
+
+    model_config = _examples(_INBOUND)
+
+    id: str
+    provider: str
+    provider_message_id: str | None
+    sender: str = Field(alias="from", description="Who sent it.")
+    to: str | None = Field(description="Our number it was sent to, when the provider says.")
+    body: str
+    sent_at: datetime | None
+    received_at: datetime
+    raw: dict[str, Any] = Field(description="What the provider sent, as it sent it.")
+    webhook_log_id: int | None = Field(
+        description="The webhook request it came in (`tidings webhooks list`)."
+    )
+    redacted_at: datetime | None
+
+
+class InboundPage(BaseModel):
+    """A page of inbound SMS, newest first; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    model_config = _examples({"data": [_INBOUND], "next_cursor": None})
+
+    data: list[InboundOut]
+    next_cursor: str | None
+
+
+_OPT_OUT: dict[str, Any] = {
+    "id": "01J9ZK9F4E7G0J3L5N7Q9S1U3W",
+    "channel": "sms",
+    "address": "+254712345678",
+    "number": "+254712345678",
+    "scope": "*",
+    "source": "api",
+    "keyword": None,
+    "inbound_id": None,
+    "note": "asked on paper",
+    "created_at": WHEN,
+}
+
+
+class OptOutOut(BaseModel):
+    """An address that asked not to be sent to."""
+
+    model_config = _examples(_OPT_OUT)
+
+    id: str
+    channel: Channel
+    address: str
+    number: str | None = Field(default=None, description="The address, for an SMS opt-out.")
+    scope: str = Field(description="`*`: from every sender; otherwise the one sender.")
+    source: str = Field(description="`api`, or `keyword` for a STOP sent by SMS.")
+    keyword: str | None = Field(description="The keyword the person sent, if it came by SMS.")
+    inbound_id: str | None = Field(description="The inbound SMS that carried the keyword.")
+    note: str | None
+    created_at: datetime
+
+
+class OptOutPage(BaseModel):
+    """A page of opt-outs, newest first; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    model_config = _examples({"data": [_OPT_OUT], "next_cursor": None})
+
+    data: list[OptOutOut]
+    next_cursor: str | None
+
+
+class OptOutAdded(BaseModel):
+    """The opt-out as it now stands."""
+
+    model_config = _examples(
+        {"number": "+254712345678", "scope": "*", "created": True, "cancelled_messages": 2}
+    )
+
+    number: str = Field(description="The number, in E.164.")
+    scope: str = Field(description="`*`: from every sender; otherwise the one sender.")
+    created: bool = Field(description="False when it had already opted out.")
+    cancelled_messages: int = Field(description="Its waiting messages that were cancelled.")
+
+
+_LOG: dict[str, Any] = {
+    "kind": "STATUS_UPDATE",
+    "id": "e42",
+    "at": LATER,
+    "number": "+254712345678",
+    "message_id": MESSAGE_ID,
+    "provider": "twilio",
+    "event": "report",
+    "status": "delivered",
+    "provider_status": "delivered",
+    "error_code": None,
+    "error_message": None,
+    "body": "Your appointment is tomorrow at 9:00.",
+    "detail": {"MessageStatus": "delivered"},
+}
+
+
+class LogEntry(BaseModel):
+    """One thing that crossed the wire."""
+
+    model_config = _examples(_LOG)
+
+    kind: Kind
+    id: str
+    at: datetime
+    number: str = Field(description="The other end: the recipient, or the sender of an inbound SMS.")
+    message_id: str | None
+    provider: str
+    event: str = Field(description="The event's type (`send_accepted`, `report`…), or `inbound`.")
+    status: Status | None = Field(description="The message's status after it (none for inbound).")
+    provider_status: str | None
+    error_code: str | None
+    error_message: str | None
+    body: str
+    detail: dict[str, Any] = Field(description="What the provider sent, as it sent it.")
+
+
+class LogPage(BaseModel):
+    """A page of the log, newest first; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    model_config = _examples({"data": [_LOG], "next_cursor": None})
+
+    data: list[LogEntry]
+    next_cursor: str | None
+
+
+_CALLBACK: dict[str, Any] = {
+    "id": "01J9ZKB2G5H8K1M4P6R8T0V2X4",
+    "api_key_id": "01J9ZJ0A1B2C3D4E5F6G7H8J9K",
+    "message_id": MESSAGE_ID,
+    "inbound_id": None,
+    "type": "message.status",
+    "url": "https://app.example.org/sms-events",
+    "payload": {
+        "type": "message.status",
+        "id": MESSAGE_ID,
+        "status": "delivered",
+        "event": "report",
+        "provider_status": "delivered",
+        "error_code": None,
+        "error_message": None,
+        "failure_reason": None,
+        "to": "+254712345678",
+        "occurred_at": LATER,
+    },
+    "status": "delivered",
+    "attempts": 1,
+    "max_attempts": 10,
+    "next_attempt_at": LATER,
+    "lease_expires_at": None,
+    "last_status_code": 200,
+    "last_error": None,
+    "created_at": LATER,
+    "updated_at": LATER,
+    "delivered_at": LATER,
+}
+
+
+class CallbackOut(BaseModel):
+    """A callback: what was (or is to be) posted where, and whether it arrived."""
+
+    model_config = _examples(_CALLBACK)
+
+    id: str
+    api_key_id: str | None
+    message_id: str | None
+    inbound_id: str | None
+    type: Literal["message.status", "inbound"]
+    url: str
+    payload: dict[str, Any] = Field(description="The JSON body that is posted.")
+    status: CallbackStatus
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    lease_expires_at: datetime | None
+    last_status_code: int | None = Field(description="The receiver's last answer.")
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+
+
+class CallbackPage(BaseModel):
+    """A page of callbacks, newest first; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    model_config = _examples({"data": [_CALLBACK], "next_cursor": None})
+
+    data: list[CallbackOut]
+    next_cursor: str | None
+
+
+class CallbackSettingsOut(BaseModel):
+    """Where this API key's callbacks go by default, and the secret they are signed with."""
+
+    model_config = _examples(
+        {
+            "url": "https://app.example.org/sms-events",
+            "secret": "whsec_KBrMfLz_hniAgTHp8pRCb7AOIWlhcL_-R6RQH8TkbeY",
+            "previous_secret_until": None,
+        }
+    )
+
+    url: str | None
+    secret: str | None = Field(description="Signs every callback (`X-Tidings-Signature`).")
+    previous_secret_until: datetime | None = Field(
+        description="After a rotation, the old secret signs too until then."
+    )
+
+
+_GATEWAY: dict[str, Any] = {
+    "name": "phone",
+    "last_poll_at": WHEN,
+    "first_poll_at": "2025-03-01T06:00:00.000Z",
+    "last_address": "192.0.2.10",
+    "silent": False,
+    "polls": 38211,
+    "inbound_received": 120,
+    "updates_received": 2410,
+    "messages_handed_over": 1203,
+    "waiting": 0,
+    "unacknowledged": 1,
+}
+
+
+class GatewayOut(BaseModel):
+    """An Android gateway (a phone running medic-gateway) and how its polls are going."""
+
+    model_config = _examples(_GATEWAY)
+
+    name: str
+    last_poll_at: datetime | None = Field(description="Null if it never polled.")
+    first_poll_at: datetime | None
+    last_address: str | None
+    silent: bool = Field(description="True when it has not polled for `silent_after_seconds`.")
+    polls: int
+    inbound_received: int
+    updates_received: int
+    messages_handed_over: int
+    waiting: int = Field(description="Messages waiting for its next poll.")
+    unacknowledged: int = Field(description="Messages handed over that it has not reported on.")
+
+
+class GatewayList(BaseModel):
+    """Every configured Android gateway."""
+
+    model_config = _examples({"data": [_GATEWAY]})
+
+    data: list[GatewayOut]
+
+
+class HealthOut(BaseModel):
+    """Whether tidings and its database answer."""
+
+    model_config = _examples(
+        {"status": "ok", "database": "ok"}, {"status": "unavailable", "database": "unreachable"}
+    )
+
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "unreachable"]
+
+
+class GatewayCheckOut(BaseModel):
+    """What the medic-gateway app expects when it checks the URL it was given."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"medic-gateway": True}]})
+
+    medic_gateway: Literal[True] = Field(alias="medic-gateway")
+
+
+class GatewaySmsIn(BaseModel):
+    """An SMS the phone received."""
+
+    model_config = _examples(
+        {"id": "a1b2", "from": "+254712345678", "content": "STOP", "sms_sent": 1741944413589}
+    )
+
+    id: str = Field(description="The app's id for it; the same SMS sent twice is stored once.")
+    sender: str = Field(alias="from")
+    content: str
+    sms_sent: int | None = Field(default=None, description="Milliseconds since 1970.")
+    sms_received: int | None = Field(default=None, description="Milliseconds since 1970.")
+
+
+class GatewayUpdateIn(BaseModel):
+    """What became of a message the phone was given."""
+
+    model_config = _examples({"id": MESSAGE_ID, "status": "FAILED", "reason": "no credit"})
+
+    id: str = Field(description="The message's id, as handed over.")
+    status: str = Field(
+        description="`UNSENT`, `PENDING`, `SENT`, `DELIVERED` or `FAILED`; another word is kept."
+    )
+    reason: str | None = Field(default=None, description="Why it failed.")
+
+
+class GatewayPollIn(BaseModel):
+    """The medic-gateway app's poll. Missing or null lists are fine and unknown fields are ignored;
+    a malformed item is skipped (and logged), the rest are kept."""
+
+    model_config = _examples(
+        {
+            "messages": [
+                {"id": "a1b2", "from": "+254712345678", "content": "STOP", "sms_sent": 1741944413589}
+            ],
+            "updates": [{"id": MESSAGE_ID, "status": "DELIVERED"}],
+        }
+    )
+
+    messages: list[GatewaySmsIn] | None = Field(default=None, description="SMS the phone received.")
+    updates: list[GatewayUpdateIn] | None = Field(default=None, description="What became of its messages.")
+
+
+class GatewayMessageOut(BaseModel):
+    """A message for the phone to send."""
+
+    model_config = _examples(
+        {"id": MESSAGE_ID, "to": "+254712345678", "content": "Your appointment is tomorrow."}
+    )
+
+    id: str
+    to: str
+    content: str
+
+
+class GatewayPollOut(BaseModel):
+    """The messages due for the phone, at most its ``batch_size``."""
+
+    model_config = _examples(
+        {"messages": [{"id": MESSAGE_ID, "to": "+254712345678", "content": "Your appointment is tomorrow."}]}
+    )
+
+    messages: list[GatewayMessageOut]
+
+
+class GatewayErrorOut(BaseModel):
+    """An error on the gateway's endpoint, in the app's shape: it shows ``message`` on the phone."""
+
+    model_config = _examples({"error": True, "message": "wrong username or password"})
+
+    error: Literal[True]
     message: str
-    field: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    model_config = _examples(
+        {"code": "invalid_phone_number", "message": "The phone number is not a valid number.", "field": "to"}
+    )
+
+    code: str = Field(description="Stable: what a program tests.")
+    message: str = Field(description="For people; its wording may change.")
+    field: str | None = Field(default=None, description="The request field at fault, when there is one.")
 
 
 class ErrorOut(BaseModel):
+    """Every error the API answers (but the Android gateway's endpoint)."""
+
+    model_config = _examples(
+        {
+            "error": {
+                "code": "invalid_phone_number",
+                "message": "The phone number is not a valid number.",
+                "field": "to",
+            }
+        }
+    )
+
     error: ErrorDetail
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with the models inside it written out in place, for a place in the
+    OpenAPI document that FastAPI does not make a component of."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
+def error_schema(codes: list[str]) -> dict[str, Any]:
+    """The JSON schema of :class:`ErrorOut` whose ``code`` is one of ``codes``."""
+    schema = inline_schema(ErrorOut)
+    detail = schema["properties"]["error"]
+    detail["properties"]["code"]["enum"] = codes
+    # The operation gives one example per code instead.
+    schema.pop("examples", None)
+    detail.pop("examples", None)
+    schema["title"] = "Error"
+    return schema
 
 
 _TIMES = (

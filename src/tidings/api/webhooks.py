@@ -3,17 +3,48 @@ through the one webhook pipeline (``services/webhooks.py``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
-from tidings.api.common import ServiceDep
+from tidings.api.common import POSTED, ServiceDep, errors
+from tidings.errors import (
+    AddressNotAllowed,
+    DatabaseUnavailable,
+    NotFound,
+    WebhookMediaType,
+    WebhookRejected,
+    WebhookTooLarge,
+    WebhookUnauthorized,
+)
 from tidings.providers.base import Provider, WebhookRequest
 from tidings.services import Service
 
 router = APIRouter(tags=["webhooks"])
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Taken: what the provider expects (`OK`, or empty TwiML for Twilio's inbound SMS).",
+        "content": {
+            "text/plain": {"schema": {"type": "string"}, "example": "OK"},
+            "text/xml": {"schema": {"type": "string"}, "example": "<Response/>"},
+        },
+    },
+    **errors(
+        *POSTED,
+        NotFound,
+        WebhookRejected,
+        WebhookUnauthorized,
+        AddressNotAllowed,
+        WebhookTooLarge,
+        WebhookMediaType,
+        DatabaseUnavailable,
+    ),
+}
+"""A webhook's answers: the provider's own on success, the API's error contract otherwise."""
 
 
 async def receive(service: Service, provider: Provider, event: str, request: Request) -> Response:
@@ -35,7 +66,13 @@ async def webhook_probe(kind: str, name: str, event: str, service: ServiceDep) -
     return Response(status_code=200)
 
 
-@router.post("/webhooks/{kind}/{name}/{event}")
+@router.post(
+    "/webhooks/{kind}/{name}/{event}",
+    operation_id="receiveWebhook",
+    summary="Receive a provider's webhook",
+    response_class=PlainTextResponse,
+    responses=RESPONSES,
+)
 async def webhook(kind: str, name: str, event: str, request: Request, service: ServiceDep) -> Response:
     """Receipts, reports and inbound messages posted by providers. Each request is logged first,
     then checked (address allowlist, size, content type, the provider's signature)."""
@@ -52,8 +89,17 @@ def add_legacy_routes(app: FastAPI, service: Service) -> None:
             methods=["POST"],
             tags=["webhooks"],
             name=f"{provider.kind}_{event}_legacy",
+            operation_id=_camel("receive", provider.kind, event, "webhook"),
             summary=f"{provider.kind.title()} {event} webhooks at the path seed 002's service used",
+            response_class=PlainTextResponse,
+            responses=RESPONSES,
         )
+
+
+def _camel(*words: str) -> str:
+    """``receive``, ``orange``, ``delivery-status`` → ``receiveOrangeDeliveryStatus``."""
+    parts = [part for word in words for part in re.split(r"[^A-Za-z0-9]+", word) if part]
+    return parts[0].lower() + "".join(part.title() for part in parts[1:])
 
 
 def _legacy(
