@@ -34,6 +34,5 @@ def test_every_dependency_is_pinned_inside_its_range(lock: str, groups: list[str
     for requirement in wanted:
         name = canonicalize_name(requirement.name)
         assert name in versions, f"{requirement.name} is not in {lock}: run `make lock`"
-        assert requirement.specifier.contains(versions[name]), (
-            f"{lock} pins {requirement.name} {versions[name]}, outside {requirement.specifier}: run `make lock`"
-        )
+        outside = f"{lock} pins {requirement.name} {versions[name]}, outside {requirement.specifier}"
+        assert requirement.specifier.contains(versions[name]), f"{outside}: run `make lock`"
