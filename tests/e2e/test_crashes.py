@@ -13,7 +13,7 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -22,13 +22,14 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from tests.e2e.test_multiprocess import Processes, clean_env, free_port, healthy, stat
+from tests.e2e.test_multiprocess import Processes, clean_env, free_port, healthy, processes, stat
 from tests.pg_cluster import Cluster
 from tidings.store import Store
 from tidings.store.tables import api_keys, messages
 from tidings.testing.fake_server import FakeProviderServer, FakeServerConfig
 
 pytestmark = [pytest.mark.slow]
+__all__ = ["processes"]  # the fixture, shared with test_multiprocess
 
 TO = "+12025550123"
 WAITING = ("scheduled", "pending", "sending")
@@ -42,15 +43,6 @@ async def fake_server() -> AsyncIterator[FakeProviderServer]:
         yield server
     finally:
         await server.stop()
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.close()
 
 
 @dataclass
