@@ -11,7 +11,10 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     │   ├── InvalidPhoneNumber
     │   ├── BodyTooLong
     │   ├── RecipientOptedOut
-    │   └── CallbackUrlNotAllowed
+    │   ├── CallbackUrlNotAllowed
+    │   ├── InvalidTemplate          a template does not compile or is refused by the sandbox
+    │   ├── RenderFailed             a template could not be rendered for a recipient
+    │   └── BatchRefused             no recipient of a batch could be accepted
     ├── BadRequest                   400: the request cannot be read (bad JSON, bad cursor)
     ├── Unauthorized                 401: missing, unknown or revoked API key
     ├── Forbidden                    403: the API key may not do this (its scopes)
@@ -19,7 +22,8 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     ├── NotFound                     404
     ├── Conflict                     409
     │   ├── IdempotencyConflict
-    │   └── NotCancellable
+    │   ├── NotCancellable
+    │   └── SignatureReused          a signed request's signature was already used
     ├── PayloadTooLarge              413
     ├── DatabaseUnavailable          503: the database cannot be reached (retry after a moment)
     ├── WebhookRejected              400: a provider's webhook request was refused
@@ -110,6 +114,24 @@ class CallbackUrlNotAllowed(InvalidInput):
     code = "callback_url_not_allowed"
 
 
+class InvalidTemplate(InvalidInput):
+    """The template does not compile."""
+
+    code = "invalid_template"
+
+
+class RenderFailed(InvalidInput):
+    """The template could not be rendered for this recipient."""
+
+    code = "render_failed"
+
+
+class BatchRefused(InvalidInput):
+    """No recipient of the batch could be accepted; nothing was stored."""
+
+    code = "batch_refused"
+
+
 class BadRequest(TidingsError):
     """The request could not be read."""
 
@@ -166,6 +188,12 @@ class NotCancellable(Conflict):
     """The message can no longer be cancelled."""
 
     code = "not_cancellable"
+
+
+class SignatureReused(Conflict):
+    """This request signature was already used; sign each request anew."""
+
+    code = "signature_reused"
 
 
 class PayloadTooLarge(TidingsError):
