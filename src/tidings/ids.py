@@ -11,6 +11,9 @@ import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+"""Every 10-bit value as its two characters: an id is 13 of them."""
+_SHIFTS = tuple(range(120, -1, -10))
 
 
 _lock = threading.Lock()
@@ -33,11 +36,8 @@ def new_id(now_ms: int | None = None) -> str:
             random_part = int.from_bytes(os.urandom(10), "big")
         _last = (ms, random_part)
     value = (ms << 80) | random_part
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def is_id(value: str) -> bool:

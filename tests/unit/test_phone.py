@@ -143,3 +143,26 @@ def test_valid_regions(code: str) -> None:
 @pytest.mark.parametrize("code", ["", "XX", "ZZ", "001", "KEN", "UK", "254"])
 def test_invalid_regions(code: str) -> None:
     assert not is_valid_region(code)
+
+
+def test_a_number_already_in_e164_is_read_the_same_as_when_parsed_in_every_region() -> None:
+    # normalize_e164 takes a short cut for numbers written in E.164; it must agree with the full
+    # parse on every region's example numbers of every type.
+    import phonenumbers
+
+    from tidings.domain.phone import _valid_e164
+
+    short_cuts = 0
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in range(11):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            written = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+            parsed = phonenumbers.parse(written)
+            fast = _valid_e164(written)
+            if fast is not None:
+                assert phonenumbers.is_valid_number(parsed), written
+                assert fast == phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+                short_cuts += 1
+    assert short_cuts > 1000

@@ -8,9 +8,14 @@ lengths and prefixes. This module does no I/O.
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 
 from tidings.errors import InvalidPhoneNumber
+
+_E164 = re.compile(r"\+([1-9][0-9]{5,14})")
+_COUNTRY_CODES = frozenset(phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 
 _FIELD = "to"
 _MAX_ECHO = 40  # longest input quoted back in an error message
@@ -45,6 +50,9 @@ def normalize_e164(raw: str, default_region: str | None = None) -> str:
     Raises ``ValueError`` if ``default_region`` is not a known region: that is a configuration bug
     (validate it with :func:`is_valid_region` at start-up), not the API user's fault.
     """
+    canonical = _valid_e164(raw)
+    if canonical is not None:
+        return canonical
     text = raw.strip()
     if text[:4].lower() == "tel:":
         text = text[4:].strip()
@@ -86,6 +94,31 @@ def normalize_e164(raw: str, default_region: str | None = None) -> str:
             field=_FIELD,
         )
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _valid_e164(raw: str) -> str | None:
+    """``raw`` when it is already a valid number written in E.164, found without parsing it (the
+    common case, and a third of the cost); ``None`` sends it the long way. A national part that
+    starts with 0 always goes the long way (leading zeros are kept apart in phonenumbers)."""
+    match = _E164.fullmatch(raw)
+    if match is None:
+        return None
+    digits = match.group(1)
+    for length in (1, 2, 3):
+        code = int(digits[:length])
+        if code in _COUNTRY_CODES:
+            national = digits[length:]
+            if not national or national[0] == "0":
+                return None
+            number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+            regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[code]
+            if len(regions) == 1:
+                # What is_valid_number does after finding the region, which takes it longer.
+                valid = phonenumbers.is_valid_number_for_region(number, regions[0])
+            else:
+                valid = phonenumbers.is_valid_number(number)
+            return raw if valid else None
+    return None
 
 
 def _parse_error_message(text: str, error_type: int) -> str:

@@ -21,6 +21,7 @@ than approximate. It does no I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -97,6 +98,9 @@ def _count_segments(costs: Iterable[int], total: int, single: int, per_part: int
     return segments
 
 
+_GSM7_BASIC_ONLY = re.compile("[" + re.escape("".join(sorted(GSM7_BASIC))) + "]*")
+
+
 def analyze(body: str) -> SegmentInfo:
     """Work out the encoding and the number of SMS segments ``body`` will be sent as.
 
@@ -105,6 +109,9 @@ def analyze(body: str) -> SegmentInfo:
     """
     if not body:
         raise ValueError("cannot analyze an empty SMS body")
+    if len(body) <= GSM7_SINGLE_SEGMENT and _GSM7_BASIC_ONLY.fullmatch(body):
+        # The common case, decided without a loop in Python: one septet per character, one part.
+        return SegmentInfo(encoding=Encoding.GSM7, segments=1, units=len(body), characters=len(body))
     if all(char in GSM7_BASIC or char in GSM7_EXTENSION for char in body):
         costs = [_gsm7_cost(char) for char in body]
         encoding = Encoding.GSM7
