@@ -82,6 +82,12 @@ class Settings(BaseModel):
     default_provider: str = "fake"
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     max_body_chars: int = Field(default=1600, ge=1)
+    max_batch_recipients: int = Field(default=100_000, ge=1)
+    """Most recipients in one batch (``POST /v1/batches``); more is a 422 ``too_many_recipients``."""
+    max_batch_bytes: int = Field(default=52_428_800, ge=1024)
+    """Largest body ``POST /v1/batches`` accepts (other requests: ``max_request_bytes``)."""
+    signature_tolerance_seconds: float = Field(default=300.0, gt=0, le=3600)
+    """How far a signed request's timestamp may be from now; its signature is single-use meanwhile."""
     api_key_cache_seconds: float = Field(default=5.0, ge=0)
     api_key_rate_limit: float | None = Field(default=None, gt=0)
     """Requests a second each API key may make, per API process (unset: no limit); a key's own

@@ -14,7 +14,8 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     │   ├── CallbackUrlNotAllowed
     │   ├── InvalidTemplate          a template does not compile or is refused by the sandbox
     │   ├── RenderFailed             a template could not be rendered for a recipient
-    │   └── BatchRefused             no recipient of a batch could be accepted
+    │   ├── BatchRefused             no recipient of a batch could be accepted
+    │   └── TooManyRecipients        a batch has more recipients than allowed
     ├── BadRequest                   400: the request cannot be read (bad JSON, bad cursor)
     ├── Unauthorized                 401: missing, unknown or revoked API key
     ├── Forbidden                    403: the API key may not do this (its scopes)
@@ -25,6 +26,7 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     │   ├── NotCancellable
     │   └── SignatureReused          a signed request's signature was already used
     ├── PayloadTooLarge              413
+    ├── UnsupportedMediaType         415: a body in a format the operation does not read
     ├── DatabaseUnavailable          503: the database cannot be reached (retry after a moment)
     ├── WebhookRejected              400: a provider's webhook request was refused
     │   ├── WebhookUnauthorized      403: its signature (or token) does not verify
@@ -132,6 +134,12 @@ class BatchRefused(InvalidInput):
     code = "batch_refused"
 
 
+class TooManyRecipients(InvalidInput):
+    """The batch has more recipients than allowed."""
+
+    code = "too_many_recipients"
+
+
 class BadRequest(TidingsError):
     """The request could not be read."""
 
@@ -201,6 +209,13 @@ class PayloadTooLarge(TidingsError):
 
     code = "payload_too_large"
     http_status = 413
+
+
+class UnsupportedMediaType(TidingsError):
+    """The request body's Content-Type is not one this operation reads."""
+
+    code = "unsupported_media_type"
+    http_status = 415
 
 
 class DatabaseUnavailable(TidingsError):

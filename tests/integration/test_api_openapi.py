@@ -25,6 +25,15 @@ OPERATIONS = {
     ("get", "/v1/messages"): "listMessages",
     ("get", "/v1/messages/{message_id}"): "getMessage",
     ("post", "/v1/messages/{message_id}/cancel"): "cancelMessage",
+    ("post", "/v1/batches"): "sendBatch",
+    ("get", "/v1/batches"): "listBatches",
+    ("get", "/v1/batches/{batch_id}"): "getBatch",
+    ("post", "/v1/batches/{batch_id}/cancel"): "cancelBatch",
+    ("post", "/v1/templates"): "createTemplate",
+    ("get", "/v1/templates"): "listTemplates",
+    ("get", "/v1/templates/{template_id}"): "getTemplate",
+    ("put", "/v1/templates/{template_id}"): "updateTemplate",
+    ("delete", "/v1/templates/{template_id}"): "deleteTemplate",
     ("post", "/webhooks/{kind}/{name}/{event}"): "receiveWebhook",
     ("post", "/api/sms/webhook/delivery-status"): "receiveOrangeDeliveryWebhook",
     ("post", "/api/sms/webhook/inbound-message"): "receiveOrangeInboundWebhook",
@@ -110,14 +119,18 @@ def test_authenticated_operations_declare_the_bearer_scheme_and_their_401(docume
     for method, path, op in operations(document):
         if path.startswith("/v1/"):
             authenticated += 1
-            assert op.get("security") == [{"bearerAuth": []}], (method, path)
+            # A batch may instead be signed with the key's signing secret (either one will do).
+            alternatives = [{"signedRequest": []}] if (method, path) == ("post", "/v1/batches") else []
+            assert op.get("security") == [{"bearerAuth": []}, *alternatives], (method, path)
             error = op["responses"]["401"]["content"]["application/json"]
             assert resolve(document, error["schema"])["properties"]["error"]["properties"]["code"][
                 "enum"
             ] == ["unauthorized"]
         else:
             assert {"bearerAuth": []} not in op.get("security", []), (method, path)
-    assert authenticated == 15
+    assert authenticated == 24
+    signed = document["components"]["securitySchemes"]["signedRequest"]
+    assert (signed["type"], signed["in"], signed["name"]) == ("apiKey", "header", "Tidings-Signature")
 
 
 def test_no_operation_takes_the_authorization_header_as_a_parameter(document: dict[str, Any]) -> None:

@@ -1,5 +1,6 @@
-"""The HTTP API: one module per resource (``messages``, ``webhooks``, ``gateway``, ``inbound``,
-``opt_outs``, ``log``, ``callbacks``), each a thin layer over the services. OpenAPI at
+"""The HTTP API: one module per resource (``messages``, ``batches``, ``templates``, ``webhooks``,
+``gateway``, ``inbound``, ``opt_outs``, ``log``, ``callbacks``), each a thin layer over the
+services. OpenAPI at
 ``/openapi.json``, docs at ``/docs`` and ``/redoc`` (``docs``, served without internet access).
 
 Every error is JSON ``{"error": {"code", "message", "field"?}}`` with a stable code; a message is
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings import ids, logs
-from tidings.api import callbacks, gateway, inbound, messages, opt_outs, webhooks
+from tidings.api import batches, callbacks, gateway, inbound, messages, opt_outs, templates, webhooks
 from tidings.api import log as message_log
 from tidings.api.auth import KeyChecker
 from tidings.api.common import error_response, json_response
@@ -35,19 +36,22 @@ log = logging.getLogger(__name__)
 
 
 class BodyLimit:
-    """Answers 413 to a request body larger than ``max_bytes``, before anything reads it."""
+    """Answers 413 to a request body larger than ``max_bytes`` (or, for the paths in ``larger``,
+    their own limit), before anything reads it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = larger or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        too_large = PayloadTooLarge(f"request body is larger than {self.max_bytes} bytes")
+        limit = self.larger.get(scope["path"], self.max_bytes)
+        too_large = PayloadTooLarge(f"request body is larger than {limit} bytes")
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await error_response(too_large)(scope, receive, send)
                 return
         chunks: list[bytes] = []
@@ -58,7 +62,7 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
+            if size > limit:
                 await error_response(too_large)(scope, receive, send)
                 return
             chunks.append(chunk)
@@ -247,11 +251,25 @@ def create_app(service: Service) -> FastAPI:
             return json_response({"status": "unavailable", "database": "unreachable"}, 503)
         return json_response({"status": "ok", "database": "ok"})
 
-    for module in (messages, webhooks, gateway, inbound, opt_outs, message_log, callbacks):
+    for module in (
+        messages,
+        batches,
+        templates,
+        webhooks,
+        gateway,
+        inbound,
+        opt_outs,
+        message_log,
+        callbacks,
+    ):
         app.include_router(module.router)
     webhooks.add_legacy_routes(app, service)
     add_docs(app)
-    app.add_middleware(BodyLimit, max_bytes=service.settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=service.settings.max_request_bytes,
+        larger={batches.PATH: service.settings.max_batch_bytes},
+    )
     app.add_middleware(Guard)
     app.add_middleware(RequestLog, enabled=service.settings.access_log)
     return app

@@ -6,13 +6,18 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from tidings import ids
+from tidings.clock import to_db, utcnow
 from tidings.errors import Forbidden, RateLimited, Unauthorized
+from tidings.signatures import HEADER, KEY_HEADER, signed_with
 from tidings.store.keys import ApiKey, KeyStore, hash_secret
+from tidings.store.signatures import SignatureStore
 
 MAX_CACHED_KEYS = 10_000
 """The most keys the cache holds: it is emptied when full, so ever new keys cannot make it grow."""
@@ -79,6 +84,36 @@ class KeyChecker:
         self._count(key)
         return key
 
+    async def check_signed(
+        self,
+        key_id: str | None,
+        signature: str | None,
+        body: bytes,
+        *,
+        used: SignatureStore,
+        tolerance: float,
+    ) -> ApiKey:
+        """The key whose signing secret signs ``body`` (``Tidings-Key`` and ``Tidings-Signature``),
+        within ``tolerance`` seconds of now; a signature is accepted once (:class:`SignatureReused`
+        after that)."""
+        if not key_id or not ids.is_id(key_id):
+            raise Unauthorized(f"a signed request names its key's id in `{KEY_HEADER}`")
+        found = await self.keys.signing(key_id, utcnow())
+        if found is None:
+            raise Unauthorized("unknown or revoked API key")
+        key, secrets = found
+        signed = signed_with(body, signature, secrets, tolerance=tolerance)
+        if signed is None:
+            raise Unauthorized(
+                f"`{HEADER}` does not sign this body with the key's signing secret, "
+                f"or its time is more than {tolerance:g} seconds from now"
+            )
+        moment, digest = signed
+        expires = to_db(datetime.fromtimestamp(moment + tolerance, UTC))
+        await used.use(digest, key.id, expires_at=expires, now=utcnow())
+        self._count(key)
+        return key
+
 
 bearer = HTTPBearer(
     scheme_name="bearerAuth",
@@ -102,14 +137,51 @@ async def authenticate(
 Authenticated = Annotated[ApiKey, Depends(authenticate)]
 """Any valid key."""
 
+signed = APIKeyHeader(
+    name=HEADER,
+    scheme_name="signedRequest",
+    description=(
+        f"Instead of a bearer key: `{KEY_HEADER}: <key id>` and `{HEADER}: t=<unix seconds>,v1=<hex>`, "
+        "the HMAC-SHA256 of `<t>.<body>` with the key's signing secret (README: Signed batches)."
+    ),
+    auto_error=False,
+)
+
+
+async def authenticate_signed(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    _signed: Annotated[str | None, Depends(signed)],
+) -> ApiKey:
+    """The API key of a request that may be signed instead of carrying a bearer key."""
+    checker: KeyChecker = request.app.state.keys
+    if request.headers.get("authorization") is None and request.headers.get(HEADER) is not None:
+        service = request.app.state.service
+        return await checker.check_signed(
+            request.headers.get(KEY_HEADER),
+            request.headers.get(HEADER),
+            await request.body(),
+            used=service.store.signatures,
+            tolerance=service.settings.signature_tolerance_seconds,
+        )
+    return await checker.check(request.headers.get("authorization"))
+
+
+def _in_scope(key: ApiKey, name: str) -> ApiKey:
+    if name not in key.scopes:
+        raise Forbidden(f"this API key may not {name} (its scopes: {', '.join(sorted(key.scopes))})")
+    return key
+
 
 def _scope(name: str) -> Callable[[ApiKey], ApiKey]:
     def check(key: Authenticated) -> ApiKey:
-        if name not in key.scopes:
-            raise Forbidden(f"this API key may not {name} (its scopes: {', '.join(sorted(key.scopes))})")
-        return key
+        return _in_scope(key, name)
 
     return check
+
+
+def _signed_sender(key: Annotated[ApiKey, Depends(authenticate_signed)]) -> ApiKey:
+    return _in_scope(key, "send")
 
 
 Sender = Annotated[ApiKey, Depends(_scope("send"))]
@@ -118,3 +190,5 @@ Reader = Annotated[ApiKey, Depends(_scope("read"))]
 """A key that may read messages, the log, inbound messages and callbacks."""
 Admin = Annotated[ApiKey, Depends(_scope("admin"))]
 """A key that may manage opt-outs, callback settings and retries."""
+SignedSender = Annotated[ApiKey, Depends(_signed_sender)]
+"""A key that may send, given as a bearer key or by signing the request with its signing secret."""

@@ -21,7 +21,8 @@ from tidings.api.common import (
     json_response,
     times,
 )
-from tidings.api.schemas import CallbackOut, CallbackPage, CallbackSettingsOut, CallbackStatus, RequestModel
+from tidings.api.schemas import CallbackOut, CallbackPage, CallbackSettingsOut, CallbackStatus
+from tidings.domain.requests import RequestModel
 from tidings.errors import BadRequest, CallbackUrlNotAllowed, InvalidInput, NotFound, printable
 
 router = APIRouter(tags=["callbacks"])

@@ -9,8 +9,9 @@ from fastapi.responses import Response
 
 from tidings.api.auth import Reader
 from tidings.api.common import AUTHENTICATED, PARAMETERS, ServiceDep, errors, id_cursor, json_response, times
-from tidings.api.schemas import TIME_PARAMETER, InboundPage, Timestamp
+from tidings.api.schemas import InboundPage
 from tidings.clock import utc_field
+from tidings.domain.requests import TIME_PARAMETER, Timestamp
 from tidings.errors import BadRequest, InvalidInput, printable
 
 router = APIRouter(tags=["inbound"])

@@ -19,8 +19,9 @@ from tidings.api.common import (
     time_cursor,
     times,
 )
-from tidings.api.schemas import TIME_PARAMETER, LogPage, Timestamp
+from tidings.api.schemas import LogPage
 from tidings.clock import utc_field
+from tidings.domain.requests import TIME_PARAMETER, Timestamp
 from tidings.errors import BadRequest, InvalidInput, InvalidPhoneNumber, printable
 from tidings.store.log import Kind, LogFilter
 

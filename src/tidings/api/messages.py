@@ -18,9 +18,10 @@ from tidings.api.common import (
     id_cursor,
     json_response,
 )
-from tidings.api.schemas import TIME_PARAMETER, MessageIn, MessageOut, MessagePage, Timestamp, message_json
+from tidings.api.schemas import MessageIn, MessageOut, MessagePage, message_json
 from tidings.clock import utc_field
 from tidings.domain.phone import normalize_e164
+from tidings.domain.requests import TIME_PARAMETER, Timestamp
 from tidings.domain.status import Status
 from tidings.errors import (
     BadRequest,
@@ -100,6 +101,7 @@ async def list_messages(
     to: Annotated[str | None, Query(max_length=64)] = None,
     tag: Annotated[str | None, Query(max_length=128)] = None,
     provider: Annotated[str | None, Query(max_length=64)] = None,
+    batch: Annotated[str | None, Query(max_length=64, description="A batch's id: its messages.")] = None,
     created_after: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
     created_before: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
@@ -111,6 +113,7 @@ async def list_messages(
         to=normalize_e164(to, service.settings.default_region) if to else None,
         tag=printable(tag, "tag"),
         provider=printable(provider, "provider"),
+        batch=printable(batch, "batch"),
         created_after=utc_field(created_after, "created_after"),
         created_before=utc_field(created_before, "created_before"),
     )

@@ -20,8 +20,9 @@ from tidings.api.common import (
     phone_number,
     times,
 )
-from tidings.api.schemas import OptOutAdded, OptOutPage, RequestModel
+from tidings.api.schemas import OptOutAdded, OptOutPage
 from tidings.domain.content import Channel
+from tidings.domain.requests import RequestModel
 from tidings.errors import BadRequest, InvalidInput, InvalidPhoneNumber, NotFound, printable
 from tidings.store.messages import ALL_SENDERS
 

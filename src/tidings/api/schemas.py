@@ -2,67 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.clock import to_api
+from tidings.domain.batches import progress
 from tidings.domain.content import Channel
 from tidings.domain.failures import FailureReason
+from tidings.domain.requests import RequestModel, Timestamp
 from tidings.domain.segments import Encoding
 from tidings.domain.status import Status
-from tidings.errors import unstorable
 from tidings.store.log import Kind
 
 CallbackStatus = Literal["pending", "delivering", "delivered", "failed"]
-
-
-def _storable(value: Any) -> None:
-    if isinstance(value, str):
-        reason = unstorable(value)
-        if reason is not None:
-            raise ValueError(reason)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable(key)
-            _storable(item)
-    elif isinstance(value, list):
-        for item in value:
-            _storable(item)
-
-
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def _not_a_number(value: Any) -> Any:
-    # pydantic reads a number, or the text of one, as seconds since 1970: `until=2025` would be
-    # a moment on 1 January 1970.
-    if (isinstance(value, int | float) and not isinstance(value, bool)) or (
-        isinstance(value, str) and _NUMBER.fullmatch(value.strip())
-    ):
-        raise ValueError("must be an ISO 8601 time (2025-03-14T09:26:53Z), not a number")
-    return value
-
-
-Timestamp = Annotated[datetime, BeforeValidator(_not_a_number)]
-"""A time a client gives: ISO 8601, with an offset or in UTC without one; not a number."""
-
-TIME_PARAMETER = "ISO 8601 (2025-03-14T09:26:53Z); no offset means UTC."
-
-
-class RequestModel(BaseModel):
-    """A request body: unknown fields are refused, and so is text no database can store (NUL,
-    unpaired surrogates) anywhere in it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*")
-    @classmethod
-    def _text_is_storable(cls, value: Any) -> Any:
-        _storable(value)
-        return value
 
 
 MESSAGE_ID = "01J9ZK3V8Q4W6M2N5P7R9T1X3Y"
@@ -180,6 +134,9 @@ _MESSAGE: dict[str, Any] = {
     "polls": 0,
     "callback_url": None,
     "redacted_at": None,
+    "batch_id": None,
+    "template_id": None,
+    "template_version": None,
 }
 
 
@@ -223,6 +180,9 @@ class MessageOut(BaseModel):
     polls: int
     callback_url: str | None
     redacted_at: datetime | None
+    batch_id: str | None = Field(description="The batch it came in (`GET /v1/batches/{id}`).")
+    template_id: str | None = Field(description="The stored template its body was rendered from.")
+    template_version: int | None = Field(description="That template's version.")
     events: list[EventOut] | None = Field(default=None, description="Its history, oldest first.")
 
 
@@ -248,6 +208,228 @@ _INBOUND: dict[str, Any] = {
     "webhook_log_id": 17,
     "redacted_at": None,
 }
+
+
+BATCH_ID = "01J9ZM0A1B2C3D4E5F6G7H8J9K"
+TEMPLATE_ID = "01J9ZKX4N6P8R0T2V4X6Z8B0D2"
+
+
+class Refusal(BaseModel):
+    """A recipient of a batch that was not accepted, with the error a single send would get."""
+
+    model_config = _examples(
+        {
+            "index": 3,
+            "code": "invalid_phone_number",
+            "message": "'+1 555' is not a valid number.",
+            "field": "to",
+        }
+    )
+
+    index: int = Field(description="Its position in `recipients`, from 0.")
+    code: str = Field(
+        description="`invalid_phone_number`, `recipient_opted_out`, `render_failed`, `body_too_long`…"
+    )
+    message: str
+    field: str | None
+
+
+class BatchAccepted(BaseModel):
+    """What became of a batch: how many recipients were accepted, and which were not."""
+
+    model_config = _examples(
+        {
+            "id": BATCH_ID,
+            "group_id": "clinic-42-reminders-2025-03-20",
+            "channel": "sms",
+            "total": 3,
+            "accepted": 2,
+            "refused": [
+                {
+                    "index": 1,
+                    "code": "recipient_opted_out",
+                    "message": "+254712345679 opted out of messages",
+                    "field": "to",
+                }
+            ],
+            "created_at": WHEN,
+        }
+    )
+
+    id: str
+    group_id: str
+    channel: Channel
+    total: int = Field(description="Recipients in the request.")
+    accepted: int = Field(description="Messages stored and queued.")
+    refused: list[Refusal]
+    created_at: datetime
+
+
+class BatchCounts(BaseModel):
+    """How far a batch's messages are: final / total, and the rates among those sent to an end."""
+
+    model_config = _examples(
+        {"final": 1, "total": 2, "ratio": 0.5, "delivery_rate": 1.0, "failure_rate": 0.0}
+    )
+
+    final: int = Field(description="Messages delivered, failed or cancelled.")
+    total: int = Field(description="Messages accepted.")
+    ratio: float = Field(description="final / total.")
+    delivery_rate: float | None = Field(description="delivered / (delivered + failed); null before any.")
+    failure_rate: float | None = Field(description="failed / (delivered + failed); null before any.")
+
+
+class BatchOut(BatchAccepted):
+    """A batch: its shared part, and how it is getting on."""
+
+    model_config = _examples(
+        {
+            "id": BATCH_ID,
+            "group_id": "clinic-42-reminders-2025-03-20",
+            "channel": "sms",
+            "total": 2,
+            "accepted": 2,
+            "refused": [],
+            "created_at": WHEN,
+            "template_id": None,
+            "template_version": None,
+            "shared": {"template": "Hello {{ first_name }}", "sender": "CLINIC", "tags": ["reminders"]},
+            "tags": ["reminders"],
+            "counts": {"delivered": 1, "sent": 1},
+            "progress": {"final": 1, "total": 2, "ratio": 0.5, "delivery_rate": 1.0, "failure_rate": 0.0},
+            "segments": 2,
+            "cost": None,
+            "currency": None,
+            "first_activity": WHEN,
+            "last_activity": LATER,
+            "cancelled_at": None,
+        }
+    )
+
+    template_id: str | None
+    template_version: int | None
+    shared: dict[str, Any] = Field(description="The shared part as accepted (templates, context, sender…).")
+    tags: list[str]
+    counts: dict[str, int] = Field(description="Messages by status.")
+    progress: BatchCounts
+    segments: int = Field(description="SMS parts of its messages.")
+    cost: str | None = Field(description="What its messages cost so far, once known (a decimal).")
+    currency: str | None
+    first_activity: datetime | None = Field(description="When its first message was accepted.")
+    last_activity: datetime | None = Field(description="When one of its messages last changed.")
+    cancelled_at: datetime | None
+    cancelled: int | None = Field(default=None, description="Messages this cancellation cancelled.")
+
+
+_BATCH_SUMMARY: dict[str, Any] = {
+    "id": BATCH_ID,
+    "group_id": "clinic-42-reminders-2025-03-20",
+    "channel": "sms",
+    "total": 3,
+    "accepted": 2,
+    "refused_count": 1,
+    "created_at": WHEN,
+    "tags": ["reminders"],
+    "template_id": None,
+    "template_version": None,
+    "cancelled_at": None,
+}
+
+
+class BatchSummary(BaseModel):
+    """A batch in a list (`GET /v1/batches/{id}` tells how it is getting on)."""
+
+    model_config = _examples(_BATCH_SUMMARY)
+
+    id: str
+    group_id: str
+    channel: Channel
+    total: int
+    accepted: int
+    refused_count: int = Field(description="Recipients refused at acceptance.")
+    created_at: datetime
+    tags: list[str]
+    template_id: str | None
+    template_version: int | None
+    cancelled_at: datetime | None
+
+
+class BatchPage(BaseModel):
+    """A page of batches, newest first; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    model_config = _examples({"data": [_BATCH_SUMMARY], "next_cursor": None})
+
+    data: list[BatchSummary]
+    next_cursor: str | None
+
+
+class TemplateIn(RequestModel):
+    """A template to store: an SMS's body, or an email's subject, outer layout and inner body."""
+
+    model_config = _examples(
+        {"name": "visit-reminder", "channel": "sms", "body": "Hello {{ first_name }}, see you on {{ day }}."}
+    )
+
+    name: str = Field(min_length=1, max_length=200)
+    channel: Channel = Channel.SMS
+    body: str | None = Field(default=None, max_length=100_000, description="SMS: the body template.")
+    subject: str | None = Field(default=None, max_length=100_000, description="Email: the subject template.")
+    outer: str | None = Field(default=None, max_length=100_000, description="Email: the HTML layout.")
+    inner: str | None = Field(default=None, max_length=100_000, description="Email: the body.")
+
+
+class TemplateUpdate(RequestModel):
+    """A template's next version (its channel stays)."""
+
+    model_config = _examples({"name": "visit-reminder", "body": "Hi {{ first_name }}, see you on {{ day }}."})
+
+    name: str = Field(min_length=1, max_length=200)
+    body: str | None = Field(default=None, max_length=100_000)
+    subject: str | None = Field(default=None, max_length=100_000)
+    outer: str | None = Field(default=None, max_length=100_000)
+    inner: str | None = Field(default=None, max_length=100_000)
+
+
+_TEMPLATE: dict[str, Any] = {
+    "id": TEMPLATE_ID,
+    "name": "visit-reminder",
+    "channel": "sms",
+    "version": 2,
+    "latest_version": 2,
+    "body": "Hi {{ first_name }}, see you on {{ day }}.",
+    "subject": None,
+    "outer": None,
+    "inner": None,
+    "created_at": WHEN,
+    "updated_at": LATER,
+}
+
+
+class TemplateOut(BaseModel):
+    """A stored template at one version."""
+
+    model_config = _examples(_TEMPLATE)
+
+    id: str
+    name: str
+    channel: Channel
+    version: int = Field(description="The version shown.")
+    latest_version: int
+    body: str | None
+    subject: str | None
+    outer: str | None
+    inner: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TemplatePage(BaseModel):
+    """A page of templates at their latest version, newest first."""
+
+    model_config = _examples({"data": [_TEMPLATE], "next_cursor": None})
+
+    data: list[TemplateOut]
+    next_cursor: str | None
 
 
 class InboundOut(BaseModel):
@@ -689,3 +871,55 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
     out["occurred_at"] = to_api(row["occurred_at"])
     out["recorded_at"] = to_api(row["recorded_at"])
     return out
+
+
+def batch_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A batch's answer (``POST``), or with its progress (``GET``) when ``row`` has ``counts``."""
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "group_id": row["group_id"],
+        "channel": row["channel"],
+        "total": row["total"],
+        "accepted": row["accepted"],
+        "refused": row["refused"],
+        "created_at": to_api(row["created_at"]),
+    }
+    if "counts" in row:
+        out.update(
+            template_id=row["template_id"],
+            template_version=row["template_version"],
+            shared=row["shared"],
+            tags=row["tags"],
+            counts=row["counts"],
+            progress=progress(row),
+            segments=row["segments"],
+            cost=None,
+            currency=None,
+            first_activity=to_api(row["first_activity"]),
+            last_activity=to_api(row["last_activity"]),
+            cancelled_at=to_api(row["cancelled_at"]),
+        )
+        if "cancelled" in row:
+            out["cancelled"] = row["cancelled"]
+    return out
+
+
+def batch_summary_json(row: dict[str, Any]) -> dict[str, Any]:
+    out = batch_json(row)
+    out["refused_count"] = len(out.pop("refused"))
+    out.update(
+        tags=row["tags"],
+        template_id=row["template_id"],
+        template_version=row["template_version"],
+        cancelled_at=to_api(row["cancelled_at"]),
+    )
+    return out
+
+
+def template_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: row[k] for k in ("id", "name", "channel", "version", "latest_version")},
+        **{k: row[k] for k in ("body", "subject", "outer", "inner")},
+        "created_at": to_api(row["created_at"]),
+        "updated_at": to_api(row["updated_at"]),
+    }

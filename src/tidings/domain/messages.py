@@ -28,6 +28,10 @@ class NewMessage:
     callback_url: str | None = None
     exempt_from_opt_out: bool = False
     """Sent even to an address that opted out: only the confirmation of an opt-out is."""
+    batch_id: str | None = None
+    template_id: str | None = None
+    template_version: int | None = None
+    """The stored template (and its version) the content was rendered from."""
 
     @property
     def channel(self) -> Channel:

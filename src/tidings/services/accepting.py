@@ -76,50 +76,82 @@ class Acceptor:
         self.waker = waker
         self.callbacks = callbacks
 
+    def check_shared(
+        self,
+        *,
+        sender: str | None,
+        provider: str | None,
+        tags: list[str],
+        metadata: dict[str, Any],
+        callback_url: str | None,
+    ) -> list[str]:
+        """Check what a message shares with others of its request (all of a batch's): raises
+        :class:`InvalidInput` naming the field; returns the tags without repeats."""
+        printable(sender, "sender")
+        printable(callback_url, "callback_url")
+        self.callbacks.check_url(callback_url, "callback_url")
+        if provider is not None and provider not in self.providers:
+            raise InvalidInput(
+                f"unknown provider {provider!r}; configured: {', '.join(sorted(self.providers))}",
+                field="provider",
+            )
+        _check_metadata(metadata)
+        return check_tags(tags)
+
+    def compose(
+        self,
+        number: str,
+        body: str,
+        *,
+        provider: str | None,
+        test: bool,
+        ordered: bool | None,
+        **rest: Any,
+    ) -> NewMessage:
+        """One SMS to the E.164 ``number`` whose shared parts are checked (:meth:`check_shared`):
+        checks the body, routes it (a test key's message goes to the test provider whatever it
+        asked for) and counts its segments. ``rest``: the :class:`NewMessage` fields as they are."""
+        if not body or not body.strip():
+            raise InvalidInput("body must not be empty", field="body")
+        limit = self.settings.max_body_chars
+        if len(body) > limit:
+            raise BodyTooLong(f"body has {len(body)} characters; the limit is {limit}", field="body")
+        printable(body, "body")
+        route = [TEST_PROVIDER] if test else self.router.route(number, provider)
+        chosen = route[0]
+        return NewMessage.sms(
+            to=number,
+            text=body,
+            provider=chosen,
+            max_attempts=self.settings.max_attempts,
+            route=route,
+            ordered=self.providers[chosen].settings.ordered if ordered is None else ordered,
+            **rest,
+        )
+
     def build(
         self, request: SendRequest, *, default_callback_url: str | None = None, test: bool = False
     ) -> NewMessage:
         """Validate and normalise one SMS; raises :class:`InvalidInput` naming the field. A test
         key's message goes to the test provider whatever it asked for."""
-        settings = self.settings
-        number = normalize_e164(request.to, settings.default_region)
-        body = request.body
-        if not body or not body.strip():
-            raise InvalidInput("body must not be empty", field="body")
-        if len(body) > settings.max_body_chars:
-            raise BodyTooLong(
-                f"body has {len(body)} characters; the limit is {settings.max_body_chars}", field="body"
-            )
-        printable(body, "body")
-        printable(request.sender, "sender")
-        printable(request.callback_url, "callback_url")
-        self.callbacks.check_url(request.callback_url, "callback_url")
-        if request.provider is not None and request.provider not in self.providers:
-            raise InvalidInput(
-                f"unknown provider {request.provider!r}; configured: {', '.join(sorted(self.providers))}",
-                field="provider",
-            )
-        route = [TEST_PROVIDER] if test else self.router.route(number, request.provider)
-        chosen = route[0]
-        tag_list = list(dict.fromkeys(request.tags))
-        if len(tag_list) > MAX_TAGS:
-            raise InvalidInput(f"at most {MAX_TAGS} tags", field="tags")
-        for tag in tag_list:
-            if not tag or len(tag) > MAX_TAG_LENGTH:
-                raise InvalidInput(f"each tag must have 1 to {MAX_TAG_LENGTH} characters", field="tags")
-            printable(tag, "tags")
-        _check_metadata(request.metadata)
-        return NewMessage.sms(
-            to=number,
-            text=body,
-            provider=chosen,
-            max_attempts=settings.max_attempts,
+        number = normalize_e164(request.to, self.settings.default_region)
+        tags = self.check_shared(
+            sender=request.sender,
+            provider=request.provider,
+            tags=request.tags,
+            metadata=request.metadata,
+            callback_url=request.callback_url,
+        )
+        return self.compose(
+            number,
+            request.body,
+            provider=request.provider,
+            test=test,
+            ordered=request.ordered,
             sender=request.sender,
             send_at=utc_field(request.send_at, "send_at"),
-            tags=tag_list,
+            tags=tags,
             metadata=request.metadata,
-            route=route,
-            ordered=self.providers[chosen].settings.ordered if request.ordered is None else request.ordered,
             callback_url=request.callback_url or default_callback_url,
         )
 
@@ -143,6 +175,28 @@ class Acceptor:
         if created:
             self.waker.notify()
         return row, created
+
+
+def check_tags(tags: list[str], field: str = "tags") -> list[str]:
+    """``tags`` without repeats; :class:`InvalidInput` when there are too many or one is empty,
+    too long or unstorable."""
+    unique = list(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        raise InvalidInput(f"at most {MAX_TAGS} tags", field=field)
+    for tag in unique:
+        if not tag or len(tag) > MAX_TAG_LENGTH:
+            raise InvalidInput(f"each tag must have 1 to {MAX_TAG_LENGTH} characters", field=field)
+        printable(tag, field)
+    return unique
+
+
+def check_metadata(meta: dict[str, Any], field: str = "metadata") -> None:
+    """Metadata must survive a round trip through any JSON store unchanged."""
+    try:
+        _check_metadata(meta)
+    except InvalidInput as exc:
+        exc.field = field
+        raise
 
 
 def _check_metadata(meta: dict[str, Any]) -> None:

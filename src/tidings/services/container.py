@@ -5,7 +5,7 @@ stopped together.
 ``tidings worker`` each run one half; the CLI's other commands use one for a moment. Every
 transport calls the same services: :attr:`Service.accepting`, :attr:`~Service.messages`,
 :attr:`~Service.inbound`, :attr:`~Service.webhooks`, :attr:`~Service.gateway`,
-:attr:`~Service.callbacks`.
+:attr:`~Service.callbacks`, :attr:`~Service.batches`, :attr:`~Service.templates`.
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from tidings.providers import Provider, ProviderContext, build_providers
 from tidings.providers.base import WebhookRequest
 from tidings.providers.fake import FakeProvider, FakeSettings
 from tidings.services.accepting import TEST_PROVIDER, Acceptor
+from tidings.services.batches import BatchService
 from tidings.services.callbacks import CallbackService
 from tidings.services.gateway import GatewayService
 from tidings.services.inbound import InboundPolicy, InboundService
 from tidings.services.messages import MessageService
 from tidings.services.retention import Retention
 from tidings.services.routing import Router
+from tidings.services.templates import TemplateService
 from tidings.services.tracking import Tracker
 from tidings.services.webhooks import WebhookHandler
 from tidings.store import Store
@@ -67,6 +69,8 @@ class Service:
         self.accepting = Acceptor(
             settings, self.providers, self.router, self.store, self.waker, callbacks=self.callbacks
         )
+        self.templates = TemplateService(self.store)
+        self.batches = BatchService(settings, self.accepting, self.templates, self.store, self.waker)
         self.retention = Retention(self.store, settings)
         self._listener: PostgresListener | None = None
         self._started: list[Provider] = []

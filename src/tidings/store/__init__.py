@@ -10,6 +10,9 @@ reports.py     the one status writer for reports
 events.py      each message's history, written with the callbacks it calls for
 callbacks.py   the callback outbox and its delivery queue
 retention.py   pruning and redaction in bounded batches
+batches.py     a batch's row (written with its messages) and its progress
+templates.py   stored templates and every version of them
+signatures.py  signed requests' signatures, each usable once
 inbound.py, optouts.py, gateways.py, webhooks.py, keys.py, log.py
 """
 
@@ -22,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.store.batcher import WriteBatcher
+from tidings.store.batches import BatchStore
 from tidings.store.callbacks import CallbackStore
 from tidings.store.db import create_engine
 from tidings.store.gateways import GatewayStore
@@ -33,6 +37,8 @@ from tidings.store.optouts import OptOutStore
 from tidings.store.queue import QueueStore
 from tidings.store.reports import ReportStore
 from tidings.store.retention import RetentionStore
+from tidings.store.signatures import SignatureStore
+from tidings.store.templates import TemplateStore
 from tidings.store.webhooks import WebhookLogStore
 
 
@@ -53,6 +59,9 @@ class Store:
         self.callbacks = CallbackStore(engine)
         self.log = LogStore(engine)
         self.retention = RetentionStore(engine)
+        self.batches = BatchStore(engine)
+        self.templates = TemplateStore(engine)
+        self.signatures = SignatureStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:

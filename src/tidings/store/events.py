@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.domain.status import Status
+from tidings.store import bulk
 from tidings.store.callbacks import Recipient, queue_status_callbacks
 from tidings.store.db import plain
 from tidings.store.tables import message_events
@@ -64,7 +65,7 @@ async def record_events(
         events = [events]
     if not events:
         return
-    await conn.execute(insert(message_events), list(events))
+    await bulk.insert_rows(conn, message_events, events)
     changed = [e for e in events if e["changed"] and e["type"] not in SILENT_TYPES]
     if changed:
         await queue_status_callbacks(conn, changed, recipients or {})

@@ -161,3 +161,17 @@ class KeyStore:
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return _key(row) if row is not None else None
+
+    async def signing(self, key_id: str, now: datetime) -> tuple[ApiKey, list[str]] | None:
+        """The active key with this id and the secrets a request signed by it may use: its
+        signing secret, and its previous one while a rotation's grace lasts."""
+        query = select(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None or not row.callback_secret:
+            return None
+        secrets_ = [str(row.callback_secret)]
+        until = row.previous_secret_until
+        if row.previous_callback_secret and until is not None and until > now:
+            secrets_.append(str(row.previous_callback_secret))
+        return _key(row), secrets_

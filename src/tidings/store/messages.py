@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, select, text, update
+from sqlalchemy import Select, and_, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -23,7 +23,7 @@ from tidings.domain.failures import reason_for
 from tidings.domain.messages import NewMessage
 from tidings.domain.status import CANCELLABLE, Status
 from tidings.errors import IdempotencyConflict, RecipientOptedOut
-from tidings.store import events
+from tidings.store import bulk, events
 from tidings.store.batcher import WriteBatcher
 from tidings.store.db import plain
 from tidings.store.sql import in_values
@@ -48,6 +48,7 @@ class MessageFilter:
     provider: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    batch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,9 @@ def new_row(
         "callback_url": new.callback_url,
         "provider_failures": 0,
         "polls": 0,
+        "batch_id": new.batch_id,
+        "template_id": new.template_id,
+        "template_version": new.template_version,
     }
 
 
@@ -154,9 +158,8 @@ async def insert_many(
         if row["status"] == Status.PENDING.value:
             due.add(row["provider"])
     if rows:
-        await conn.execute(insert(messages), rows)
-        if tags:
-            await conn.execute(insert(message_tags), tags)
+        await bulk.insert_rows(conn, messages, rows)
+        await bulk.insert_rows(conn, message_tags, tags)
         await events.record_events(conn, accepted)
         for provider in sorted(due):
             await notify(conn, provider)
@@ -331,6 +334,8 @@ class MessageStore:
             conditions.append(messages.c.to == filters.to)
         if filters.provider is not None:
             conditions.append(messages.c.provider == filters.provider)
+        if filters.batch is not None:
+            conditions.append(messages.c.batch_id == filters.batch)
         if filters.created_after is not None:
             conditions.append(messages.c.created_at >= filters.created_after)
         if filters.created_before is not None:

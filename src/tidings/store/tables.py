@@ -109,6 +109,10 @@ messages = Table(
     Column("callback_url", Text()),
     # When the body, metadata and provider payloads were removed (retention).
     Column("redacted_at", DateTime()),
+    # The batch the message came in, and the stored template (and its version) it was rendered from.
+    Column("batch_id", String(26)),
+    Column("template_id", String(26)),
+    Column("template_version", Integer()),
     # The queue: due messages of one provider, oldest first. Partial, so it holds only the
     # waiting rows and stays small however many finished messages the table keeps.
     Index(
@@ -143,6 +147,78 @@ messages = Table(
     Index("ix_messages_to", "to", "id"),
     Index("ix_messages_status", "status", "id"),
     Index("ix_messages_created_at", "created_at"),
+    Index("ix_messages_batch", "batch_id", "id"),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    # Whose batch: the API key's id, or "" for one written straight to the database by the CLI.
+    # A group id is unique per owner (the batch's idempotency key).
+    Column("owner", String(26), nullable=False),
+    Column("group_id", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("template_id", String(26)),
+    Column("template_version", Integer()),
+    # The shared part as accepted (templates, context, sender, provider, send_at, tags, metadata…).
+    Column("shared", JSON(), nullable=False),
+    Column("tags", JSON(), nullable=False),
+    Column("total", Integer(), nullable=False),
+    Column("accepted", Integer(), nullable=False),
+    # The recipients refused at acceptance: [{index, code, message, field}], the first answer's.
+    Column("refused", JSON(), nullable=False),
+    Column("created_at", DateTime(), nullable=False),
+    Column("cancelled_at", DateTime()),
+    Index("ix_batches_group", "owner", "group_id", unique=True),
+    Index("ix_batches_created_at", "created_at"),
+)
+
+batch_tags = Table(
+    "batch_tags",
+    metadata,
+    Column("batch_id", String(26), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("tag", String(128), primary_key=True),
+    Index("ix_batch_tags_tag", "tag", "batch_id"),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("channel", String(16), nullable=False),
+    # The current version; every version's text is kept in template_versions.
+    Column("version", Integer(), nullable=False),
+    Column("created_at", DateTime(), nullable=False),
+    Column("updated_at", DateTime(), nullable=False),
+)
+
+template_versions = Table(
+    "template_versions",
+    metadata,
+    # Kept after the template is deleted: its messages still name the version they came from.
+    Column("template_id", String(26), primary_key=True),
+    Column("version", Integer(), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("channel", String(16), nullable=False),
+    # SMS: body. Email: subject, outer (the layout) and inner (the body, Markdown or HTML).
+    Column("body", Text()),
+    Column("subject", Text()),
+    Column("outer", Text()),
+    Column("inner", Text()),
+    Column("created_at", DateTime(), nullable=False),
+)
+
+used_signatures = Table(
+    "used_signatures",
+    metadata,
+    # A signed request's signature, kept until its timestamp is out of tolerance: used twice is refused.
+    Column("signature", String(64), primary_key=True),
+    Column("api_key_id", String(26), nullable=False),
+    Column("expires_at", DateTime(), nullable=False),
+    Index("ix_used_signatures_expires_at", "expires_at"),
 )
 
 message_tags = Table(

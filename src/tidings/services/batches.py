@@ -1,0 +1,329 @@
+"""Batches: one request, many recipients (seed 004), for every transport.
+
+Each recipient becomes an ordinary message through the acceptor's checks and the one insert path
+(opt-outs, routes, segments, events, callbacks), its body rendered once from the batch's template.
+A batch is written in one transaction: its row (which claims the group id) and all its messages,
+or nothing. Recipients are prepared in a thread a chunk at a time, the next chunk while the last
+one is written, so that a 100,000-recipient batch never holds all its rows in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings import ids
+from tidings.clock import utc_field, utcnow
+from tidings.config import Settings
+from tidings.domain.batches import BatchIn, RecipientIn
+from tidings.domain.content import Channel
+from tidings.domain.messages import NewMessage
+from tidings.domain.phone import normalize_e164
+from tidings.domain.status import CANCELLABLE
+from tidings.domain.templates import Template
+from tidings.errors import (
+    BatchRefused,
+    IdempotencyConflict,
+    InvalidInput,
+    NotCancellable,
+    NotFound,
+    TooManyRecipients,
+)
+from tidings.services.accepting import Acceptor, check_metadata, check_tags
+from tidings.services.templates import TemplateService
+from tidings.store import Store, batches
+from tidings.store import messages as message_rows
+from tidings.store.batches import BatchFilter
+from tidings.store.keys import ApiKey
+from tidings.worker.wakeup import Waker
+
+log = logging.getLogger(__name__)
+
+MAX_REFUSALS_SHOWN = 5
+"""Refusals quoted in the message of a batch refused whole (all of them are in its answer's log)."""
+
+
+def fingerprint(body: Any) -> str:
+    """A hash of a batch as decoded from its request (JSON or MessagePack give the same), whatever
+    the order of its keys: what a repeated ``group_id`` is checked against."""
+    try:
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except TypeError as exc:
+        raise InvalidInput("a batch holds only JSON values (text, numbers, lists, maps)") from exc
+    return hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every message of one batch shares, checked once."""
+
+    batch_id: str
+    template: Template
+    template_id: str | None
+    template_version: int | None
+    tags: list[str]
+    send_at: datetime | None
+    callback_url: str | None
+    test: bool
+    now: datetime
+
+
+class BatchService:
+    def __init__(
+        self, settings: Settings, acceptor: Acceptor, templates: TemplateService, store: Store, waker: Waker
+    ) -> None:
+        self.settings = settings
+        self.acceptor = acceptor
+        self.templates = templates
+        self.store = store
+        self.waker = waker
+
+    async def submit(
+        self, spec: BatchIn, *, key: ApiKey | None = None, request_hash: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Accept a batch sent with ``key``; returns the batch's row (its answer) and whether it is
+        new (``False``: the same batch sent before under this ``group_id``).
+
+        Raises :class:`InvalidTemplate` (the template does not compile), :class:`BatchRefused`
+        (no recipient could be accepted), :class:`IdempotencyConflict` (another batch under this
+        ``group_id``), :class:`TooManyRecipients`, or :class:`InvalidInput` naming a shared field;
+        in every case nothing is written. A recipient that cannot be accepted is listed in the
+        answer's ``refused`` with the error a single send would get.
+        """
+        if spec.channel is not Channel.SMS:
+            raise InvalidInput("batches send SMS for now (channel `sms`)", field="channel")
+        if len(spec.recipients) > self.settings.max_batch_recipients:
+            raise TooManyRecipients(
+                f"the batch has {len(spec.recipients)} recipients; "
+                f"the limit is {self.settings.max_batch_recipients}",
+                field="recipients",
+            )
+        template, template_id, template_version = await self.templates.for_batch(spec)
+        owner = key.id if key else ""
+        request_hash = request_hash or fingerprint(spec.model_dump(mode="json", by_alias=True))
+        earlier = await self.store.batches.by_group(owner, spec.group_id)
+        if earlier is not None:
+            return self._repeat(earlier, request_hash), False
+        tags = self.acceptor.check_shared(
+            sender=spec.sender,
+            provider=spec.provider,
+            tags=spec.tags,
+            metadata=spec.metadata,
+            callback_url=spec.callback_url,
+        )
+        now = utcnow()
+        plan = Plan(
+            batch_id=ids.new_id(),
+            template=template,
+            template_id=template_id,
+            template_version=template_version,
+            tags=tags,
+            send_at=utc_field(spec.send_at, "send_at"),
+            callback_url=spec.callback_url or (key.callback_url if key else None),
+            test=key.test if key else False,
+            now=now,
+        )
+        row: dict[str, Any] = {
+            "id": plan.batch_id,
+            "owner": owner,
+            "group_id": spec.group_id,
+            "request_hash": request_hash,
+            "channel": spec.channel.value,
+            "template_id": template_id,
+            "template_version": template_version,
+            "shared": _shared(spec, template.source),
+            "tags": tags,
+            "total": len(spec.recipients),
+            "accepted": 0,
+            "refused": [],
+            "created_at": now,
+            "cancelled_at": None,
+        }
+        try:
+            async with self.store.transaction() as conn:
+                await batches.claim(conn, row)
+                accepted, refused = await self._write(conn, spec, plan)
+                if accepted == 0:
+                    raise _refused_whole(refused)
+                await batches.settle(conn, plan.batch_id, accepted=accepted, refused=refused)
+        except IntegrityError:
+            # Another request with this group id won the race: answer as a repeat of it.
+            earlier = await self.store.batches.by_group(owner, spec.group_id)
+            if earlier is None:
+                raise
+            return self._repeat(earlier, request_hash), False
+        self.waker.notify()
+        row.update(accepted=accepted, refused=refused)
+        log.info(
+            "batch %s accepted: %d of %d recipients",
+            plan.batch_id,
+            accepted,
+            row["total"],
+            extra={"action": "batch", "batch_id": plan.batch_id, "group_id": spec.group_id},
+        )
+        return row, True
+
+    @staticmethod
+    def _repeat(earlier: dict[str, Any], request_hash: str) -> dict[str, Any]:
+        if earlier["request_hash"] != request_hash:
+            raise IdempotencyConflict(
+                f"group_id {earlier['group_id']!r} was used for a different batch", field="group_id"
+            )
+        return earlier
+
+    async def _write(
+        self, conn: AsyncConnection, spec: BatchIn, plan: Plan
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Prepare the recipients a chunk at a time in a thread, writing each chunk while the next
+        one is prepared; returns how many were stored and the refusals."""
+        parts = batches.chunks(spec.recipients)
+        refused: list[dict[str, Any]] = []
+        accepted = 0
+        start = 0
+        ready = asyncio.ensure_future(asyncio.to_thread(self._prepare, parts[0], 0, spec, plan))
+        try:
+            for number, part in enumerate(parts):
+                items, indexes, refusals = await ready
+                if number + 1 < len(parts):
+                    following = start + len(part)
+                    ready = asyncio.ensure_future(
+                        asyncio.to_thread(self._prepare, parts[number + 1], following, spec, plan)
+                    )
+                refused.extend(refusals)
+                if items:
+                    results = await message_rows.insert_many(conn, items)
+                    for index, result in zip(indexes, results, strict=True):
+                        if result is None:
+                            accepted += 1
+                        else:
+                            refused.append(_refusal(index, result))
+                start += len(part)
+        finally:
+            if not ready.done():
+                ready.cancel()
+                await asyncio.gather(ready, return_exceptions=True)
+        refused.sort(key=lambda r: int(r["index"]))
+        return accepted, refused
+
+    def _prepare(
+        self, part: Sequence[RecipientIn], start: int, spec: BatchIn, plan: Plan
+    ) -> tuple[list[tuple[dict[str, Any], NewMessage]], list[int], list[dict[str, Any]]]:
+        """The rows of ``part`` (recipients from index ``start``) with their indexes, and the
+        refusals among them."""
+        region = self.settings.default_region
+        items: list[tuple[dict[str, Any], NewMessage]] = []
+        indexes: list[int] = []
+        refused: list[dict[str, Any]] = []
+        shared_context = spec.context
+        for index, recipient in enumerate(part, start):
+            try:
+                number = normalize_e164(recipient.to, region)
+                context = (
+                    {**shared_context, **recipient.context} if recipient.context else dict(shared_context)
+                )
+                context["to"] = number
+                if recipient.first_name is not None:
+                    context["first_name"] = recipient.first_name
+                if recipient.last_name is not None:
+                    context["last_name"] = recipient.last_name
+                body = plan.template.render(context)
+                tags = plan.tags
+                if recipient.tags:
+                    tags = check_tags([*plan.tags, *recipient.tags])
+                metadata = spec.metadata
+                if recipient.metadata:
+                    metadata = {**spec.metadata, **recipient.metadata}
+                    check_metadata(metadata)
+                send_at = plan.send_at
+                if recipient.send_at is not None:
+                    send_at = utc_field(recipient.send_at, "send_at")
+                new = self.acceptor.compose(
+                    number,
+                    body,
+                    provider=spec.provider,
+                    test=plan.test,
+                    ordered=spec.ordered,
+                    sender=spec.sender,
+                    send_at=send_at,
+                    tags=tags,
+                    metadata=metadata,
+                    callback_url=plan.callback_url,
+                    batch_id=plan.batch_id,
+                    template_id=plan.template_id,
+                    template_version=plan.template_version,
+                )
+            except InvalidInput as exc:
+                refused.append(_refusal(index, exc))
+                continue
+            items.append((message_rows.new_row(new, plan.now), new))
+            indexes.append(index)
+        return items, indexes, refused
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def get(self, batch_id: str) -> dict[str, Any]:
+        """The batch with its progress: counts by status, final / total, rates, segments, activity."""
+        row = await self.store.batches.get(batch_id) if ids.is_id(batch_id) else None
+        if row is None:
+            raise NotFound(f"no batch {batch_id}")
+        row.update(await self.store.batches.progress(batch_id))
+        return row
+
+    async def list(
+        self, filters: BatchFilter, *, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        rows = await self.store.batches.search(filters, after_id=cursor, limit=limit + 1)
+        page = rows[:limit]
+        return page, (page[-1]["id"] if len(rows) > limit else None)
+
+    async def cancel(self, batch_id: str, *, reason: str = "batch cancelled by the client") -> dict[str, Any]:
+        """Cancel every message of the batch still ``scheduled`` or ``pending``; returns the batch
+        with ``cancelled`` (how many). :class:`NotCancellable` when none is left to cancel."""
+        row = await self.get(batch_id)
+        waiting = sum(row["counts"].get(s.value, 0) for s in CANCELLABLE)
+        if waiting == 0:
+            raise NotCancellable(f"batch {batch_id} has no message left to cancel")
+        now = utcnow()
+        async with self.store.transaction() as conn:
+            wanted = await batches.message_ids(conn, batch_id)
+            done: list[str] = []
+            for part in batches.chunks(wanted):
+                done += await message_rows.cancel(conn, ids=part, source="api", reason=reason, now=now)
+            await batches.mark_cancelled(conn, batch_id, now)
+        log.info(
+            "batch %s cancelled: %d messages",
+            batch_id,
+            len(done),
+            extra={"action": "batch", "batch_id": batch_id},
+        )
+        fresh = await self.get(batch_id)
+        fresh["cancelled"] = len(done)
+        return fresh
+
+
+def _refusal(index: int, exc: InvalidInput) -> dict[str, Any]:
+    return {"index": index, "code": exc.code, "message": exc.message, "field": exc.field}
+
+
+def _refused_whole(refused: list[dict[str, Any]]) -> BatchRefused:
+    shown = "; ".join(
+        f"recipient {r['index']}: {r['code']} ({r['message']})" for r in refused[:MAX_REFUSALS_SHOWN]
+    )
+    more = f"; and {len(refused) - MAX_REFUSALS_SHOWN} more" if len(refused) > MAX_REFUSALS_SHOWN else ""
+    return BatchRefused(f"no recipient could be accepted: {shown}{more}", field="recipients")
+
+
+def _shared(spec: BatchIn, source: str) -> dict[str, Any]:
+    """The batch's shared part as kept with it (and shown by ``GET /v1/batches/{id}``)."""
+    shared = spec.model_dump(mode="json", by_alias=True, exclude={"recipients", "group_id", "channel"})
+    shared["template"] = source
+    return shared
