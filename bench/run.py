@@ -9,7 +9,8 @@ its own, and prints one JSON object per line to stdout (also written to
   receipts have made every one ``delivered``;
 - ``receipts``: signed receipts posted to the webhook of one ``tidings api`` process;
 - ``backlog``: one claim with 10k / 100k / 1M messages waiting, and the service's RSS;
-- ``batch_ingest``: skipped until the batch endpoint exists.
+- ``batch_ingest``: batches of 1k / 10k / 100k recipients, JSON and MessagePack, to one ``tidings api``;
+- ``batch_dispatch``: one 100k-recipient batch from its request to every message ``delivered``.
 
 Each module in ``bench/scenarios/`` says exactly what it measures. ``--quick`` makes every size
 small (for development); ``--profile`` attaches py-spy to the service processes. The exit status
@@ -36,16 +37,24 @@ from typing import Any, TextIO
 
 from harness import REPO, RESULTS_DIR, BenchError, Workspace, postgres_unavailable
 from profiling import Profiler
-from scenarios import Options, Scenario, backlog, dispatch, receipts, single_api
+from scenarios import Options, Scenario, backlog, batches, dispatch, receipts, single_api
 
 SCENARIOS: dict[str, Scenario | None] = {
     "single_api": single_api.run,
     "dispatch": dispatch.run,
     "receipts": receipts.run,
     "backlog": backlog.run,
-    "batch_ingest": None,
+    "batch_ingest": batches.ingest,
+    "batch_dispatch": batches.dispatch,
 }
-QUICK = Options(messages=2000, seconds=3.0, warmup=0.5, backlog_sizes=(1000, 10_000), backlog_window=2.0)
+QUICK = Options(
+    messages=2000,
+    seconds=3.0,
+    warmup=0.5,
+    backlog_sizes=(1000, 10_000),
+    backlog_window=2.0,
+    batch_sizes=(1000, 10_000),
+)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -32,6 +32,8 @@ class Options:
     receipt_clients: int = 32
     """Concurrent connections posting receipts in ``receipts``."""
     backlog_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    batch_sizes: tuple[int, ...] = (1000, 10_000, 100_000)
+    """Recipients per batch in ``batch_ingest``."""
     backlog_window: float = 5.0
     """Seconds the service runs over each backlog in ``backlog`` (for its RSS)."""
     workers: int = 1

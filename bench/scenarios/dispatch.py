@@ -67,6 +67,31 @@ async def fake_stats(session: aiohttp.ClientSession, fake_url: str) -> dict[str,
         return stats
 
 
+async def wait_for_receipts(
+    ws: Workspace,
+    session: aiohttp.ClientSession,
+    fake_url: str,
+    total: int,
+    services: list[str],
+    started: float,
+) -> None:
+    """Wait until the fake server has had an answer to a receipt for ``total`` messages; fails
+    when a process dies or nothing moves for ``STALL_SECONDS``."""
+    progress, progressed_at = -1, time.monotonic()
+    while True:
+        stats = await fake_stats(session, fake_url)
+        answered = stats["receipts_sent"] + stats["receipts_failed"]
+        if answered >= total:
+            return
+        ws.processes.check_alive(*services)
+        if stats["requests"] + answered != progress:
+            progress, progressed_at = stats["requests"] + answered, time.monotonic()
+        elif time.monotonic() - progressed_at > STALL_SECONDS:
+            counts = await counts_by_status(ws.database_url)
+            raise BenchError(f"no progress for {STALL_SECONDS:.0f}s: fake {stats}, database {counts}")
+        await asyncio.sleep(_poll_interval(time.perf_counter() - started))
+
+
 async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[str, Any]]:
     load = machine_load()
     procs = ws.processes
@@ -100,19 +125,7 @@ async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[
     procs.mark_cpu(*services)
 
     async with aiohttp.ClientSession() as session:
-        progress, progressed_at = -1, time.monotonic()
-        while True:
-            stats = await fake_stats(session, fake_url)
-            answered = stats["receipts_sent"] + stats["receipts_failed"]
-            if answered >= total:
-                break
-            procs.check_alive(*services)
-            if stats["requests"] + answered != progress:
-                progress, progressed_at = stats["requests"] + answered, time.monotonic()
-            elif time.monotonic() - progressed_at > STALL_SECONDS:
-                counts = await counts_by_status(ws.database_url)
-                raise BenchError(f"no progress for {STALL_SECONDS:.0f}s: fake {stats}, database {counts}")
-            await asyncio.sleep(_poll_interval(time.perf_counter() - started))
+        await wait_for_receipts(ws, session, fake_url, total, services, started)
         seconds = time.perf_counter() - started
         rss = {name: procs.peak_rss_mb(name) for name in services}
         cpu = {name: procs.cpu_since_mark(name) for name in services}
