@@ -10,6 +10,7 @@ same ``Idempotency-Key``.
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
 import time
 from collections import Counter
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
+import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.e2e.test_multiprocess import Processes, clean_env, free_port, healthy, processes, stat
 from tests.pg_cluster import Cluster
 from tidings.store import Store
-from tidings.store.tables import api_keys, messages
+from tidings.store.tables import api_keys, batches, messages
 from tidings.testing.fake_server import FakeProviderServer, FakeServerConfig
 
 pytestmark = [pytest.mark.slow]
@@ -261,3 +263,65 @@ async def test_a_database_restart_mid_load_answers_503_never_resets_and_loses_no
             assert (await conn.execute(select(api_keys.c.id))).all()
     finally:
         await store.close()
+
+
+async def test_serve_killed_in_the_middle_of_a_batch_leaves_none_of_it_and_takes_it_whole_after(
+    tmp_path: Path, fake_server: FakeProviderServer, processes: Processes
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'batch.db'}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = serve_env(tmp_path, database_url, fake_server.url, port)
+    first = processes.start("serve-1", ["serve", "--port", str(port)], env)
+    await healthy(url, processes)
+    store = Store.connect(database_url)
+    total = 60_000
+    batch = {
+        "group_id": "crash",
+        "template": "Hello {{ first_name }}",
+        "send_at": "2099-01-01T00:00:00Z",
+        "recipients": [{"to": f"+2547{i:08d}", "first_name": f"P{i}"} for i in range(total)],
+    }
+    try:
+        headers = {"Authorization": f"Bearer {await load_key(store)}"}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            body = orjson.dumps(batch)
+            json_type = {"Content-Type": "application/json"}
+
+            async def post() -> int | str:
+                try:
+                    async with session.post(
+                        f"{url}/v1/batches", data=io.BytesIO(body), headers=json_type
+                    ) as response:
+                        return response.status
+                except aiohttp.ClientError as exc:
+                    return type(exc).__name__
+
+            posting = asyncio.create_task(post())
+            # Killed once the batch's transaction has begun (it takes seconds to write).
+            await processes.wait_for_line("serve-1", "storing 60000 recipients", timeout=60)
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            answer = await posting
+            assert not isinstance(answer, int), f"the batch was answered ({answer}) before the kill"
+            assert await counts(store) == (0, 0)
+
+            processes.start("serve-2", ["serve", "--port", str(port)], env)
+            await healthy(url, processes)
+            # The client sends it again: the group id was not used up, and it is stored whole.
+            async with session.post(
+                f"{url}/v1/batches", data=io.BytesIO(body), headers=json_type
+            ) as response:
+                assert response.status == 202, await response.text()
+                assert (await response.json())["accepted"] == total
+            assert await counts(store) == (total, 1)
+    finally:
+        await store.close()
+
+
+async def counts(store: Store) -> tuple[int, int]:
+    """Messages and batches stored."""
+    async with store.engine.connect() as conn:
+        stored = (await conn.execute(select(func.count()).select_from(messages))).scalar_one()
+        kept = (await conn.execute(select(func.count()).select_from(batches))).scalar_one()
+    return int(stored), int(kept)

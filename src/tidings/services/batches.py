@@ -151,6 +151,12 @@ class BatchService:
         try:
             async with self.store.transaction() as conn:
                 await batches.claim(conn, row)
+                log.info(
+                    "batch %s: storing %d recipients",
+                    plan.batch_id,
+                    row["total"],
+                    extra={"action": "batch", "batch_id": plan.batch_id, "group_id": spec.group_id},
+                )
                 accepted, refused = await self._write(conn, spec, plan)
                 if accepted == 0:
                     raise _refused_whole(refused)
