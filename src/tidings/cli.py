@@ -19,6 +19,7 @@ from rich.table import Table
 
 from tidings import logs
 from tidings.api.schemas import message_json
+from tidings.batch_cli import send_batch
 from tidings.clock import to_api
 from tidings.config import Settings, load_settings
 from tidings.errors import ConfigError, TidingsError
@@ -355,6 +356,9 @@ def send(
         typer.echo(f"tidings: {exc.message}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(orjson.dumps(message_json(row), option=orjson.OPT_INDENT_2).decode())
+
+
+app.command("send-batch")(send_batch)
 
 
 @app.command()

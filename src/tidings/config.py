@@ -222,8 +222,9 @@ _JSON_FIELDS = frozenset(
 PROVIDERS_PREFIX = f"{ENV_PREFIX}PROVIDERS__"
 """``TIDINGS_PROVIDERS__<NAME>__<SETTING>``: a provider's setting from the environment."""
 
-_NOT_SETTINGS = ("TIDINGS_CONFIG", "TIDINGS_TEST_")
-"""Variables with the prefix that are not settings: the file's name, and the test suite's own."""
+_NOT_SETTINGS = ("TIDINGS_CONFIG", "TIDINGS_API_KEY", "TIDINGS_TEST_")
+"""Variables with the prefix that are not settings: the file's name, the API key a client command
+(``tidings send-batch --url``) sends with, and the test suite's own."""
 
 
 class Sources:

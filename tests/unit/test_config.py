@@ -181,3 +181,10 @@ def test_a_value_names_where_it_came_from(tmp_path: Path) -> None:
         load_settings({"TIDINGS_CONFIG": str(file)})
     with pytest.raises(ConfigError, match=r"setting port \(from TIDINGS_PORT\)"):
         load_settings({"TIDINGS_CONFIG": str(file), "TIDINGS_PORT": "-1"})
+
+
+def test_the_api_key_a_client_command_uses_is_not_taken_for_a_setting() -> None:
+    # `tidings send-batch --url` reads TIDINGS_API_KEY; with it exported, every other command
+    # still starts.
+    settings = load_settings({"TIDINGS_API_KEY": "tdg_x", "TIDINGS_PORT": "9100"})
+    assert settings.port == 9100
