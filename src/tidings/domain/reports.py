@@ -41,7 +41,12 @@ class ProviderReport:
     """A report from a provider about one message, found by our id, else by the provider's id,
     else (for providers that lose both, like Orange's receipts without ``callbackData``) as the
     most recent ``sent`` message to ``recipient``. ``event`` names the kind of report in the
-    message's history (``report``; the Android gateway's updates are ``gateway_update``)."""
+    message's history (``report``; the Android gateway's updates are ``gateway_update``).
+
+    Email providers also report what the recipient did, with ``report.status`` ``None`` (it never
+    changes the status): ``opened`` and ``clicked`` (kept as the message's ``opened_at`` and
+    ``clicked_at``), and ``complained`` and ``unsubscribed`` (which put the address on the
+    suppression list: the opt-out list of the email channel)."""
 
     report: Report
     message_id: str | None = None
@@ -60,3 +65,13 @@ class InboundMessage:
     provider_message_id: str | None = None
     sent_at: datetime | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+
+OPENED = "opened"
+CLICKED = "clicked"
+COMPLAINED = "complained"
+UNSUBSCRIBED = "unsubscribed"
+ENGAGEMENT_EVENTS = frozenset({OPENED, CLICKED})
+"""Report events that say the recipient looked: recorded with their time, no status change."""
+SUPPRESSING_EVENTS = frozenset({COMPLAINED, UNSUBSCRIBED})
+"""Report events after which no more email goes to the address."""
