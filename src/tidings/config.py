@@ -80,6 +80,12 @@ class Settings(BaseModel):
     default_region: str | None = None
     """ISO 3166 code used to read numbers written without +country code (e.g. KE)."""
     default_provider: str = "fake"
+    default_email_provider: str | None = None
+    """The provider for email without a route or a provider of its own (unset: ``default_provider``
+    when it sends email, else the one provider that does)."""
+    max_attachments: int = Field(default=10, ge=0, le=100)
+    max_attachment_bytes: int = Field(default=10_485_760, ge=1024)
+    """The most an email's attachments may weigh together (decoded)."""
     max_request_bytes: int = Field(default=1_048_576, ge=1024)
     max_body_chars: int = Field(default=1600, ge=1)
     max_batch_recipients: int = Field(default=100_000, ge=1)

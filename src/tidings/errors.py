@@ -9,6 +9,8 @@ SQLAlchemy, asyncpg) are translated at the boundary that meets them, with ``rais
     ├── InvalidInput                 422: a field of a request is not acceptable
     │   ├── ValidationFailed         missing, of the wrong type or out of range (the request model)
     │   ├── InvalidPhoneNumber
+    │   ├── InvalidEmailAddress
+    │   ├── InvalidAttachment
     │   ├── BodyTooLong
     │   ├── RecipientOptedOut
     │   ├── CallbackUrlNotAllowed
@@ -96,6 +98,18 @@ class InvalidPhoneNumber(InvalidInput):
     """The phone number is not a valid number."""
 
     code = "invalid_phone_number"
+
+
+class InvalidEmailAddress(InvalidInput):
+    """The email address is not a valid address."""
+
+    code = "invalid_email_address"
+
+
+class InvalidAttachment(InvalidInput):
+    """An attachment is not acceptable (its content, its size, or how many there are)."""
+
+    code = "invalid_attachment"
 
 
 class BodyTooLong(InvalidInput):

@@ -34,6 +34,8 @@ OPERATIONS = {
     ("get", "/v1/templates/{template_id}"): "getTemplate",
     ("put", "/v1/templates/{template_id}"): "updateTemplate",
     ("delete", "/v1/templates/{template_id}"): "deleteTemplate",
+    ("post", "/unsubscribe/{message_id}/{signature}"): "unsubscribe",
+    ("get", "/unsubscribe/{message_id}/{signature}"): "unsubscribePage",
     ("post", "/webhooks/{kind}/{name}/{event}"): "receiveWebhook",
     ("post", "/api/sms/webhook/delivery-status"): "receiveOrangeDeliveryWebhook",
     ("post", "/api/sms/webhook/inbound-message"): "receiveOrangeInboundWebhook",

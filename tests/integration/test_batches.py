@@ -193,7 +193,7 @@ async def test_a_template_that_does_not_compile_is_a_422_naming_it_and_nothing_i
         ({"recipients": [{"to": KENYA, "unknown": 1}]}, "validation_error", "recipients.0.unknown"),
         ({"provider": "nowhere"}, "invalid_input", "provider"),
         ({"callback_url": "http://169.254.169.254/latest"}, "callback_url_not_allowed", "callback_url"),
-        ({"channel": "email"}, "invalid_input", "channel"),
+        ({"channel": "email"}, "invalid_input", "subject_template"),
         ({"tags": [""]}, "invalid_input", "tags"),
         ({"send_at": 0}, "validation_error", "send_at"),
     ],

@@ -22,7 +22,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings import ids, logs
-from tidings.api import batches, callbacks, gateway, inbound, messages, opt_outs, templates, webhooks
+from tidings.api import (
+    batches,
+    callbacks,
+    gateway,
+    inbound,
+    messages,
+    opt_outs,
+    templates,
+    unsubscribe,
+    webhooks,
+)
 from tidings.api import log as message_log
 from tidings.api.auth import KeyChecker
 from tidings.api.common import error_response, json_response
@@ -36,8 +46,8 @@ log = logging.getLogger(__name__)
 
 
 class BodyLimit:
-    """Answers 413 to a request body larger than ``max_bytes`` (or, for the paths in ``larger``,
-    their own limit), before anything reads it."""
+    """Answers 413 to a request body larger than ``max_bytes`` (or, for the paths in ``larger``
+    and below them, their own limit), before anything reads it."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, larger: dict[str, int] | None = None) -> None:
         self.app = app
@@ -48,7 +58,11 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        limit = self.larger.get(scope["path"], self.max_bytes)
+        path: str = scope["path"]
+        limit = next(
+            (size for prefix, size in self.larger.items() if path == prefix or path.startswith(prefix + "/")),
+            self.max_bytes,
+        )
         too_large = PayloadTooLarge(f"request body is larger than {limit} bytes")
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -194,7 +208,9 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(
         title="tidings",
         version="0.1.0",
-        description="Self-hosted SMS delivery that tracks every message to a final, truthful status.",
+        description=(
+            "Self-hosted SMS and email delivery that tracks every message to a final, truthful status."
+        ),
         lifespan=lifespan,
         # Served by add_docs from the installed assets instead of a CDN.
         docs_url=None,
@@ -261,6 +277,7 @@ def create_app(service: Service) -> FastAPI:
         opt_outs,
         message_log,
         callbacks,
+        unsubscribe,
     ):
         app.include_router(module.router)
     webhooks.add_legacy_routes(app, service)
@@ -268,7 +285,17 @@ def create_app(service: Service) -> FastAPI:
     app.add_middleware(
         BodyLimit,
         max_bytes=service.settings.max_request_bytes,
-        larger={batches.PATH: service.settings.max_batch_bytes},
+        larger={
+            batches.PATH: service.settings.max_batch_bytes,
+            # A provider may post more at once than a client (Mandrill: up to 1,000 events); the
+            # webhook pipeline holds each provider to its own webhook_max_bytes.
+            "/webhooks": max(
+                [
+                    service.settings.max_request_bytes,
+                    *(p.settings.webhook_max_bytes for p in service.providers.values()),
+                ]
+            ),
+        },
     )
     app.add_middleware(Guard)
     app.add_middleware(RequestLog, enabled=service.settings.access_log)

@@ -28,6 +28,8 @@ from tidings.errors import (
     BodyTooLong,
     CallbackUrlNotAllowed,
     IdempotencyConflict,
+    InvalidAttachment,
+    InvalidEmailAddress,
     InvalidInput,
     InvalidPhoneNumber,
     NotCancellable,
@@ -54,6 +56,8 @@ router = APIRouter(tags=["messages"])
             *JSON_BODY,
             InvalidInput,
             InvalidPhoneNumber,
+            InvalidEmailAddress,
+            InvalidAttachment,
             BodyTooLong,
             RecipientOptedOut,
             CallbackUrlNotAllowed,
@@ -69,7 +73,12 @@ async def send_message(
 ) -> Response:
     """Accept a message. It is stored before this answers; with an ``Idempotency-Key`` a retried
     request returns the same message (200), and a different body under the same key is a 409."""
-    request = SendRequest(**payload.model_dump())
+    fields = payload.model_dump(exclude={"attachments", "body"})
+    request = SendRequest(
+        **fields,
+        body=payload.body or "",
+        attachments=list(payload.attachments),
+    )
     row, created = await service.accepting.accept(request, key=key, idempotency_key=idempotency_key)
     return json_response(message_json(row), 202 if created else 200)
 

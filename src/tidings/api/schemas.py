@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.clock import to_api
-from tidings.domain.batches import progress
+from tidings.domain.batches import FileIn, progress
 from tidings.domain.content import Channel
 from tidings.domain.failures import FailureReason
 from tidings.domain.requests import RequestModel, Timestamp
@@ -29,11 +29,30 @@ def _examples(*examples: dict[str, Any]) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": list(examples)})
 
 
+class AttachmentIn(FileIn):
+    """A file attached to an email: its name, media type and base64 content."""
+
+
+class UnsubscribedOut(BaseModel):
+    """The address a one-click unsubscribe link suppressed."""
+
+    model_config = _examples({"unsubscribed": "amina@example.org"})
+
+    unsubscribed: str
+
+
 class MessageIn(RequestModel):
     """A message to send."""
 
     model_config = _examples(
         {"to": "+254712345678", "body": "Your appointment is tomorrow at 9:00."},
+        {
+            "channel": "email",
+            "to": "amina@example.org",
+            "sender": "Kibera Clinic <noreply@clinic.example>",
+            "subject": "Your appointment",
+            "html": "<p>Your appointment is <b>tomorrow at 9:00</b>.</p>",
+        },
         {
             "to": "+254712345678",
             "body": "Reminder: clinic visit on Friday.",
@@ -46,7 +65,7 @@ class MessageIn(RequestModel):
     )
 
     to: str = Field(min_length=1, max_length=64, description="Recipient, E.164 (+254712345678) or national.")
-    body: str = Field(min_length=1, description="The text to send.")
+    body: str | None = Field(default=None, min_length=1, description="SMS: the text to send.")
     sender: str | None = Field(default=None, max_length=64, description="Sender id or number.")
     send_at: Timestamp | None = Field(default=None, description="Send later (ISO 8601; no offset means UTC).")
     provider: str | None = Field(default=None, max_length=64, description="A configured provider's name.")
@@ -62,6 +81,15 @@ class MessageIn(RequestModel):
         default=None,
         description="Hand over after earlier messages to the same number (default: the provider's setting).",
     )
+    channel: Channel = Field(default=Channel.SMS, description="`sms` (the default) or `email`.")
+    subject: str | None = Field(default=None, max_length=998, description="Email: the subject.")
+    html: str | None = Field(default=None, max_length=2_000_000, description="Email: the HTML part.")
+    text: str | None = Field(
+        default=None, max_length=2_000_000, description="Email: the text part (default: made from `html`)."
+    )
+    reply_to: str | None = Field(default=None, max_length=320, description="Email: where replies go.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Email: extra headers.")
+    attachments: list[AttachmentIn] = Field(default_factory=list, description="Email: files.")
 
 
 class EventOut(BaseModel):
@@ -134,6 +162,12 @@ _MESSAGE: dict[str, Any] = {
     "polls": 0,
     "callback_url": None,
     "redacted_at": None,
+    "subject": None,
+    "html": None,
+    "reply_to": None,
+    "headers": None,
+    "opened_at": None,
+    "clicked_at": None,
     "batch_id": None,
     "template_id": None,
     "template_version": None,
@@ -180,6 +214,14 @@ class MessageOut(BaseModel):
     polls: int
     callback_url: str | None
     redacted_at: datetime | None
+    subject: str | None = Field(description="Email: the subject.")
+    html: str | None = Field(description="Email: the HTML part (`body` is the text part).")
+    reply_to: str | None
+    headers: dict[str, str] | None = Field(description="Email: its extra headers.")
+    opened_at: datetime | None = Field(
+        description="Email: when the recipient first opened it (as the provider says)."
+    )
+    clicked_at: datetime | None = Field(description="Email: when the recipient first followed a link in it.")
     batch_id: str | None = Field(description="The batch it came in (`GET /v1/batches/{id}`).")
     template_id: str | None = Field(description="The stored template its body was rendered from.")
     template_version: int | None = Field(description="That template's version.")
@@ -485,7 +527,12 @@ class OptOutOut(BaseModel):
     address: str
     number: str | None = Field(default=None, description="The address, for an SMS opt-out.")
     scope: str = Field(description="`*`: from every sender; otherwise the one sender.")
-    source: str = Field(description="`api`, or `keyword` for a STOP sent by SMS.")
+    source: str = Field(
+        description=(
+            "`api`, `keyword` for a STOP sent by SMS, or `provider:NAME` for a complaint or an "
+            "unsubscribe the provider reported."
+        )
+    )
     keyword: str | None = Field(description="The keyword the person sent, if it came by SMS.")
     inbound_id: str | None = Field(description="The inbound SMS that carried the keyword.")
     note: str | None
@@ -848,6 +895,8 @@ _TIMES = (
     "cancelled_at",
     "polled_at",
     "redacted_at",
+    "opened_at",
+    "clicked_at",
 )
 _HIDDEN = ("api_key_id", "idempotency_key", "request_hash", "lease_owner", "lease_expires_at")
 

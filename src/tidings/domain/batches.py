@@ -19,6 +19,23 @@ MAX_TEMPLATE_CHARS = 100_000
 FINAL = (Status.DELIVERED, Status.FAILED, Status.CANCELLED)
 
 
+class FileIn(RequestModel):
+    """A file attached to an email: its name, media type and base64 content."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"filename": "invoice.pdf", "content_type": "application/pdf", "content": "JVBERi0x"}
+            ]
+        },
+    )
+
+    filename: str = Field(min_length=1, max_length=255)
+    content_type: str = Field(min_length=3, max_length=127, description="Its media type (`application/pdf`).")
+    content: str = Field(description="The file, base64.")
+
+
 class RecipientIn(RequestModel):
     """One recipient of a batch."""
 
@@ -33,6 +50,7 @@ class RecipientIn(RequestModel):
         default_factory=dict, description="Kept on the message; each key overrides the batch's metadata."
     )
     send_at: Timestamp | None = Field(default=None, description="Send later (default: the batch's send_at).")
+    attachments: list[FileIn] = Field(default_factory=list, description="Email: this recipient's files.")
 
 
 class BatchIn(RequestModel):
@@ -79,6 +97,14 @@ class BatchIn(RequestModel):
     )
     from_: str | None = Field(default=None, alias="from", max_length=320, description="Email: the sender.")
     reply_to: str | None = Field(default=None, max_length=320, description="Email: where replies go.")
+    pdf_template: str | None = Field(
+        default=None,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Email: HTML rendered for each recipient into a PDF attached to their email.",
+    )
+    pdf_filename: str = Field(
+        default="document.pdf", min_length=1, max_length=255, description="Email: its name."
+    )
     context: dict[str, Any] = Field(
         default_factory=dict, description="Template values every recipient shares."
     )

@@ -48,3 +48,10 @@ class EmailContent:
 
 
 Content = SmsContent | EmailContent
+
+
+RESERVED_HEADERS = frozenset(
+    name.lower()
+    for name in ("From", "To", "Cc", "Bcc", "Subject", "Reply-To", "Date", "Message-ID", "MIME-Version")
+) | frozenset({"content-type", "content-transfer-encoding"})
+"""Headers an email's own fields set; its extra ``headers`` may not set them."""

@@ -50,3 +50,10 @@ class NewMessage:
         info = analyze(text)
         content = SmsContent(text=text, segments=info.segments, encoding=info.encoding.value)
         return cls(to=to, content=content, provider=provider, max_attempts=max_attempts, **rest)
+
+    @classmethod
+    def email(
+        cls, *, to: str, content: EmailContent, provider: str, max_attempts: int, **rest: Any
+    ) -> NewMessage:
+        """An email to the (normalised) address ``to``."""
+        return cls(to=to, content=content, provider=provider, max_attempts=max_attempts, **rest)

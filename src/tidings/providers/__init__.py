@@ -11,12 +11,14 @@ from tidings.errors import ConfigError
 from tidings.providers.base import Provider, ProviderContext
 from tidings.providers.fake import FakeProvider
 from tidings.providers.gateway import GatewayProvider
+from tidings.providers.mandrill import MandrillProvider
 from tidings.providers.orange import OrangeProvider
 from tidings.providers.twilio import TwilioProvider
 
 KINDS: dict[str, type[Provider]] = {
     FakeProvider.kind: FakeProvider,
     GatewayProvider.kind: GatewayProvider,
+    MandrillProvider.kind: MandrillProvider,
     OrangeProvider.kind: OrangeProvider,
     TwilioProvider.kind: TwilioProvider,
 }

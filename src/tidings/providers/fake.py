@@ -16,6 +16,11 @@ each path. It runs in one of two ways:
   ``/webhooks/fake/{name}/status``. Tests and benchmarks use this. 200, 201 and 202 mean accepted;
   429 (``Retry-After`` honoured), 5xx, timeouts and connection errors are temporary; any other
   refusal is permanent, with the ``error.code`` of the answer.
+
+It sends email too (in process): the magic numbers' paths are taken by addresses whose part
+before the ``@`` names them (``bounce@``, ``tempfail@``, ``tempfail-once@``, ``undeliverable@``,
+``no-receipt@``), and after delivery ``engaged@`` opens and clicks, ``complains@`` marks the email
+as spam (its address is then suppressed).
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ from pydantic import Field, SecretStr
 
 from tidings.clock import to_db, utcnow
 from tidings.config import ProviderSettings
+from tidings.domain.content import Channel
 from tidings.domain.failures import FailureReason
-from tidings.domain.reports import ProviderReport, Report
+from tidings.domain.reports import CLICKED, COMPLAINED, OPENED, ProviderReport, Report
 from tidings.domain.status import Status
 from tidings.errors import (
     PermanentProviderError,
@@ -52,7 +58,15 @@ from tidings.providers.base import (
     WebhookResult,
     signatures_match,
 )
-from tidings.providers.fake_rules import ERROR_CODES, FakeBehaviour, Outcome, decide
+from tidings.providers.fake_rules import (
+    COMPLAINS,
+    ENGAGED,
+    ERROR_CODES,
+    FakeBehaviour,
+    Outcome,
+    decide,
+    local_part,
+)
 from tidings.providers.http import Answer, HttpProvider, HttpRequest
 
 log = logging.getLogger(__name__)
@@ -87,6 +101,10 @@ def sign(secret: str, body: bytes) -> str:
 
 
 _RECEIPT_STATUS = {"delivered": Status.DELIVERED, "failed": Status.FAILED, "sent": Status.SENT}
+_EVENTS = frozenset({"report", OPENED, CLICKED, COMPLAINED})
+"""What the fake's webhook reports: a status (``report``), or what an email's recipient did."""
+_AFTERWARDS = {ENGAGED: (OPENED, CLICKED), COMPLAINS: (COMPLAINED,)}
+"""What a magic address's recipient does after the email is delivered."""
 
 
 FAILURE_REASONS: Mapping[str, FailureReason] = {
@@ -105,6 +123,7 @@ class FakeProvider(HttpProvider):
     sent_statuses = frozenset({200, 201, 202})
     can_poll = True
     failure_reasons = FAILURE_REASONS
+    channels = frozenset({Channel.SMS, Channel.EMAIL})
 
     settings: FakeSettings
 
@@ -147,7 +166,8 @@ class FakeProvider(HttpProvider):
         # The outcome is in the id, so that a poll after a restart still knows it.
         provider_id = f"FK{_ID_MARKS[outcome]}{secrets.token_hex(16)}"
         if outcome is not Outcome.NO_RECEIPT:
-            task = asyncio.create_task(self._deliver_receipt(provider_id, message.id, outcome))
+            after = _AFTERWARDS.get(local_part(message.to) or "", ()) if outcome is Outcome.DELIVERED else ()
+            task = asyncio.create_task(self._deliver_receipt(provider_id, message.id, outcome, after))
             self._receipts.add(task)
             task.add_done_callback(self._receipts.discard)
         return SendResult(
@@ -156,20 +176,27 @@ class FakeProvider(HttpProvider):
             raw={"id": provider_id, "status": "accepted"},
         )
 
-    async def _deliver_receipt(self, provider_id: str, reference: str, outcome: Outcome) -> None:
+    async def _deliver_receipt(
+        self, provider_id: str, reference: str, outcome: Outcome, after: tuple[str, ...] = ()
+    ) -> None:
         await asyncio.sleep(self.settings.receipt_delay_ms / 1000)
         failed = outcome is Outcome.RECEIPT_FAILED
         code, text = ERROR_CODES[Outcome.RECEIPT_FAILED] if failed else (None, None)
-        body = orjson.dumps(
-            {
-                "id": provider_id,
-                "reference": reference,
-                "status": "failed" if failed else "delivered",
-                "error_code": code,
-                "error_message": text,
-                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            }
-        )
+        receipt = {
+            "id": provider_id,
+            "reference": reference,
+            "status": "failed" if failed else "delivered",
+            "error_code": code,
+            "error_message": text,
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        await self._post_receipt(reference, orjson.dumps(receipt))
+        for event in after:
+            stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            body = {"id": provider_id, "reference": reference, "event": event, "timestamp": stamp}
+            await self._post_receipt(reference, orjson.dumps(body))
+
+    async def _post_receipt(self, reference: str, body: bytes) -> None:
         request = WebhookRequest(
             url=self.context.webhook_url(self.kind, self.name, "status"),
             headers={SIGNATURE_HEADER: sign(self._secret, body), "content-type": "application/json"},
@@ -217,7 +244,7 @@ class FakeProvider(HttpProvider):
         payload = {
             "to": message.to,
             "from": message.sender,
-            "body": message.sms.text,
+            "body": message.sms.text if message.channel is Channel.SMS else (message.email.text or ""),
             "reference": message.id,
             "receipt_url": self.context.webhook_url(self.kind, self.name, "status"),
         }
@@ -252,10 +279,13 @@ class FakeProvider(HttpProvider):
             return await super().parse_webhook(event, request)
         try:
             data = orjson.loads(request.body)
-            status = _RECEIPT_STATUS[data["status"]]
+            event = data.get("event", "report")
+            if event not in _EVENTS:
+                raise KeyError(event)
+            status = _RECEIPT_STATUS[data["status"]] if event == "report" else None
             provider_id = data.get("id")
             reference = data.get("reference")
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise WebhookRejected(f"not a fake receipt: {exc!r}") from exc
         occurred = utcnow()
         if isinstance(data.get("timestamp"), str):
@@ -267,11 +297,15 @@ class FakeProvider(HttpProvider):
             status=status,
             source=f"provider:{self.name}",
             occurred_at=occurred,
-            provider_status=str(data["status"]),
+            provider_status=str(data["status"] if status is not None else event),
             error_code=data.get("error_code"),
             error_message=data.get("error_message"),
             detail=data,
         )
         return WebhookResult(
-            reports=[ProviderReport(report=report, message_id=reference, provider_message_id=provider_id)]
+            reports=[
+                ProviderReport(
+                    report=report, message_id=reference, provider_message_id=provider_id, event=event
+                )
+            ]
         )

@@ -22,6 +22,25 @@ RECEIPT_FAILED = "+12025550104"
 NO_RECEIPT = "+12025550105"
 """Accepted, and no receipt ever arrives: the message stays ``sent``."""
 
+MAGIC_LOCAL_PARTS = {
+    "bounce": PERMANENT_FAILURE,
+    "tempfail": TEMPORARY_FAILURE,
+    "tempfail-once": TEMPORARY_THEN_OK,
+    "undeliverable": RECEIPT_FAILED,
+    "no-receipt": NO_RECEIPT,
+}
+"""Email's magic addresses: the part before the ``@`` (any domain) stands for the magic number;
+``bounce@example.org`` is refused for good, as ``+12025550101`` is."""
+ENGAGED = "engaged"
+"""An email to ``engaged@…`` is delivered, then opened, then clicked."""
+COMPLAINS = "complains"
+"""An email to ``complains@…`` is delivered, then its recipient marks it as spam."""
+
+
+def local_part(to: str) -> str | None:
+    """The part of an email address before the ``@`` in lower case (``None`` for a number)."""
+    return to.rsplit("@", 1)[0].lower() if "@" in to else None
+
 
 class Outcome(StrEnum):
     """What the fake does with one send request."""
@@ -56,6 +75,9 @@ ERROR_CODES = {
 
 def decide(to: str, attempt: int, behaviour: FakeBehaviour, rng: random.Random) -> Outcome:
     """The outcome of the ``attempt``-th send (1-based) of a message to ``to``."""
+    local = local_part(to)
+    if local is not None:
+        to = MAGIC_LOCAL_PARTS.get(local, to)
     if to == PERMANENT_FAILURE:
         return Outcome.PERMANENT
     if to == TEMPORARY_FAILURE:

@@ -3,8 +3,7 @@
 The structure is the usual one: ``multipart/mixed`` (when there are attachments) around a
 ``multipart/alternative`` of the text and HTML parts (or the one part there is). Headers that are
 not ASCII (a subject in Swahili or Arabic, a display name with accents) are encoded as RFC 2047
-says; bodies are UTF-8. ``Message-ID`` carries our message id, so a bounce quoting it finds the
-message.
+says; bodies are UTF-8. ``Message-ID`` is our message id at the sender's domain, the same at every attempt.
 """
 
 from __future__ import annotations
@@ -12,20 +11,16 @@ from __future__ import annotations
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
 
+from tidings.domain.content import RESERVED_HEADERS
 from tidings.providers.base import OutboundMessage
-
-RESERVED_HEADERS = frozenset(
-    h.lower()
-    for h in ("From", "To", "Subject", "Reply-To", "Date", "Message-ID", "MIME-Version", "Content-Type")
-)
-"""Headers the message's own fields set; a message's extra ``headers`` cannot replace them."""
 
 
 def message_id_header(message: OutboundMessage, domain: str) -> str:
-    """The ``Message-ID`` of ``message``: our id at the sender's domain."""
-    return make_msgid(idstring=message.id, domain=domain)
+    """The ``Message-ID`` of ``message``: our id at the sender's domain, the same at every attempt,
+    so that a receiving system that got an attempt whose answer was lost sees the next as a copy."""
+    return f"<{message.id}@{domain}>"
 
 
 def build_mime(

@@ -7,8 +7,11 @@ the caller hears back; with an idempotency key a repeated request gets the first
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -18,9 +21,13 @@ import orjson
 
 from tidings.clock import utc_field
 from tidings.config import Settings
+from tidings.domain.addresses import normalize_email, normalize_sender
+from tidings.domain.batches import FileIn
+from tidings.domain.content import RESERVED_HEADERS, Attachment, Channel, EmailContent
+from tidings.domain.email_text import html_to_text
 from tidings.domain.messages import NewMessage
 from tidings.domain.phone import normalize_e164
-from tidings.errors import BodyTooLong, InvalidInput, printable, printable_json
+from tidings.errors import BodyTooLong, InvalidAttachment, InvalidInput, printable, printable_json
 from tidings.providers.base import Provider
 from tidings.services.callbacks import CallbackService
 from tidings.services.routing import Router
@@ -42,7 +49,7 @@ class SendRequest:
     """One message as a client asks for it, before validation."""
 
     to: str
-    body: str
+    body: str = ""
     sender: str | None = None
     send_at: datetime | None = None
     provider: str | None = None
@@ -50,12 +57,30 @@ class SendRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
     ordered: bool | None = None
     callback_url: str | None = None
+    channel: Channel = Channel.SMS
+    subject: str | None = None
+    html: str | None = None
+    text: str | None = None
+    reply_to: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    attachments: list[FileIn] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         """A hash of the request as given, the same whatever order its fields came in: what an
-        idempotency key is checked against."""
-        canonical = orjson.dumps(asdict(self), option=orjson.OPT_SORT_KEYS | orjson.OPT_NAIVE_UTC)
+        idempotency key is checked against. (The email fields count only when given, so an SMS
+        hashes as it did before email existed.)"""
+        fields = asdict(self)
+        fields["attachments"] = [a.model_dump() for a in self.attachments]
+        for name in _EMAIL_FIELDS:
+            if not fields[name]:
+                del fields[name]
+        canonical = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS | orjson.OPT_NAIVE_UTC)
         return hashlib.sha256(canonical).hexdigest()
+
+
+_EMAIL_FIELDS = ("channel", "subject", "html", "text", "reply_to", "headers", "attachments")
+_HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
+MAX_HEADERS = 20
 
 
 class Acceptor:
@@ -84,6 +109,7 @@ class Acceptor:
         tags: list[str],
         metadata: dict[str, Any],
         callback_url: str | None,
+        channel: Channel = Channel.SMS,
     ) -> list[str]:
         """Check what a message shares with others of its request (all of a batch's): raises
         :class:`InvalidInput` naming the field; returns the tags without repeats."""
@@ -95,6 +121,8 @@ class Acceptor:
                 f"unknown provider {provider!r}; configured: {', '.join(sorted(self.providers))}",
                 field="provider",
             )
+        if provider is not None and channel not in self.providers[provider].channels:
+            raise InvalidInput(f"provider {provider!r} does not send {channel.value}", field="provider")
         _check_metadata(metadata)
         return check_tags(tags)
 
@@ -132,8 +160,13 @@ class Acceptor:
     def build(
         self, request: SendRequest, *, default_callback_url: str | None = None, test: bool = False
     ) -> NewMessage:
-        """Validate and normalise one SMS; raises :class:`InvalidInput` naming the field. A test
-        key's message goes to the test provider whatever it asked for."""
+        """Validate and normalise one message; raises :class:`InvalidInput` naming the field. A
+        test key's message goes to the test provider whatever it asked for."""
+        if request.channel is Channel.EMAIL:
+            return self.build_email(request, default_callback_url=default_callback_url, test=test)
+        stray = next((name for name in _EMAIL_FIELDS[1:] if getattr(request, name)), None)
+        if stray is not None:
+            raise InvalidInput(f"{stray} is for email (channel `email`); an SMS has a body", field=stray)
         number = normalize_e164(request.to, self.settings.default_region)
         tags = self.check_shared(
             sender=request.sender,
@@ -153,6 +186,108 @@ class Acceptor:
             tags=tags,
             metadata=request.metadata,
             callback_url=request.callback_url or default_callback_url,
+        )
+
+    def build_email(
+        self, request: SendRequest, *, default_callback_url: str | None = None, test: bool = False
+    ) -> NewMessage:
+        """Validate and normalise one email: address, From and Reply-To, subject, bodies (the text
+        part made from the HTML when not given), headers and attachments."""
+        if request.body:
+            raise InvalidInput("an email has `text` and `html`, not `body`", field="body")
+        address = normalize_email(request.to)
+        sender = normalize_sender(request.sender, "sender") if request.sender else None
+        tags = self.check_shared(
+            sender=None,
+            provider=request.provider,
+            tags=request.tags,
+            metadata=request.metadata,
+            callback_url=request.callback_url,
+            channel=Channel.EMAIL,
+        )
+        content = self.email_content(
+            subject=request.subject,
+            html=request.html,
+            text=request.text,
+            reply_to=request.reply_to,
+            headers=request.headers,
+            attachments=[decode_attachment(a, i) for i, a in enumerate(request.attachments)],
+        )
+        return self.compose_email(
+            address,
+            content,
+            provider=request.provider,
+            test=test,
+            ordered=request.ordered,
+            sender=sender,
+            send_at=utc_field(request.send_at, "send_at"),
+            tags=tags,
+            metadata=request.metadata,
+            callback_url=request.callback_url or default_callback_url,
+        )
+
+    def email_content(
+        self,
+        *,
+        subject: str | None,
+        html: str | None,
+        text: str | None,
+        reply_to: str | None,
+        headers: Mapping[str, str],
+        attachments: list[Attachment],
+    ) -> EmailContent:
+        """An email's content, checked; the text part is made from the HTML when not given."""
+        if not subject or not subject.strip():
+            raise InvalidInput("an email needs a subject", field="subject")
+        if len(subject) > MAX_SUBJECT_CHARS or "\r" in subject or "\n" in subject:
+            raise InvalidInput(
+                f"the subject is one line of at most {MAX_SUBJECT_CHARS} characters", field="subject"
+            )
+        if not (html and html.strip()) and not (text and text.strip()):
+            raise InvalidInput("an email needs `html`, `text` or both", field="html")
+        for name, value in (("subject", subject), ("html", html), ("text", text)):
+            printable(value, name)
+        check_headers(headers)
+        if len(attachments) > self.settings.max_attachments:
+            raise InvalidAttachment(
+                f"at most {self.settings.max_attachments} attachments", field="attachments"
+            )
+        weight = sum(len(a.data) for a in attachments)
+        if weight > self.settings.max_attachment_bytes:
+            raise InvalidAttachment(
+                f"the attachments weigh {weight} bytes; the limit is {self.settings.max_attachment_bytes}",
+                field="attachments",
+            )
+        return EmailContent(
+            subject=subject,
+            html=html or None,
+            text=text if text else html_to_text(html or ""),
+            reply_to=normalize_sender(reply_to, "reply_to") if reply_to else None,
+            headers=dict(headers),
+            attachments=tuple(attachments),
+        )
+
+    def compose_email(
+        self,
+        address: str,
+        content: EmailContent,
+        *,
+        provider: str | None,
+        test: bool,
+        ordered: bool | None,
+        **rest: Any,
+    ) -> NewMessage:
+        """One email to the normalised ``address`` whose parts are checked: routes it."""
+        route = [TEST_PROVIDER] if test else self.router.route(address, provider, Channel.EMAIL)
+        chosen = route[0]
+        return NewMessage.email(
+            to=address,
+            content=content,
+            provider=chosen,
+            max_attempts=self.settings.max_attempts,
+            route=route,
+            ordered=self.providers[chosen].settings.ordered if ordered is None else ordered,
+            **rest,
         )
 
     async def accept(
@@ -175,6 +310,49 @@ class Acceptor:
         if created:
             self.waker.notify()
         return row, created
+
+
+MAX_SUBJECT_CHARS = 998
+"""The longest subject: one header line (RFC 5322)."""
+
+
+def check_headers(headers: Mapping[str, str], field: str = "headers") -> None:
+    """An email's extra headers: valid names, one-line values, none of the headers its own fields
+    set (no header injection through a value)."""
+    if len(headers) > MAX_HEADERS:
+        raise InvalidInput(f"at most {MAX_HEADERS} headers", field=field)
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidInput(f"{name[:80]!r} is not a header name", field=field)
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidInput(f"{name} is set from the message's own fields", field=field)
+        if "\r" in value or "\n" in value or len(value) > MAX_SUBJECT_CHARS:
+            raise InvalidInput(
+                f"header {name}: one line of at most {MAX_SUBJECT_CHARS} characters", field=field
+            )
+        printable(value, field)
+
+
+def decode_attachment(given: FileIn, index: int) -> Attachment:
+    """An attachment's bytes from its base64; :class:`InvalidAttachment` naming it."""
+    field = f"attachments.{index}"
+    name = given.filename.strip()
+    if not name or len(name) > 255 or any(c in name for c in "/\\\r\n\x00"):
+        raise InvalidAttachment(
+            "a file name of 1 to 255 characters, without slashes", field=f"{field}.filename"
+        )
+    if not _MEDIA_TYPE.fullmatch(given.content_type):
+        raise InvalidAttachment(
+            f"{given.content_type[:80]!r} is not a media type", field=f"{field}.content_type"
+        )
+    try:
+        data = base64.b64decode(given.content, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidAttachment("content is not base64", field=f"{field}.content") from exc
+    return Attachment(filename=name, content_type=given.content_type.lower(), data=data)
+
+
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
 
 
 def check_tags(tags: list[str], field: str = "tags") -> list[str]:

@@ -24,12 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tidings import ids
 from tidings.clock import utc_field, utcnow
 from tidings.config import Settings
+from tidings.domain.addresses import normalize_email, normalize_sender
 from tidings.domain.batches import BatchIn, RecipientIn
-from tidings.domain.content import Channel
+from tidings.domain.content import Attachment, Channel
+from tidings.domain.email_render import html_to_pdf, render_email
 from tidings.domain.messages import NewMessage
 from tidings.domain.phone import normalize_e164
 from tidings.domain.status import CANCELLABLE
-from tidings.domain.templates import Template
 from tidings.errors import (
     BatchRefused,
     IdempotencyConflict,
@@ -38,8 +39,9 @@ from tidings.errors import (
     NotFound,
     TooManyRecipients,
 )
-from tidings.services.accepting import Acceptor, check_metadata, check_tags
-from tidings.services.templates import TemplateService
+from tidings.services.accepting import Acceptor, check_metadata, check_tags, decode_attachment
+from tidings.services.templates import BatchTemplates, TemplateService
+from tidings.services.unsubscribe import UnsubscribeLinks, UnsubscribeService
 from tidings.store import Store, batches
 from tidings.store import messages as message_rows
 from tidings.store.batches import BatchFilter
@@ -67,20 +69,28 @@ class Plan:
     """What every message of one batch shares, checked once."""
 
     batch_id: str
-    template: Template
-    template_id: str | None
-    template_version: int | None
+    templates: BatchTemplates
     tags: list[str]
     send_at: datetime | None
     callback_url: str | None
     test: bool
     now: datetime
+    sender: str | None = None
+    reply_to: str | None = None
+    unsubscribe: UnsubscribeLinks | None = None
 
 
 class BatchService:
     def __init__(
-        self, settings: Settings, acceptor: Acceptor, templates: TemplateService, store: Store, waker: Waker
+        self,
+        settings: Settings,
+        acceptor: Acceptor,
+        templates: TemplateService,
+        store: Store,
+        waker: Waker,
+        unsubscribe: UnsubscribeService,
     ) -> None:
+        self.unsubscribe = unsubscribe
         self.settings = settings
         self.acceptor = acceptor
         self.templates = templates
@@ -99,34 +109,45 @@ class BatchService:
         in every case nothing is written. A recipient that cannot be accepted is listed in the
         answer's ``refused`` with the error a single send would get.
         """
-        if spec.channel is not Channel.SMS:
-            raise InvalidInput("batches send SMS for now (channel `sms`)", field="channel")
         if len(spec.recipients) > self.settings.max_batch_recipients:
             raise TooManyRecipients(
                 f"the batch has {len(spec.recipients)} recipients; "
                 f"the limit is {self.settings.max_batch_recipients}",
                 field="recipients",
             )
-        template, template_id, template_version = await self.templates.for_batch(spec)
+        templates = await self.templates.for_batch(spec)
+        template_id, template_version = templates.template_id, templates.template_version
         owner = key.id if key else ""
         request_hash = request_hash or fingerprint(spec.model_dump(mode="json", by_alias=True))
         earlier = await self.store.batches.by_group(owner, spec.group_id)
         if earlier is not None:
             return self._repeat(earlier, request_hash), False
+        email = spec.channel is Channel.EMAIL
         tags = self.acceptor.check_shared(
-            sender=spec.sender,
+            sender=None if email else spec.sender,
             provider=spec.provider,
             tags=spec.tags,
             metadata=spec.metadata,
             callback_url=spec.callback_url,
+            channel=spec.channel,
         )
+        if email:
+            sender = spec.from_ or spec.sender
+            sender = normalize_sender(sender, "from") if sender else None
+            reply_to = normalize_sender(spec.reply_to, "reply_to") if spec.reply_to else None
+        else:
+            stray = next((n for n in ("from_", "reply_to") if getattr(spec, n)), None)
+            if stray is not None:
+                raise InvalidInput(f"{stray.rstrip('_')} is for email batches", field=stray.rstrip("_"))
+            sender, reply_to = spec.sender, None
         now = utcnow()
         plan = Plan(
             batch_id=ids.new_id(),
-            template=template,
-            template_id=template_id,
-            template_version=template_version,
+            templates=templates,
             tags=tags,
+            sender=sender,
+            reply_to=reply_to,
+            unsubscribe=await self.unsubscribe.links() if email else None,
             send_at=utc_field(spec.send_at, "send_at"),
             callback_url=spec.callback_url or (key.callback_url if key else None),
             test=key.test if key else False,
@@ -140,7 +161,7 @@ class BatchService:
             "channel": spec.channel.value,
             "template_id": template_id,
             "template_version": template_version,
-            "shared": _shared(spec, template.source),
+            "shared": _shared(spec, templates.sources),
             "tags": tags,
             "total": len(spec.recipients),
             "accepted": 0,
@@ -230,8 +251,14 @@ class BatchService:
         indexes: list[int] = []
         refused: list[dict[str, Any]] = []
         shared_context = spec.context
+        email = spec.channel is Channel.EMAIL
         for index, recipient in enumerate(part, start):
             try:
+                if email:
+                    new = self._email(recipient, index, spec, plan)
+                    items.append(self._with_links(new, plan))
+                    indexes.append(index)
+                    continue
                 number = normalize_e164(recipient.to, region)
                 context = (
                     {**shared_context, **recipient.context} if recipient.context else dict(shared_context)
@@ -241,7 +268,8 @@ class BatchService:
                     context["first_name"] = recipient.first_name
                 if recipient.last_name is not None:
                     context["last_name"] = recipient.last_name
-                body = plan.template.render(context)
+                assert plan.templates.body is not None
+                body = plan.templates.body.render(context)
                 tags = plan.tags
                 if recipient.tags:
                     tags = check_tags([*plan.tags, *recipient.tags])
@@ -264,8 +292,8 @@ class BatchService:
                     metadata=metadata,
                     callback_url=plan.callback_url,
                     batch_id=plan.batch_id,
-                    template_id=plan.template_id,
-                    template_version=plan.template_version,
+                    template_id=plan.templates.template_id,
+                    template_version=plan.templates.template_version,
                 )
             except InvalidInput as exc:
                 refused.append(_refusal(index, exc))
@@ -273,6 +301,56 @@ class BatchService:
             items.append((message_rows.new_row(new, plan.now), new))
             indexes.append(index)
         return items, indexes, refused
+
+    def _email(self, recipient: RecipientIn, index: int, spec: BatchIn, plan: Plan) -> NewMessage:
+        """One recipient's email, rendered: :class:`InvalidInput` when it cannot be."""
+        address = normalize_email(recipient.to)
+        context = {**spec.context, **recipient.context} if recipient.context else dict(spec.context)
+        context["to"] = address
+        if recipient.first_name is not None:
+            context["first_name"] = recipient.first_name
+        if recipient.last_name is not None:
+            context["last_name"] = recipient.last_name
+        templates = plan.templates
+        assert templates.subject is not None and templates.inner is not None
+        subject, html, text = render_email(templates.subject, templates.inner, templates.outer, context)
+        files = [decode_attachment(f, i) for i, f in enumerate(recipient.attachments)]
+        if templates.pdf is not None:
+            pdf = html_to_pdf(templates.pdf.render(context))
+            files.append(Attachment(filename=spec.pdf_filename, content_type="application/pdf", data=pdf))
+        content = self.acceptor.email_content(
+            subject=subject, html=html, text=text, reply_to=plan.reply_to, headers={}, attachments=files
+        )
+        tags = check_tags([*plan.tags, *recipient.tags]) if recipient.tags else plan.tags
+        metadata = spec.metadata
+        if recipient.metadata:
+            metadata = {**spec.metadata, **recipient.metadata}
+            check_metadata(metadata)
+        send_at = utc_field(recipient.send_at, "send_at") if recipient.send_at is not None else plan.send_at
+        return self.acceptor.compose_email(
+            address,
+            content,
+            provider=spec.provider,
+            test=plan.test,
+            ordered=spec.ordered,
+            sender=plan.sender,
+            send_at=send_at,
+            tags=tags,
+            metadata=metadata,
+            callback_url=plan.callback_url,
+            batch_id=plan.batch_id,
+            template_id=templates.template_id,
+            template_version=templates.template_version,
+        )
+
+    @staticmethod
+    def _with_links(new: NewMessage, plan: Plan) -> tuple[dict[str, Any], NewMessage]:
+        """The row of a batch's email, with its one-click unsubscribe headers (they name the
+        message's id, known only now)."""
+        row = message_rows.new_row(new, plan.now)
+        if plan.unsubscribe is not None:
+            row["headers"] = {**(row["headers"] or {}), **plan.unsubscribe.headers(row["id"])}
+        return row, new
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -328,8 +406,10 @@ def _refused_whole(refused: list[dict[str, Any]]) -> BatchRefused:
     return BatchRefused(f"no recipient could be accepted: {shown}{more}", field="recipients")
 
 
-def _shared(spec: BatchIn, source: str) -> dict[str, Any]:
+def _shared(spec: BatchIn, sources: dict[str, str]) -> dict[str, Any]:
     """The batch's shared part as kept with it (and shown by ``GET /v1/batches/{id}``)."""
-    shared = spec.model_dump(mode="json", by_alias=True, exclude={"recipients", "group_id", "channel"})
-    shared["template"] = source
+    shared = spec.model_dump(
+        mode="json", by_alias=True, exclude={"recipients", "group_id", "channel"}, exclude_none=True
+    )
+    shared.update(sources)
     return shared

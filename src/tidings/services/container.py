@@ -25,9 +25,10 @@ from tidings.services.gateway import GatewayService
 from tidings.services.inbound import InboundPolicy, InboundService
 from tidings.services.messages import MessageService
 from tidings.services.retention import Retention
-from tidings.services.routing import Router
+from tidings.services.routing import Router, email_default
 from tidings.services.templates import TemplateService
 from tidings.services.tracking import Tracker
+from tidings.services.unsubscribe import UnsubscribeService
 from tidings.services.webhooks import WebhookHandler
 from tidings.store import Store
 from tidings.store.migrate import current_revision, head_revision, upgrade
@@ -55,7 +56,7 @@ class Service:
         # Test keys' messages go to an in-process fake, never to a real provider.
         self.providers[TEST_PROVIDER] = FakeProvider(TEST_PROVIDER, FakeSettings(kind="fake"), self.context)
         self.tracker = Tracker(self.store, self.providers)
-        self.router = Router(settings, self.providers)
+        self.router = Router(settings, self.providers, email_provider=email_default(settings, self.providers))
         self.messages = MessageService(self.store)
         self.inbound = InboundService(self.store, InboundPolicy.from_settings(settings))
         self.webhooks = WebhookHandler(self.store, self.tracker, self.inbound, self.providers, settings)
@@ -70,7 +71,10 @@ class Service:
             settings, self.providers, self.router, self.store, self.waker, callbacks=self.callbacks
         )
         self.templates = TemplateService(self.store)
-        self.batches = BatchService(settings, self.accepting, self.templates, self.store, self.waker)
+        self.unsubscribe = UnsubscribeService(self.store, settings.base_url)
+        self.batches = BatchService(
+            settings, self.accepting, self.templates, self.store, self.waker, self.unsubscribe
+        )
         self.retention = Retention(self.store, settings)
         self._listener: PostgresListener | None = None
         self._started: list[Provider] = []

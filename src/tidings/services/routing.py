@@ -8,15 +8,36 @@ temporary failures in a row on one provider, the worker moves the message to the
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from tidings.config import Settings
 from tidings.domain.content import Channel
 from tidings.errors import ConfigError, InvalidInput
+from tidings.providers.base import Provider
+
+
+def email_default(settings: Settings, providers: Mapping[str, Provider]) -> str | None:
+    """The provider of email that names none and has no route: ``default_email_provider``, else
+    ``default_provider`` when it sends email, else the one configured provider that does."""
+    if settings.default_email_provider is not None:
+        chosen = providers.get(settings.default_email_provider)
+        if chosen is None or Channel.EMAIL not in chosen.channels:
+            raise ConfigError(
+                f"setting default_email_provider: {settings.default_email_provider!r} is not a configured "
+                "provider that sends email"
+            )
+        return settings.default_email_provider
+    default = providers.get(settings.default_provider)
+    if default is not None and Channel.EMAIL in default.channels:
+        return settings.default_provider
+    senders = [name for name, p in providers.items() if Channel.EMAIL in p.channels and p.kind != "fake"]
+    return senders[0] if len(senders) == 1 else None
 
 
 class Router:
-    def __init__(self, settings: Settings, providers: Collection[str]) -> None:
+    def __init__(
+        self, settings: Settings, providers: Collection[str], *, email_provider: str | None = None
+    ) -> None:
         for prefix, names in settings.routes.items():
             unknown = [n for n in names if n not in providers]
             if unknown:
@@ -29,6 +50,8 @@ class Router:
             Channel.SMS: sorted(settings.routes.items(), key=lambda item: len(item[0]), reverse=True)
         }
         self._defaults: dict[Channel, str] = {Channel.SMS: settings.default_provider}
+        if email_provider is not None:
+            self._defaults[Channel.EMAIL] = email_provider
 
     def route(self, to: str, requested: str | None = None, channel: Channel = Channel.SMS) -> list[str]:
         """The providers to try for a message on ``channel`` to ``to``, in order."""

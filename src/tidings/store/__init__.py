@@ -13,6 +13,7 @@ retention.py   pruning and redaction in bounded batches
 batches.py     a batch's row (written with its messages) and its progress
 templates.py   stored templates and every version of them
 signatures.py  signed requests' signatures, each usable once
+secrets.py     the installation's own secrets (the unsubscribe links' key)
 inbound.py, optouts.py, gateways.py, webhooks.py, keys.py, log.py
 """
 
@@ -37,6 +38,7 @@ from tidings.store.optouts import OptOutStore
 from tidings.store.queue import QueueStore
 from tidings.store.reports import ReportStore
 from tidings.store.retention import RetentionStore
+from tidings.store.secrets import SecretStore
 from tidings.store.signatures import SignatureStore
 from tidings.store.templates import TemplateStore
 from tidings.store.webhooks import WebhookLogStore
@@ -62,6 +64,7 @@ class Store:
         self.batches = BatchStore(engine)
         self.templates = TemplateStore(engine)
         self.signatures = SignatureStore(engine)
+        self.secrets = SecretStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
 from tidings.clock import utcnow
-from tidings.domain.content import SmsContent
+from tidings.domain.content import EmailContent, SmsContent
 from tidings.domain.failures import reason_for
 from tidings.domain.messages import NewMessage
 from tidings.domain.status import CANCELLABLE, Status
@@ -27,7 +27,7 @@ from tidings.store import bulk, events
 from tidings.store.batcher import WriteBatcher
 from tidings.store.db import plain
 from tidings.store.sql import in_values
-from tidings.store.tables import message_provider_ids, message_tags, messages, opt_outs
+from tidings.store.tables import message_attachments, message_provider_ids, message_tags, messages, opt_outs
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,13 @@ def new_row(
     """The row of a message about to be stored."""
     scheduled = new.send_at is not None and new.send_at > now
     sms = new.content if isinstance(new.content, SmsContent) else None
+    email = new.content if isinstance(new.content, EmailContent) else None
     return {
         "id": ids.new_id(),
         "channel": new.channel.value,
         "to": new.to,
         "sender": new.sender,
-        "body": new.text,
+        "body": (email.text or "") if email else new.text,
         "segments": sms.segments if sms else None,
         "encoding": sms.encoding if sms else None,
         "status": (Status.SCHEDULED if scheduled else Status.PENDING).value,
@@ -104,6 +105,10 @@ def new_row(
         "callback_url": new.callback_url,
         "provider_failures": 0,
         "polls": 0,
+        "subject": email.subject if email else None,
+        "html": email.html if email else None,
+        "reply_to": email.reply_to if email else None,
+        "headers": dict(email.headers) if email and email.headers else None,
         "batch_id": new.batch_id,
         "template_id": new.template_id,
         "template_version": new.template_version,
@@ -132,6 +137,7 @@ async def insert_many(
     results: list[RecipientOptedOut | None] = []
     rows: list[dict[str, Any]] = []
     tags: list[dict[str, Any]] = []
+    files: list[dict[str, Any]] = []
     accepted: list[dict[str, Any]] = []
     due: set[str] = set()
     for row, new in items:
@@ -145,6 +151,18 @@ async def insert_many(
         results.append(None)
         rows.append(row)
         tags.extend({"message_id": row["id"], "tag": t} for t in set(new.tags))
+        if isinstance(new.content, EmailContent):
+            files.extend(
+                {
+                    "message_id": row["id"],
+                    "position": position,
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "size": len(a.data),
+                    "data": a.data,
+                }
+                for position, a in enumerate(new.content.attachments)
+            )
         accepted.append(
             events.event_row(
                 row["id"],
@@ -160,6 +178,7 @@ async def insert_many(
     if rows:
         await bulk.insert_rows(conn, messages, rows)
         await bulk.insert_rows(conn, message_tags, tags)
+        await bulk.insert_rows(conn, message_attachments, files)
         await events.record_events(conn, accepted)
         for provider in sorted(due):
             await notify(conn, provider)

@@ -12,6 +12,7 @@ transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,14 +21,14 @@ from sqlalchemy import Row, case, false, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.clock import utcnow
-from tidings.domain.content import Content, SmsContent
+from tidings.domain.content import Attachment, Channel, Content, EmailContent, SmsContent
 from tidings.domain.failures import FailureReason
 from tidings.domain.routes import next_provider
 from tidings.domain.status import Status
 from tidings.store import events
 from tidings.store.messages import notify
 from tidings.store.sql import is_value, picked_once, waits_for_earlier
-from tidings.store.tables import messages
+from tidings.store.tables import message_attachments, messages
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,19 @@ class Claimed:
         return self.content
 
 
-def _claimed(row: Row[Any]) -> Claimed:
-    # SMS is the only channel stored so far; email adds its content here.
-    content = SmsContent(text=row.body, segments=row.segments or 1, encoding=row.encoding or "GSM-7")
+def _claimed(row: Row[Any], files: Mapping[str, list[Attachment]] | None = None) -> Claimed:
+    content: Content
+    if row.channel == Channel.EMAIL.value:
+        content = EmailContent(
+            subject=row.subject or "",
+            html=row.html,
+            text=row.body or None,
+            reply_to=row.reply_to,
+            headers=dict(row.headers or {}),
+            attachments=tuple((files or {}).get(row.id, ())),
+        )
+    else:
+        content = SmsContent(text=row.body, segments=row.segments or 1, encoding=row.encoding or "GSM-7")
     return Claimed(
         id=row.id,
         to=row.to,
@@ -147,11 +158,16 @@ async def claim(
         )
         .returning(
             messages.c.id,
+            messages.c.channel,
             messages.c.to,
             messages.c.sender,
             messages.c.body,
             messages.c.segments,
             messages.c.encoding,
+            messages.c.subject,
+            messages.c.html,
+            messages.c.reply_to,
+            messages.c.headers,
             messages.c.provider,
             messages.c.attempts,
             messages.c.max_attempts,
@@ -175,7 +191,30 @@ async def claim(
             for r in rows
         ],
     )
-    return [_claimed(r) for r in rows]
+    emails = [r.id for r in rows if r.channel == Channel.EMAIL.value]
+    return [_claimed(r, await attachments_of(conn, emails)) for r in rows]
+
+
+async def attachments_of(conn: AsyncConnection, message_ids: Sequence[str]) -> dict[str, list[Attachment]]:
+    """The attachments of ``message_ids``, in order, by message."""
+    found: dict[str, list[Attachment]] = {}
+    if not message_ids:
+        return found
+    query = (
+        select(
+            message_attachments.c.message_id,
+            message_attachments.c.filename,
+            message_attachments.c.content_type,
+            message_attachments.c.data,
+        )
+        .where(message_attachments.c.message_id.in_(list(message_ids)))
+        .order_by(message_attachments.c.message_id, message_attachments.c.position)
+    )
+    for row in (await conn.execute(query)).all():
+        found.setdefault(row.message_id, []).append(
+            Attachment(filename=row.filename, content_type=row.content_type, data=bytes(row.data))
+        )
+    return found
 
 
 async def held_unacknowledged(

@@ -22,10 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.clock import utcnow
 from tidings.domain.failures import FailureReason
-from tidings.domain.reports import Report
+from tidings.domain.reports import CLICKED, OPENED, SUPPRESSING_EVENTS, Report
 from tidings.domain.routes import tried
 from tidings.domain.status import Status, apply_report
-from tidings.store import events
+from tidings.store import events, optouts
+from tidings.store import messages as message_rows
 from tidings.store.batcher import WriteBatcher
 from tidings.store.callbacks import Recipient
 from tidings.store.tables import message_provider_ids, messages
@@ -42,6 +43,9 @@ _STATUS_TIMESTAMP = {
 
 _READ = (
     "id",
+    "channel",
+    "opened_at",
+    "clicked_at",
     "provider",
     "route",
     "attempts",
@@ -103,6 +107,10 @@ class StaleRead(Exception):
     lock): the reports are applied again on what is there now."""
 
 
+_ENGAGEMENT_COLUMNS = {OPENED: "opened_at", CLICKED: "clicked_at"}
+"""The column each engagement event fills, the first time it happens."""
+
+
 def handed_to(row: dict[str, Any], provider: str) -> bool:
     """Whether the message in ``row`` was ever handed to ``provider``: the provider it is with,
     or one its route already tried, and at least one attempt made."""
@@ -152,6 +160,7 @@ async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> l
     # others since the read (on SQLite, which reads outside the write lock).
     touched: dict[str, set[str]] = {}
     more_ids: list[dict[str, str]] = []
+    suppressed: list[tuple[str, str, str, str]] = []
     recorded: list[dict[str, Any]] = []
     outcomes: list[ReportOutcome | None] = []
     now = utcnow()
@@ -175,6 +184,11 @@ async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> l
             # Same status in the provider's newer words (e.g. MessageWaiting after
             # DeliveredToNetwork): keep what it said last.
             values["provider_status"] = report.provider_status
+        engagement = _ENGAGEMENT_COLUMNS.get(item.type)
+        if engagement is not None and row[engagement] is None:
+            values[engagement] = report.occurred_at
+        if item.type in SUPPRESSING_EVENTS:
+            suppressed.append((row["channel"], row["to"], item.type, report.source))
         if item.provider_message_ids:
             main, *others = item.provider_message_ids
             previous = row["provider_message_id"]
@@ -231,6 +245,18 @@ async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> l
                 index_elements=["provider", "provider_message_id"]
             ),
             more_ids,
+        )
+    for channel, address, why, source in suppressed:
+        # A complaint or an unsubscribe reported by the provider: no more email to the address,
+        # from any sender, and what waits for it is cancelled (as an opt-out by reply does).
+        await optouts.add(conn, channel, address, message_rows.ALL_SENDERS, source=source, note=why, now=now)
+        await message_rows.cancel(
+            conn,
+            recipient=message_rows.Recipient(channel, address),
+            source=source,
+            reason=f"the recipient {why}",
+            error_code="recipient_opted_out",
+            now=now,
         )
     recipients = {
         m: Recipient(url=row["callback_url"], api_key_id=row["api_key_id"], to=row["to"])

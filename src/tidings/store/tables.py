@@ -109,6 +109,14 @@ messages = Table(
     Column("callback_url", Text()),
     # When the body, metadata and provider payloads were removed (retention).
     Column("redacted_at", DateTime()),
+    # Email only: the subject, the HTML part (``body`` holds the text part), where replies go,
+    # extra headers, and when the recipient first opened it and clicked in it.
+    Column("subject", Text()),
+    Column("html", Text()),
+    Column("reply_to", String(ADDRESS_LENGTH)),
+    Column("headers", JSON()),
+    Column("opened_at", DateTime()),
+    Column("clicked_at", DateTime()),
     # The batch the message came in, and the stored template (and its version) it was rendered from.
     Column("batch_id", String(26)),
     Column("template_id", String(26)),
@@ -227,6 +235,27 @@ message_tags = Table(
     Column("message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
     Column("tag", String(128), primary_key=True),
     Index("ix_message_tags_tag", "tag", "message_id"),
+)
+
+message_attachments = Table(
+    "message_attachments",
+    metadata,
+    # An email's files, in order; kept apart so that reading messages never loads them.
+    Column("message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer(), primary_key=True),
+    Column("filename", String(255), nullable=False),
+    Column("content_type", String(127), nullable=False),
+    Column("size", Integer(), nullable=False),
+    Column("data", LargeBinary(), nullable=False),
+)
+
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    # Secrets of this installation, made when the schema is created (the key that signs
+    # unsubscribe links, so that links keep working across restarts and processes).
+    Column("name", String(64), primary_key=True),
+    Column("value", String(128), nullable=False),
 )
 
 message_provider_ids = Table(
