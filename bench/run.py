@@ -10,7 +10,9 @@ its own, and prints one JSON object per line to stdout (also written to
 - ``receipts``: signed receipts posted to the webhook of one ``tidings api`` process;
 - ``backlog``: one claim with 10k / 100k / 1M messages waiting, and the service's RSS;
 - ``batch_ingest``: batches of 1k / 10k / 100k recipients, JSON and MessagePack, to one ``tidings api``;
-- ``batch_dispatch``: one 100k-recipient batch from its request to every message ``delivered``.
+- ``batch_dispatch``: one 100k-recipient batch from its request to every message ``delivered``;
+- ``email_dispatch``: 10k emails through the ``smtp`` provider to a fake SMTP server, with and
+  without a PDF per recipient.
 
 Each module in ``bench/scenarios/`` says exactly what it measures. ``--quick`` makes every size
 small (for development); ``--profile`` attaches py-spy to the service processes. The exit status
@@ -37,7 +39,7 @@ from typing import Any, TextIO
 
 from harness import REPO, RESULTS_DIR, BenchError, Workspace, postgres_unavailable
 from profiling import Profiler
-from scenarios import Options, Scenario, backlog, batches, dispatch, receipts, single_api
+from scenarios import Options, Scenario, backlog, batches, dispatch, email, receipts, single_api
 
 SCENARIOS: dict[str, Scenario | None] = {
     "single_api": single_api.run,
@@ -46,6 +48,7 @@ SCENARIOS: dict[str, Scenario | None] = {
     "backlog": backlog.run,
     "batch_ingest": batches.ingest,
     "batch_dispatch": batches.dispatch,
+    "email_dispatch": email.run,
 }
 QUICK = Options(
     messages=2000,
@@ -54,6 +57,8 @@ QUICK = Options(
     backlog_sizes=(1000, 10_000),
     backlog_window=2.0,
     batch_sizes=(1000, 10_000),
+    email_messages=1000,
+    email_pdf_messages=200,
 )
 
 

@@ -32,6 +32,10 @@ class Options:
     receipt_clients: int = 32
     """Concurrent connections posting receipts in ``receipts``."""
     backlog_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    email_messages: int = 10_000
+    """Emails in ``email_dispatch`` (without attachments)."""
+    email_pdf_messages: int = 2_000
+    """Emails with a PDF each in ``email_dispatch`` (fewer: making a PDF costs about 50 ms)."""
     batch_sizes: tuple[int, ...] = (1000, 10_000, 100_000)
     """Recipients per batch in ``batch_ingest``."""
     backlog_window: float = 5.0

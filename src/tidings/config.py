@@ -61,6 +61,8 @@ def _cidr(value: str) -> str:
 
 
 _PREFIX = re.compile(r"^\+[0-9]{1,15}$")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"^(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}$")
 
 
 class Settings(BaseModel):
@@ -115,6 +117,9 @@ class Settings(BaseModel):
     """Temporary failures in a row on one provider before the next one in the route is tried."""
     routes: dict[str, list[str]] = Field(default_factory=dict)
     """Destination prefix (``+225``) to the providers to try, in order; the longest prefix wins."""
+    email_routes: dict[str, list[str]] = Field(default_factory=dict)
+    """Email: a domain (``example.org``, which covers its subdomains) to the providers to try, in
+    order; the longest matching domain wins."""
     trusted_proxies: list[str] = Field(default_factory=list)
     """CIDR ranges of reverse proxies whose ``X-Forwarded-For`` names a webhook's real sender."""
     poll_after_seconds: float = Field(default=3600.0, gt=0)
@@ -182,6 +187,19 @@ class Settings(BaseModel):
             if not names:
                 raise ValueError(f"route {prefix!r}: name at least one provider")
         return value
+
+    @field_validator("email_routes")
+    @classmethod
+    def _route_domains(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        routes: dict[str, list[str]] = {}
+        for domain, names in value.items():
+            cleaned = domain.strip().lower().lstrip("@").lstrip(".")
+            if not _DOMAIN.match(cleaned):
+                raise ValueError(f"email route {domain!r}: a domain is like example.org")
+            if not names:
+                raise ValueError(f"email route {domain!r}: name at least one provider")
+            routes[cleaned] = names
+        return routes
 
     @field_validator("default_region")
     @classmethod

@@ -108,7 +108,7 @@ def test_the_example_configuration_in_the_repository_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "tidings.toml"
     settings = load_settings({"TIDINGS_CONFIG": str(example)})
     providers = build_providers(settings, ProviderContext(base_url=settings.base_url))
-    assert {p.kind for p in providers.values()} == {"twilio", "orange", "fake"}
+    assert {p.kind for p in providers.values()} == {"twilio", "orange", "fake", "smtp", "ses", "mandrill"}
     assert settings.routes["+225"] == ["orange", "twilio"]
 
 

@@ -55,3 +55,25 @@ def test_the_chosen_route_is_the_most_specific_match(number: str) -> None:
     matching = [p for p in routes if number.startswith(p)]
     expected = routes[max(matching, key=len)] if matching else ["fake"]
     assert r.route(number) == expected
+
+
+def test_email_goes_by_its_domain_the_longest_first_and_else_to_the_email_default() -> None:
+    from tidings.domain.content import Channel
+
+    settings = Settings.model_validate(
+        {"email_routes": {"example.org": ["ses", "smtp"], "health.example.org": ["smtp"]}}
+    )
+    r = Router(settings, ("ses", "smtp", "fake"), email_provider="fake")
+    assert r.route("amina@example.org", channel=Channel.EMAIL) == ["ses", "smtp"]
+    assert r.route("amina@mail.example.org", channel=Channel.EMAIL) == ["ses", "smtp"]
+    assert r.route("otieno@clinic.health.example.org", channel=Channel.EMAIL) == ["smtp"]
+    assert r.route("wanjiru@notexample.org", channel=Channel.EMAIL) == ["fake"]
+    # Numbers are routed by the SMS table only.
+    assert r.route("+254712345678") == ["fake"]
+
+
+def test_an_email_route_naming_an_unknown_provider_or_no_domain_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"email_routes\.example\.org"):
+        Router(Settings.model_validate({"email_routes": {"example.org": ["nowhere"]}}), PROVIDERS)
+    with pytest.raises(ValueError, match=r"a domain is like example\.org"):
+        Settings.model_validate({"email_routes": {"not a domain": ["fake"]}})

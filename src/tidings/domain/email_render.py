@@ -5,10 +5,10 @@ made from HTML. Pure computation, no I/O.
 PDFs are made by ``fpdf2``, in pure Python: it installs from the project's own dependencies on any
 machine, with no system libraries (WeasyPrint needs Pango and Cairo from the distribution), and a
 one-page invoice takes about 4 ms. It understands a subset of HTML: headings, paragraphs, bold and
-italic, lists, tables, links, images by URL are not fetched. Text is set in DejaVu Sans when the
-machine has it (``fonts-dejavu-core``), which covers most scripts; otherwise in Helvetica, which
-covers Latin-1 only, and a recipient whose PDF needs other characters is refused with
-``render_failed``.
+italic, lists, tables, links, images by URL are not fetched. Text is set in Helvetica, which covers
+Latin-1; a PDF that needs other characters is set in DejaVu Sans when the machine has it
+(``fonts-dejavu-core``), which covers most scripts but costs about 0.1 s a document to load, and
+is refused with ``render_failed`` when it does not.
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ def _unicode_font() -> bool:
     return UNICODE_FONT.is_file() and UNICODE_FONT_BOLD.is_file()
 
 
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def html_to_pdf(html: str, field: str = "pdf_template") -> bytes:
     """A PDF of ``html``; :class:`RenderFailed` when it cannot be made."""
     from fpdf import FPDF
@@ -54,7 +62,9 @@ def html_to_pdf(html: str, field: str = "pdf_template") -> bytes:
     pdf = FPDF()
     pdf.set_auto_page_break(auto=True, margin=15)
     pdf.add_page()
-    if _unicode_font():
+    # Helvetica when it can set the text (about 4 ms a page); loading the TrueType font costs a
+    # hundred milliseconds a document, so only text beyond Latin-1 pays for it.
+    if not html.isascii() and not _latin1(html) and _unicode_font():
         pdf.add_font("dejavu", "", str(UNICODE_FONT))
         pdf.add_font("dejavu", "B", str(UNICODE_FONT_BOLD))
         pdf.set_font("dejavu", size=11)

@@ -13,6 +13,8 @@ from tidings.providers.fake import FakeProvider
 from tidings.providers.gateway import GatewayProvider
 from tidings.providers.mandrill import MandrillProvider
 from tidings.providers.orange import OrangeProvider
+from tidings.providers.ses import SesProvider
+from tidings.providers.smtp import SmtpProvider
 from tidings.providers.twilio import TwilioProvider
 
 KINDS: dict[str, type[Provider]] = {
@@ -20,6 +22,8 @@ KINDS: dict[str, type[Provider]] = {
     GatewayProvider.kind: GatewayProvider,
     MandrillProvider.kind: MandrillProvider,
     OrangeProvider.kind: OrangeProvider,
+    SesProvider.kind: SesProvider,
+    SmtpProvider.kind: SmtpProvider,
     TwilioProvider.kind: TwilioProvider,
 }
 

@@ -1,6 +1,9 @@
 """Which providers a message goes through: the one asked for, else a route, else the default,
 per channel.
 
+For email, ``email_routes`` maps a recipient's domain (and its subdomains) to providers, the
+longest domain first.
+
 For SMS a route table maps destination prefixes to providers in the order to try them
 (``"+225" = ["orange", "twilio"]``); the longest matching prefix wins. After ``failover_after``
 temporary failures in a row on one provider, the worker moves the message to the next.
@@ -38,16 +41,19 @@ class Router:
     def __init__(
         self, settings: Settings, providers: Collection[str], *, email_provider: str | None = None
     ) -> None:
-        for prefix, names in settings.routes.items():
-            unknown = [n for n in names if n not in providers]
-            if unknown:
-                raise ConfigError(
-                    f"setting routes.{prefix}: not configured: {', '.join(map(repr, unknown))} "
-                    f"(configured providers: {', '.join(sorted(providers))})"
-                )
-        # Longest prefix first, so the first match is the most specific one.
+        tables = [("routes", settings.routes), ("email_routes", settings.email_routes)]
+        for setting, table in tables:
+            for prefix, names in table.items():
+                unknown = [n for n in names if n not in providers]
+                if unknown:
+                    raise ConfigError(
+                        f"setting {setting}.{prefix}: not configured: {', '.join(map(repr, unknown))} "
+                        f"(configured providers: {', '.join(sorted(providers))})"
+                    )
+        # Longest prefix (or domain) first, so the first match is the most specific one.
         self._routes: dict[Channel, list[tuple[str, list[str]]]] = {
-            Channel.SMS: sorted(settings.routes.items(), key=lambda item: len(item[0]), reverse=True)
+            Channel.SMS: sorted(settings.routes.items(), key=lambda item: len(item[0]), reverse=True),
+            Channel.EMAIL: sorted(settings.email_routes.items(), key=lambda item: len(item[0]), reverse=True),
         }
         self._defaults: dict[Channel, str] = {Channel.SMS: settings.default_provider}
         if email_provider is not None:
@@ -57,9 +63,15 @@ class Router:
         """The providers to try for a message on ``channel`` to ``to``, in order."""
         if requested is not None:
             return [requested]
-        for prefix, names in self._routes.get(channel, []):
-            if to.startswith(prefix):
-                return list(dict.fromkeys(names))
+        if channel is Channel.EMAIL:
+            domain = to.rsplit("@", 1)[-1].lower()
+            for suffix, names in self._routes[channel]:
+                if domain == suffix or domain.endswith("." + suffix):
+                    return list(dict.fromkeys(names))
+        else:
+            for prefix, names in self._routes[channel]:
+                if to.startswith(prefix):
+                    return list(dict.fromkeys(names))
         default = self._defaults.get(channel)
         if default is None:
             raise InvalidInput(f"no provider is configured for {channel.value}", field="provider")
