@@ -54,7 +54,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from typing import ClassVar, Literal
 
 import aiosmtplib
@@ -74,7 +74,7 @@ from tidings.errors import (
     TemporaryProviderError,
 )
 from tidings.providers.base import OutboundMessage, Provider, ProviderContext, SendResult
-from tidings.providers.mime import build_mime
+from tidings.providers.mime import WIRE, build_mime
 
 __all__ = ["FAILURE_REASONS", "SmtpProvider", "SmtpSettings"]
 
@@ -328,7 +328,7 @@ class SmtpProvider(Provider):
         )
 
     async def _run(
-        self, conn: _Connection, mime: EmailMessage, envelope_from: str, recipient: str
+        self, conn: _Connection, mime: Message, envelope_from: str, recipient: str
     ) -> aiosmtplib.SMTPResponse:
         """:meth:`_transaction` on ``conn``; when it fails, ``conn`` is released (kept when a reply
         refused the message and RSET works, closed otherwise) and the failure raised as a
@@ -349,7 +349,7 @@ class SmtpProvider(Provider):
             raise
 
     async def _transaction(
-        self, conn: _Connection, mime: EmailMessage, envelope_from: str, recipient: str
+        self, conn: _Connection, mime: Message, envelope_from: str, recipient: str
     ) -> aiosmtplib.SMTPResponse:
         """MAIL, RCPT and DATA for one message on ``conn``; ``_Refused`` for a refusing reply."""
         client = conn.client
@@ -392,8 +392,11 @@ class SmtpProvider(Provider):
             raise _Refused(exc.code, exc.message) from exc
 
     @staticmethod
-    def _payload(mime: EmailMessage, *, utf8: bool, eight_bit: bool) -> bytes:
+    def _payload(mime: Message, *, utf8: bool, eight_bit: bool) -> bytes:
         """``mime`` as the bytes DATA carries (before dot-stuffing), lines ending in CRLF."""
+        if not isinstance(mime, EmailMessage):
+            # Built with the classic classes: every header and body part is ASCII already.
+            return mime.as_bytes(policy=WIRE)
         flat = flatten_message(mime, utf8=utf8, cte_type="8bit" if eight_bit else "7bit")
         return _LINE_ENDINGS.sub(b"\r\n", flat)
 

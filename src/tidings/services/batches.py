@@ -250,51 +250,18 @@ class BatchService:
         items: list[tuple[dict[str, Any], NewMessage]] = []
         indexes: list[int] = []
         refused: list[dict[str, Any]] = []
-        shared_context = spec.context
         email = spec.channel is Channel.EMAIL
         for index, recipient in enumerate(part, start):
             try:
                 if email:
-                    new = self._email(recipient, index, spec, plan)
+                    new = self._email(recipient, spec, plan)
                     items.append(self._with_links(new, plan))
                     indexes.append(index)
                     continue
                 number = normalize_e164(recipient.to, region)
-                context = (
-                    {**shared_context, **recipient.context} if recipient.context else dict(shared_context)
-                )
-                context["to"] = number
-                if recipient.first_name is not None:
-                    context["first_name"] = recipient.first_name
-                if recipient.last_name is not None:
-                    context["last_name"] = recipient.last_name
                 assert plan.templates.body is not None
-                body = plan.templates.body.render(context)
-                tags = plan.tags
-                if recipient.tags:
-                    tags = check_tags([*plan.tags, *recipient.tags])
-                metadata = spec.metadata
-                if recipient.metadata:
-                    metadata = {**spec.metadata, **recipient.metadata}
-                    check_metadata(metadata)
-                send_at = plan.send_at
-                if recipient.send_at is not None:
-                    send_at = utc_field(recipient.send_at, "send_at")
-                new = self.acceptor.compose(
-                    number,
-                    body,
-                    provider=spec.provider,
-                    test=plan.test,
-                    ordered=spec.ordered,
-                    sender=spec.sender,
-                    send_at=send_at,
-                    tags=tags,
-                    metadata=metadata,
-                    callback_url=plan.callback_url,
-                    batch_id=plan.batch_id,
-                    template_id=plan.templates.template_id,
-                    template_version=plan.templates.template_version,
-                )
+                body = plan.templates.body.render(_context(spec, recipient, number))
+                new = self.acceptor.compose(number, body, sender=spec.sender, **_own(recipient, spec, plan))
             except InvalidInput as exc:
                 refused.append(_refusal(index, exc))
                 continue
@@ -302,15 +269,10 @@ class BatchService:
             indexes.append(index)
         return items, indexes, refused
 
-    def _email(self, recipient: RecipientIn, index: int, spec: BatchIn, plan: Plan) -> NewMessage:
+    def _email(self, recipient: RecipientIn, spec: BatchIn, plan: Plan) -> NewMessage:
         """One recipient's email, rendered: :class:`InvalidInput` when it cannot be."""
         address = normalize_email(recipient.to)
-        context = {**spec.context, **recipient.context} if recipient.context else dict(spec.context)
-        context["to"] = address
-        if recipient.first_name is not None:
-            context["first_name"] = recipient.first_name
-        if recipient.last_name is not None:
-            context["last_name"] = recipient.last_name
+        context = _context(spec, recipient, address)
         templates = plan.templates
         assert templates.subject is not None and templates.inner is not None
         subject, html, text = render_email(templates.subject, templates.inner, templates.outer, context)
@@ -321,26 +283,8 @@ class BatchService:
         content = self.acceptor.email_content(
             subject=subject, html=html, text=text, reply_to=plan.reply_to, headers={}, attachments=files
         )
-        tags = check_tags([*plan.tags, *recipient.tags]) if recipient.tags else plan.tags
-        metadata = spec.metadata
-        if recipient.metadata:
-            metadata = {**spec.metadata, **recipient.metadata}
-            check_metadata(metadata)
-        send_at = utc_field(recipient.send_at, "send_at") if recipient.send_at is not None else plan.send_at
         return self.acceptor.compose_email(
-            address,
-            content,
-            provider=spec.provider,
-            test=plan.test,
-            ordered=spec.ordered,
-            sender=plan.sender,
-            send_at=send_at,
-            tags=tags,
-            metadata=metadata,
-            callback_url=plan.callback_url,
-            batch_id=plan.batch_id,
-            template_id=templates.template_id,
-            template_version=templates.template_version,
+            address, content, sender=plan.sender, **_own(recipient, spec, plan)
         )
 
     @staticmethod
@@ -392,6 +336,41 @@ class BatchService:
         fresh = await self.get(batch_id)
         fresh["cancelled"] = len(done)
         return fresh
+
+
+def _context(spec: BatchIn, recipient: RecipientIn, to: str) -> dict[str, Any]:
+    """What a recipient's templates see: the batch's context, the recipient's over it, its
+    address (normalised) and names."""
+    context = {**spec.context, **recipient.context} if recipient.context else dict(spec.context)
+    context["to"] = to
+    if recipient.first_name is not None:
+        context["first_name"] = recipient.first_name
+    if recipient.last_name is not None:
+        context["last_name"] = recipient.last_name
+    return context
+
+
+def _own(recipient: RecipientIn, spec: BatchIn, plan: Plan) -> dict[str, Any]:
+    """A recipient's message fields beyond its address and content: the batch's, with the
+    recipient's tags added and its metadata and time over the batch's; checked."""
+    tags = check_tags([*plan.tags, *recipient.tags]) if recipient.tags else plan.tags
+    metadata = spec.metadata
+    if recipient.metadata:
+        metadata = {**spec.metadata, **recipient.metadata}
+        check_metadata(metadata)
+    send_at = utc_field(recipient.send_at, "send_at") if recipient.send_at is not None else plan.send_at
+    return {
+        "provider": spec.provider,
+        "test": plan.test,
+        "ordered": spec.ordered,
+        "send_at": send_at,
+        "tags": tags,
+        "metadata": metadata,
+        "callback_url": plan.callback_url,
+        "batch_id": plan.batch_id,
+        "template_id": plan.templates.template_id,
+        "template_version": plan.templates.template_version,
+    }
 
 
 def _refusal(index: int, exc: InvalidInput) -> dict[str, Any]:
