@@ -351,3 +351,26 @@ async def test_the_one_click_link_suppresses_the_address_for_that_sender_only(
         "/v1/messages", json=email(to="amina@example.org", sender="news@other.example")
     )
     assert other_sender.status_code == 202
+
+
+async def test_an_email_address_is_opted_out_and_back_in_through_the_api(api: httpx.AsyncClient) -> None:
+    added = await api.post("/v1/opt-outs", json={"email": "Wanjiru@Example.ORG", "note": "asked by phone"})
+    assert added.status_code == 201, added.text
+    assert added.json() == {
+        "channel": "email",
+        "address": "Wanjiru@example.org",
+        "number": None,
+        "scope": "*",
+        "created": True,
+        "cancelled_messages": 0,
+    }
+    refused = await api.post("/v1/messages", json=email(to="wanjiru@example.org".replace("w", "W", 1)))
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "recipient_opted_out"
+    both = await api.post("/v1/opt-outs", json={"email": "a@example.org", "number": "+254712345678"})
+    assert both.status_code == 422
+    wrong = await api.post("/v1/opt-outs", json={"email": "nope"})
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "invalid_email_address"
+
+    removed = await api.delete("/v1/opt-outs/Wanjiru@example.org")
+    assert removed.status_code == 204
+    assert (await api.post("/v1/messages", json=email(to="Wanjiru@example.org"))).status_code == 202

@@ -21,27 +21,41 @@ from tidings.api.common import (
     times,
 )
 from tidings.api.schemas import OptOutAdded, OptOutPage
+from tidings.domain.addresses import normalize_email, normalize_sender
 from tidings.domain.content import Channel
 from tidings.domain.requests import RequestModel
-from tidings.errors import BadRequest, InvalidInput, InvalidPhoneNumber, NotFound, printable
+from tidings.errors import (
+    BadRequest,
+    InvalidEmailAddress,
+    InvalidInput,
+    InvalidPhoneNumber,
+    NotFound,
+    printable,
+)
 from tidings.store.messages import ALL_SENDERS
 
 router = APIRouter(tags=["opt-outs"])
 
 
 class OptOutIn(RequestModel):
-    """A number to opt out."""
+    """A number, or an email address, to opt out."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {"number": "+254712345678", "note": "asked on paper at the clinic"},
                 {"number": "+254712345678", "sender": "CLINIC"},
+                {"email": "amina@example.org", "note": "asked by phone"},
             ]
         }
     )
 
-    number: str = Field(min_length=1, max_length=64, description="E.164, or national with `default_region`.")
+    number: str | None = Field(
+        default=None, min_length=1, max_length=64, description="E.164, or national with `default_region`."
+    )
+    email: str | None = Field(
+        default=None, min_length=1, max_length=320, description="An email address (instead of `number`)."
+    )
     sender: str | None = Field(
         default=None, max_length=64, description="Only from this sender (default: all)."
     )
@@ -92,19 +106,34 @@ async def list_opt_outs(
     response_description="Opted out.",
     responses={
         200: {"model": OptOutAdded, "description": "It had already opted out."},
-        **errors(*AUTHENTICATED, *JSON_BODY, InvalidPhoneNumber),
+        **errors(*AUTHENTICATED, *JSON_BODY, InvalidPhoneNumber, InvalidEmailAddress, InvalidInput),
     },
 )
 async def add_opt_out(payload: OptOutIn, _key: Admin, service: ServiceDep) -> Response:
-    """Opt a number out (e.g. a patient who asked on paper): its waiting messages are cancelled
-    and new ones refused. 201 when added, 200 when it was already there."""
-    number = phone_number(payload.number, service.settings.default_region, "number")
-    scope = printable(payload.sender, "sender") or ALL_SENDERS
-    created, cancelled = await service.inbound.opt_out(Channel.SMS, number, scope, note=payload.note)
-    return json_response(
-        {"number": number, "scope": scope, "created": created, "cancelled_messages": cancelled},
-        201 if created else 200,
-    )
+    """Opt a number (or an email address) out, e.g. a patient who asked on paper: its waiting
+    messages are cancelled and new ones refused. 201 when added, 200 when it was already there."""
+    if (payload.number is None) == (payload.email is None):
+        raise InvalidInput("give either number or email", field="number")
+    if payload.email is not None:
+        channel, address = Channel.EMAIL, normalize_email(payload.email, "email")
+        scope = normalize_sender(payload.sender, "sender") if payload.sender else ALL_SENDERS
+    else:
+        assert payload.number is not None
+        channel, address = (
+            Channel.SMS,
+            phone_number(payload.number, service.settings.default_region, "number"),
+        )
+        scope = printable(payload.sender, "sender") or ALL_SENDERS
+    created, cancelled = await service.inbound.opt_out(channel, address, scope, note=payload.note)
+    answer = {
+        "channel": channel.value,
+        "address": address,
+        "number": address if channel is Channel.SMS else None,
+        "scope": scope,
+        "created": created,
+        "cancelled_messages": cancelled,
+    }
+    return json_response(answer, 201 if created else 200)
 
 
 @router.delete(
@@ -113,7 +142,9 @@ async def add_opt_out(payload: OptOutIn, _key: Admin, service: ServiceDep) -> Re
     status_code=204,
     response_class=Response,
     response_description="Opted back in.",
-    responses=errors(*AUTHENTICATED, *PARAMETERS, InvalidPhoneNumber, InvalidInput, NotFound),
+    responses=errors(
+        *AUTHENTICATED, *PARAMETERS, InvalidPhoneNumber, InvalidEmailAddress, InvalidInput, NotFound
+    ),
 )
 async def remove_opt_out(
     number: Annotated[str, Path(max_length=64)],
@@ -121,11 +152,15 @@ async def remove_opt_out(
     service: ServiceDep,
     sender: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    """Opt a number back in (for one sender, or for all)."""
-    normalized = phone_number(number, service.settings.default_region, "number")
-    removed = await service.inbound.opt_in(
-        Channel.SMS, normalized, printable(sender, "sender") or ALL_SENDERS
-    )
+    """Opt a number, or an email address, back in (for one sender, or for all)."""
+    if "@" in number:
+        channel, normalized = Channel.EMAIL, normalize_email(number, "number")
+        scope = normalize_sender(sender, "sender") if sender else ALL_SENDERS
+    else:
+        channel = Channel.SMS
+        normalized = phone_number(number, service.settings.default_region, "number")
+        scope = printable(sender, "sender") or ALL_SENDERS
+    removed = await service.inbound.opt_in(channel, normalized, scope)
     if not removed:
         raise NotFound(f"{normalized} has not opted out")
     return Response(status_code=204)

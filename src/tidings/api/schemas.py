@@ -552,10 +552,19 @@ class OptOutAdded(BaseModel):
     """The opt-out as it now stands."""
 
     model_config = _examples(
-        {"number": "+254712345678", "scope": "*", "created": True, "cancelled_messages": 2}
+        {
+            "channel": "sms",
+            "address": "+254712345678",
+            "number": "+254712345678",
+            "scope": "*",
+            "created": True,
+            "cancelled_messages": 2,
+        }
     )
 
-    number: str = Field(description="The number, in E.164.")
+    channel: Channel
+    address: str = Field(description="The number in E.164, or the email address.")
+    number: str | None = Field(description="The number, for an SMS opt-out.")
     scope: str = Field(description="`*`: from every sender; otherwise the one sender.")
     created: bool = Field(description="False when it had already opted out.")
     cancelled_messages: int = Field(description="Its waiting messages that were cancelled.")
