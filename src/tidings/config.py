@@ -246,9 +246,11 @@ _JSON_FIELDS = frozenset(
 PROVIDERS_PREFIX = f"{ENV_PREFIX}PROVIDERS__"
 """``TIDINGS_PROVIDERS__<NAME>__<SETTING>``: a provider's setting from the environment."""
 
-_NOT_SETTINGS = ("TIDINGS_CONFIG", "TIDINGS_API_KEY", "TIDINGS_TEST_")
-"""Variables with the prefix that are not settings: the file's name, the API key a client command
-(``tidings send-batch --url``) sends with, and the test suite's own."""
+_NOT_SETTINGS = frozenset({"TIDINGS_CONFIG", "TIDINGS_API_KEY"})
+"""Variables with the prefix that are not settings: the file's name, and the API key a client
+command (``tidings send-batch --url``) sends with (``TIDINGS_API_KEY_CACHE_SECONDS`` is a setting)."""
+_NOT_SETTINGS_PREFIX = "TIDINGS_TEST_"
+"""The test suite's own variables."""
 
 
 class Sources:
@@ -294,7 +296,7 @@ def _env_overrides(env: Mapping[str, str], values: dict[str, Any], sources: Sour
     overrides: dict[str, Any] = {}
     unknown: list[str] = []
     for key, value in sorted(env.items()):
-        if not key.startswith(ENV_PREFIX) or key.startswith(_NOT_SETTINGS):
+        if not key.startswith(ENV_PREFIX) or key in _NOT_SETTINGS or key.startswith(_NOT_SETTINGS_PREFIX):
             continue
         if key.startswith(PROVIDERS_PREFIX):
             _provider_override(key, value, values, sources)

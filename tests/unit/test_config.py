@@ -188,3 +188,8 @@ def test_the_api_key_a_client_command_uses_is_not_taken_for_a_setting() -> None:
     # still starts.
     settings = load_settings({"TIDINGS_API_KEY": "tdg_x", "TIDINGS_PORT": "9100"})
     assert settings.port == 9100
+
+
+def test_settings_whose_names_begin_like_the_client_key_variable_are_still_settings() -> None:
+    settings = load_settings({"TIDINGS_API_KEY": "tdg_x", "TIDINGS_API_KEY_CACHE_SECONDS": "0"})
+    assert settings.api_key_cache_seconds == 0
