@@ -191,8 +191,8 @@ async def claim(
             for r in rows
         ],
     )
-    emails = [r.id for r in rows if r.channel == Channel.EMAIL.value]
-    return [_claimed(r, await attachments_of(conn, emails)) for r in rows]
+    files = await attachments_of(conn, [r.id for r in rows if r.channel == Channel.EMAIL.value])
+    return [_claimed(r, files) for r in rows]
 
 
 async def attachments_of(conn: AsyncConnection, message_ids: Sequence[str]) -> dict[str, list[Attachment]]:
