@@ -24,11 +24,9 @@ from tidings.domain.reports import InboundMessage
 from tidings.store import Store, messages, optouts
 from tidings.store.callbacks import queue_inbound_callbacks
 from tidings.store.inbound import inbound_row, store_rows
-from tidings.store.messages import ALL_SENDERS, Recipient
+from tidings.store.messages import ALL_SENDERS
 
 log = logging.getLogger(__name__)
-
-OPTED_OUT = "recipient_opted_out"
 
 
 @dataclass(frozen=True)
@@ -130,22 +128,16 @@ class InboundService:
         number, scope = sms["from"], self.policy.scope_for(sms.get("to"))
         now = sms["received_at"]
         if found.action is Action.OPT_OUT:
-            await optouts.add(
+            await optouts.suppress(
                 conn,
                 Channel.SMS.value,
                 number,
                 scope,
                 source="keyword",
+                cancel_source="opt_out:keyword",
+                reason=f"the recipient opted out ({found.keyword})",
                 keyword=found.keyword,
                 inbound_id=sms["id"],
-                now=now,
-            )
-            await messages.cancel(
-                conn,
-                recipient=Recipient(Channel.SMS.value, number, scope),
-                source="opt_out:keyword",
-                reason=f"the recipient opted out ({found.keyword})",
-                error_code=OPTED_OUT,
                 now=now,
             )
         elif found.action is Action.OPT_IN:
@@ -174,13 +166,15 @@ class InboundService:
         and how many messages were cancelled."""
         now = utcnow()
         async with self.store.transaction() as conn:
-            created = await optouts.add(conn, channel.value, address, scope, source="api", note=note, now=now)
-            cancelled = await messages.cancel(
+            created, cancelled = await optouts.suppress(
                 conn,
-                recipient=Recipient(channel.value, address, scope),
-                source="opt_out:api",
+                channel.value,
+                address,
+                scope,
+                source="api",
+                cancel_source="opt_out:api",
                 reason="the recipient opted out",
-                error_code=OPTED_OUT,
+                note=note,
                 now=now,
             )
         return created, len(cancelled)

@@ -77,15 +77,15 @@ class UnsubscribeService:
         scope = row["sender"] or message_rows.ALL_SENDERS
         now = utcnow()
         async with self.store.transaction() as conn:
-            added = await optouts.add(
-                conn, Channel.EMAIL.value, row["to"], scope, source="unsubscribe", note=message_id, now=now
-            )
-            cancelled = await message_rows.cancel(
+            added, cancelled = await optouts.suppress(
                 conn,
-                recipient=message_rows.Recipient(Channel.EMAIL.value, row["to"], scope),
+                Channel.EMAIL.value,
+                row["to"],
+                scope,
                 source="unsubscribe",
+                cancel_source="unsubscribe",
                 reason="the recipient unsubscribed",
-                error_code="recipient_opted_out",
+                note=message_id,
                 now=now,
             )
         log.info(

@@ -1,9 +1,10 @@
 """The suppression list (opt-outs), per channel.
 
 A row means "do not send to ``address`` on ``channel``": from any of our senders (``scope`` ``*``)
-or from the one sender the person wrote to (``scope`` = that sender). What opting out sets off
-(cancelling waiting messages, the confirmation) is ``services/inbound.py``'s, in the same
-transaction.
+or from the one sender the person wrote to (``scope`` = that sender). :func:`suppress` puts an
+address on the list and cancels what still waits for it, in one transaction, for every way an
+address gets there (a STOP, the API, a provider's complaint, an unsubscribe link); the
+confirmation of a STOP is ``services/inbound.py``'s.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import ids
 from tidings.store.db import plain
-from tidings.store.messages import ALL_SENDERS
+from tidings.store.messages import ALL_SENDERS, Recipient, cancel
 from tidings.store.tables import opt_outs
 
 
@@ -52,6 +53,49 @@ async def add(
         .returning(opt_outs.c.id)
     )
     return added.scalar_one_or_none() is not None
+
+
+OPTED_OUT = "recipient_opted_out"
+"""The error code of a message cancelled because its recipient opted out."""
+
+
+async def suppress(
+    conn: AsyncConnection,
+    channel: str,
+    address: str,
+    scope: str,
+    *,
+    source: str,
+    cancel_source: str,
+    reason: str,
+    keyword: str | None = None,
+    inbound_id: str | None = None,
+    note: str | None = None,
+    now: datetime,
+) -> tuple[bool, list[str]]:
+    """Put ``address`` on the list for ``scope`` and cancel its ``scheduled`` and ``pending``
+    messages from that scope (their events come from ``cancel_source``, with ``reason``); returns
+    whether it was not on the list yet, and the ids cancelled."""
+    created = await add(
+        conn,
+        channel,
+        address,
+        scope,
+        source=source,
+        keyword=keyword,
+        inbound_id=inbound_id,
+        note=note,
+        now=now,
+    )
+    cancelled = await cancel(
+        conn,
+        recipient=Recipient(channel, address, scope),
+        source=cancel_source,
+        reason=reason,
+        error_code=OPTED_OUT,
+        now=now,
+    )
+    return created, cancelled
 
 
 async def remove(conn: AsyncConnection, channel: str, address: str, scope: str) -> int:

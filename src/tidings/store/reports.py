@@ -26,9 +26,9 @@ from tidings.domain.reports import CLICKED, OPENED, SUPPRESSING_EVENTS, Report
 from tidings.domain.routes import tried
 from tidings.domain.status import Status, apply_report
 from tidings.store import events, optouts
-from tidings.store import messages as message_rows
 from tidings.store.batcher import WriteBatcher
 from tidings.store.callbacks import Recipient
+from tidings.store.messages import ALL_SENDERS
 from tidings.store.tables import message_provider_ids, messages
 
 _CAS_RETRIES = 20
@@ -249,13 +249,15 @@ async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> l
     for channel, address, why, source in suppressed:
         # A complaint or an unsubscribe reported by the provider: no more email to the address,
         # from any sender, and what waits for it is cancelled (as an opt-out by reply does).
-        await optouts.add(conn, channel, address, message_rows.ALL_SENDERS, source=source, note=why, now=now)
-        await message_rows.cancel(
+        await optouts.suppress(
             conn,
-            recipient=message_rows.Recipient(channel, address),
+            channel,
+            address,
+            ALL_SENDERS,
             source=source,
+            cancel_source=source,
             reason=f"the recipient {why}",
-            error_code="recipient_opted_out",
+            note=why,
             now=now,
         )
     recipients = {
