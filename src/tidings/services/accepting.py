@@ -44,6 +44,14 @@ MAX_TAG_LENGTH = 128
 MAX_METADATA_BYTES = 8192
 
 
+def canonical_hash(value: Any) -> str:
+    """A hash of ``value`` (JSON-like) that does not depend on the order of its keys: what an
+    idempotency key (or a batch's group id) is checked against. ``TypeError`` for what JSON
+    cannot hold."""
+    canonical = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NAIVE_UTC)
+    return hashlib.sha256(canonical).hexdigest()
+
+
 @dataclass(frozen=True)
 class SendRequest:
     """One message as a client asks for it, before validation."""
@@ -74,8 +82,7 @@ class SendRequest:
         for name in _EMAIL_FIELDS:
             if not fields[name]:
                 del fields[name]
-        canonical = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS | orjson.OPT_NAIVE_UTC)
-        return hashlib.sha256(canonical).hexdigest()
+        return canonical_hash(fields)
 
 
 _EMAIL_FIELDS = ("channel", "subject", "html", "text", "reply_to", "headers", "attachments")

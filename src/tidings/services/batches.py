@@ -10,14 +10,12 @@ one is written, so that a 100,000-recipient batch never holds all its rows in me
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -39,7 +37,7 @@ from tidings.errors import (
     NotFound,
     TooManyRecipients,
 )
-from tidings.services.accepting import Acceptor, check_metadata, check_tags, decode_attachment
+from tidings.services.accepting import Acceptor, canonical_hash, check_metadata, check_tags, decode_attachment
 from tidings.services.templates import BatchTemplates, TemplateService
 from tidings.services.unsubscribe import UnsubscribeLinks, UnsubscribeService
 from tidings.store import Store, batches
@@ -58,10 +56,9 @@ def fingerprint(body: Any) -> str:
     """A hash of a batch as decoded from its request (JSON or MessagePack give the same), whatever
     the order of its keys: what a repeated ``group_id`` is checked against."""
     try:
-        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        return canonical_hash(body)
     except TypeError as exc:
         raise InvalidInput("a batch holds only JSON values (text, numbers, lists, maps)") from exc
-    return hashlib.sha256(canonical).hexdigest()
 
 
 @dataclass(frozen=True)
