@@ -6,6 +6,8 @@ import httpx
 import pytest
 
 from tests.live import live_service
+from tidings.api.app import create_app
+from tidings.services import Service
 from tidings.services.accepting import TEST_PROVIDER
 from tidings.store.keys import ALL_SCOPES
 
@@ -56,17 +58,23 @@ async def test_a_key_may_do_only_what_its_scopes_say(
                     assert response.json()["error"]["code"] == "insufficient_scope"
 
 
-async def test_a_key_over_its_rate_gets_429_with_retry_after(database_url: str) -> None:
-    async with live_service(database_url, worker=False, api_key_cache_seconds=60) as live:
-        _key, secret = await live.service.store.keys.create("slow", rate_limit=3)
-        async with httpx.AsyncClient(base_url=live.url, headers=auth(secret)) as client:
-            answers = [await client.get("/v1/messages") for _ in range(5)]
+async def test_a_key_over_its_rate_gets_429_with_retry_after(service: Service) -> None:
+    # The rate is per second of the key checker's clock: held still here, so that a slow machine
+    # cannot spread the five requests over more than one second.
+    app = create_app(service)
+    now = [1000.0]
+    app.state.keys.clock = lambda: now[0]
+    _key, secret = await service.store.keys.create("slow", rate_limit=3)
+    _other, other = await service.store.keys.create("other")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tidings.test") as client:
+        answers = [await client.get("/v1/messages", headers=auth(secret)) for _ in range(5)]
         assert [a.status_code for a in answers[:3]] == [200, 200, 200]
         refused = answers[3]
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
         assert refused.headers["retry-after"] == "1"
         # Another key is not slowed by it.
-        assert (await live.client.get("/v1/messages")).status_code == 200
+        assert (await client.get("/v1/messages", headers=auth(other))).status_code == 200
 
 
 async def test_a_test_keys_messages_only_reach_the_fake_provider(database_url: str) -> None:
