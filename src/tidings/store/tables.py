@@ -121,6 +121,10 @@ messages = Table(
     Column("batch_id", String(26)),
     Column("template_id", String(26)),
     Column("template_version", Integer()),
+    # What it cost, once known (from the provider, else the price table): an exact amount in
+    # millionths of ``currency`` (ISO 4217), summed exactly on both databases.
+    Column("cost_micros", BigInteger()),
+    Column("currency", String(3)),
     # The queue: due messages of one provider, oldest first. Partial, so it holds only the
     # waiting rows and stays small however many finished messages the table keeps.
     Index(
