@@ -19,8 +19,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from tidings.domain.costs import PriceTable
 from tidings.domain.keywords import DEFAULT_HELP, DEFAULT_OPT_IN, DEFAULT_OPT_OUT
 from tidings.errors import ConfigError
 
@@ -46,6 +55,24 @@ class ProviderSettings(BaseModel):
     """Hand messages to the same number over in the order they were accepted."""
     poll: bool = True
     """Ask the provider for the status of messages whose receipt is late (where it can)."""
+    currency: str | None = None
+    """The currency of ``prices`` (ISO 4217, e.g. USD)."""
+    prices: dict[str, str | int | float] = Field(default_factory=dict)
+    """What a message costs when the provider does not say: destination prefix (``+254``) or
+    ``*`` to the price of one SMS segment (the longest prefix wins); for email ``*`` is the price
+    of one message. Exact decimals, at most six places."""
+
+    @model_validator(mode="after")
+    def _price_table(self) -> ProviderSettings:
+        self._prices = PriceTable.parse(self.currency, self.prices)
+        return self
+
+    _prices: PriceTable | None = PrivateAttr(default=None)
+
+    @property
+    def price_table(self) -> PriceTable | None:
+        """``prices`` read (``None``: no prices configured)."""
+        return self._prices
 
     @field_validator("webhook_allow_ips")
     @classmethod

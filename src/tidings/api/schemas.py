@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tidings.clock import to_api
 from tidings.domain.batches import FileIn, progress
 from tidings.domain.content import Channel
+from tidings.domain.costs import format_micros
 from tidings.domain.failures import FailureReason
 from tidings.domain.requests import RequestModel, Timestamp
 from tidings.domain.segments import Encoding
@@ -171,6 +172,8 @@ _MESSAGE: dict[str, Any] = {
     "batch_id": None,
     "template_id": None,
     "template_version": None,
+    "cost": None,
+    "currency": None,
 }
 
 
@@ -225,6 +228,10 @@ class MessageOut(BaseModel):
     batch_id: str | None = Field(description="The batch it came in (`GET /v1/batches/{id}`).")
     template_id: str | None = Field(description="The stored template its body was rendered from.")
     template_version: int | None = Field(description="That template's version.")
+    cost: str | None = Field(
+        description="What it cost, once known: the provider's figure, else its price table's (a decimal)."
+    )
+    currency: str | None = Field(description="The currency of `cost` (ISO 4217).")
     events: list[EventOut] | None = Field(default=None, description="Its history, oldest first.")
 
 
@@ -340,8 +347,9 @@ class BatchOut(BatchAccepted):
             "counts": {"delivered": 1, "sent": 1},
             "progress": {"final": 1, "total": 2, "ratio": 0.5, "delivery_rate": 1.0, "failure_rate": 0.0},
             "segments": 2,
-            "cost": None,
-            "currency": None,
+            "cost": "0.0158",
+            "currency": "USD",
+            "costs": {"USD": "0.0158"},
             "first_activity": WHEN,
             "last_activity": LATER,
             "cancelled_at": None,
@@ -355,8 +363,11 @@ class BatchOut(BatchAccepted):
     counts: dict[str, int] = Field(description="Messages by status.")
     progress: BatchCounts
     segments: int = Field(description="SMS parts of its messages.")
-    cost: str | None = Field(description="What its messages cost so far, once known (a decimal).")
+    cost: str | None = Field(
+        description="What its messages cost so far, once known (a decimal; null in several currencies)."
+    )
     currency: str | None
+    costs: dict[str, str] = Field(description="What its messages cost so far, by currency.")
     first_activity: datetime | None = Field(description="When its first message was accepted.")
     last_activity: datetime | None = Field(description="When one of its messages last changed.")
     cancelled_at: datetime | None
@@ -914,6 +925,8 @@ def message_json(row: dict[str, Any], events: list[dict[str, Any]] | None = None
     out = {k: v for k, v in row.items() if k not in _HIDDEN}
     for key in _TIMES:
         out[key] = to_api(row[key])
+    micros = out.pop("cost_micros", None)
+    out["cost"] = format_micros(micros) if micros is not None else None
     out["route"] = list(row["route"] or [row["provider"]])
     out["ordered"] = bool(row["ordered"])
     if row["status"] in ("sent", "delivered", "failed", "cancelled"):
@@ -951,8 +964,9 @@ def batch_json(row: dict[str, Any]) -> dict[str, Any]:
             counts=row["counts"],
             progress=progress(row),
             segments=row["segments"],
-            cost=None,
-            currency=None,
+            cost=format_micros(row["cost_micros"]) if row.get("cost_micros") is not None else None,
+            currency=row.get("currency"),
+            costs={currency: format_micros(micros) for currency, micros in row.get("costs", {}).items()},
             first_activity=to_api(row["first_activity"]),
             last_activity=to_api(row["last_activity"]),
             cancelled_at=to_api(row["cancelled_at"]),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tidings.domain.costs import Cost
 from tidings.domain.failures import FailureReason
 from tidings.domain.status import Status
 
@@ -34,6 +35,8 @@ class Report:
     detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     failure_reason: FailureReason | None = None
     """``error_code`` in words every provider shares, for a report of failure."""
+    cost: Cost | None = None
+    """What the provider says the message cost (believed over any price table)."""
 
 
 @dataclass(frozen=True)

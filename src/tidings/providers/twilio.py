@@ -22,6 +22,7 @@ recipient opted out, 21614 not a mobile number…) and is permanent.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -33,6 +34,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from tidings.clock import utcnow
 from tidings.config import ProviderSettings
+from tidings.domain.costs import Cost, check_currency, to_micros
 from tidings.domain.failures import FailureReason
 from tidings.domain.reports import InboundMessage, ProviderReport, Report
 from tidings.domain.status import Status
@@ -111,6 +113,20 @@ FAILURE_REASONS: Mapping[str, FailureReason] = {
     "30008": FailureReason.UNKNOWN,
 }
 """Twilio's error codes in shared words."""
+
+
+def _price(resource: Mapping[str, Any]) -> Cost | None:
+    """What a Message resource says the message cost: ``price`` is a negative decimal string (a
+    debit, ``"-0.00750"``) once Twilio knows it, ``null`` before; ``price_unit`` its currency."""
+    price, unit = resource.get("price"), resource.get("price_unit")
+    if price in (None, "") or not isinstance(unit, str):
+        return None
+    try:
+        micros = abs(to_micros(str(price), field="price", negative=True))
+        return Cost(micros, check_currency(unit), quoted=True)
+    except ValueError:
+        log.warning("Twilio gave a price we cannot read: %r %r", price, unit, extra={"action": "poll"})
+        return None
 
 
 class TwilioSettings(ProviderSettings):
@@ -311,4 +327,5 @@ class TwilioProvider(HttpProvider):
         if not isinstance(word, str):
             return None
         error_code = data.get("error_code")
-        return self._report(word, str(error_code) if error_code else None, {"polled": data})
+        report = self._report(word, str(error_code) if error_code else None, {"polled": data})
+        return dataclasses.replace(report, cost=_price(data))

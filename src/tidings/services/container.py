@@ -55,6 +55,7 @@ class Service:
             raise ConfigError(f"setting providers.{TEST_PROVIDER}: the name is tidings' own (for test keys)")
         # Test keys' messages go to an in-process fake, never to a real provider.
         self.providers[TEST_PROVIDER] = FakeProvider(TEST_PROVIDER, FakeSettings(kind="fake"), self.context)
+        self.store.reports.prices = {name: p.settings.price_table for name, p in self.providers.items()}
         self.tracker = Tracker(self.store, self.providers)
         self.router = Router(settings, self.providers, email_provider=email_default(settings, self.providers))
         self.messages = MessageService(self.store)

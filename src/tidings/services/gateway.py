@@ -151,7 +151,7 @@ class GatewayService:
                 continue
             explained = phone.explain(report.report)
             items.append(ReportItem(message_id, explained, type=UPDATE_EVENT, provider=phone.name))
-        outcomes = await apply_reports(conn, items)
+        outcomes = await apply_reports(conn, items, self.store.reports.prices)
         result.updates_applied = sum(1 for o in outcomes if o is not None and o.refused is None)
 
     async def states(self) -> list[dict[str, Any]]:

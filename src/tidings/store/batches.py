@@ -94,7 +94,26 @@ class BatchStore:
                 segments += int(parts)
                 first = created if first is None or created < first else first
                 last = updated if last is None or updated > last else last
-        return {"counts": counts, "segments": segments, "first_activity": first, "last_activity": last}
+            costs = {
+                str(currency): int(micros)
+                for currency, micros in (
+                    await conn.execute(
+                        select(messages.c.currency, func.sum(messages.c.cost_micros))
+                        .where(messages.c.batch_id == batch_id, messages.c.cost_micros.is_not(None))
+                        .group_by(messages.c.currency)
+                    )
+                ).all()
+            }
+        single = next(iter(costs.items())) if len(costs) == 1 else (None, None)
+        return {
+            "counts": counts,
+            "segments": segments,
+            "first_activity": first,
+            "last_activity": last,
+            "costs": costs,
+            "currency": single[0],
+            "cost_micros": single[1],
+        }
 
     async def search(
         self, filters: BatchFilter, *, after_id: str | None = None, limit: int = 50

@@ -11,7 +11,7 @@ one executemany), and one insert of the events with the callbacks they call for.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.clock import utcnow
+from tidings.domain.costs import PriceTable
 from tidings.domain.failures import FailureReason
 from tidings.domain.reports import CLICKED, OPENED, SUPPRESSING_EVENTS, Report
 from tidings.domain.routes import tried
@@ -63,6 +64,9 @@ _READ = (
     "failed_at",
     "lease_owner",
     "lease_expires_at",
+    "segments",
+    "cost_micros",
+    "currency",
 )
 """What is read of a message to apply reports to it (the columns a report may change and where
 its callbacks go)."""
@@ -107,6 +111,9 @@ class StaleRead(Exception):
     lock): the reports are applied again on what is there now."""
 
 
+_PRICED = frozenset({Status.SENT, Status.DELIVERED})
+"""Statuses at which a message has reached its provider and costs what its price table says."""
+
 _ENGAGEMENT_COLUMNS = {OPENED: "opened_at", CLICKED: "clicked_at"}
 """The column each engagement event fills, the first time it happens."""
 
@@ -143,12 +150,32 @@ def _status_columns(status: Status, report: Report, sent_at: datetime | None) ->
     return values
 
 
-async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> list[ReportOutcome | None]:
+def _cost_columns(
+    row: dict[str, Any], report: Report, after: Status, prices: Mapping[str, PriceTable | None]
+) -> dict[str, Any]:
+    """The cost columns a report sets: the provider's own figure whenever it gives one, else the
+    provider's price table once the message first reaches the provider (sent or delivered)."""
+    cost = report.cost
+    if cost is None and row["cost_micros"] is None and after in _PRICED:
+        table = prices.get(row["provider"])
+        cost = table.price(row["channel"], row["to"], row["segments"]) if table is not None else None
+    if cost is None or (cost.micros == row["cost_micros"] and cost.currency == row["currency"]):
+        return {}
+    return {"cost_micros": cost.micros, "currency": cost.currency}
+
+
+async def apply_reports(
+    conn: AsyncConnection,
+    items: Sequence[ReportItem],
+    prices: Mapping[str, PriceTable | None] | None = None,
+) -> list[ReportOutcome | None]:
     """Apply ``items`` in order in ``conn``'s transaction; one outcome per item, ``None`` for a
     message that does not exist. Every report is recorded as an event, also one that changes
     nothing; a report from a provider that never had the message is neither applied nor recorded
-    (its outcome says it was refused). Raises :class:`StaleRead` when a message moved under us
+    (its outcome says it was refused). ``prices`` are the providers' price tables, for the cost of
+    a message its provider does not quote. Raises :class:`StaleRead` when a message moved under us
     (SQLite): run it again."""
+    prices = prices or {}
     is_postgres = conn.dialect.name == "postgresql"
     wanted = sorted({i.message_id for i in items})
     query = select(*(messages.c[name] for name in _READ)).where(messages.c.id.in_(wanted))
@@ -184,6 +211,7 @@ async def apply_reports(conn: AsyncConnection, items: Sequence[ReportItem]) -> l
             # Same status in the provider's newer words (e.g. MessageWaiting after
             # DeliveredToNetwork): keep what it said last.
             values["provider_status"] = report.provider_status
+        values.update(_cost_columns(row, report, after, prices))
         engagement = _ENGAGEMENT_COLUMNS.get(item.type)
         if engagement is not None and row[engagement] is None:
             values[engagement] = report.occurred_at
@@ -275,13 +303,20 @@ class ReportStore:
 
     def __init__(self, writes: WriteBatcher) -> None:
         self.writes = writes
+        self.prices: dict[str, PriceTable | None] = {}
+        """Each provider's price table (set by the service once its providers are built)."""
+
+    async def _apply_many(
+        self, conn: AsyncConnection, items: Sequence[ReportItem]
+    ) -> list[ReportOutcome | None]:
+        return await apply_reports(conn, items, self.prices)
 
     async def apply(self, item: ReportItem) -> ReportOutcome | None:
         """Apply one report (see :func:`apply_reports`), committed before this returns."""
         for _ in range(_CAS_RETRIES):
             try:
                 # Group commit: reports arriving together are applied together, set-based.
-                outcome: ReportOutcome | None = await self.writes.run_many(apply_reports, item)
+                outcome: ReportOutcome | None = await self.writes.run_many(self._apply_many, item)
                 return outcome
             except StaleRead:
                 continue

@@ -15,7 +15,9 @@ Wire format
   ``messaging_service_sid``, ``body``, ``status`` (``queued``, or ``accepted`` with a Messaging
   Service), ``num_segments`` and ``num_media`` (strings; ``num_segments`` is ``"0"`` with a Messaging
   Service until the message is sent), ``direction`` ``outbound-api``, ``api_version`` ``2010-04-01``,
-  ``price`` ``null``, ``price_unit`` ``USD``, ``error_code``, ``error_message``, ``date_created``,
+  ``price`` (``null`` until the message is sent, then what it cost as Twilio writes it: a negative
+  decimal string with five places, ``"-0.01580"``, when ``price_per_segment`` is configured),
+  ``price_unit`` ``USD``, ``error_code``, ``error_message``, ``date_created``,
   ``date_updated`` and ``date_sent`` (RFC 2822, ``date_sent`` is ``null`` until sent), ``uri`` and
   ``subresource_uris``;
 * a Twilio error, always ``{"code": int, "message": str, "more_info": url, "status": int}``:
@@ -78,6 +80,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from email.utils import format_datetime
 from urllib.parse import urlencode
 
@@ -200,6 +203,8 @@ class FakeTwilioConfig:
     """Sends beyond this many accepted in the last second get 429 code 20429; ``None``: no limit."""
     seed: int | None = None
     """Seed for the message SIDs, for reproducible runs; ``None`` draws random ones."""
+    price_per_segment: str | None = None
+    """What one segment costs, once sent (a decimal string); ``None``: ``price`` stays ``null``."""
 
 
 @dataclass
@@ -539,7 +544,7 @@ class FakeTwilioServer(FakeHttpServer):
             "messaging_service_sid": message.messaging_service_sid,
             "num_media": "0",
             "num_segments": segments,
-            "price": None,
+            "price": self._price(message),
             "price_unit": "USD",
             "sid": message.sid,
             "status": message.status,
@@ -550,6 +555,12 @@ class FakeTwilioServer(FakeHttpServer):
             "to": message.to,
             "uri": f"{uri}.json",
         }
+
+    def _price(self, message: FakeTwilioMessage) -> str | None:
+        if self.config.price_per_segment is None or message.sent_at is None:
+            return None
+        cost = Decimal(self.config.price_per_segment) * num_segments(message.body)
+        return f"{-cost:.5f}"
 
     # --- status steps and callbacks -------------------------------------------------------------
 
