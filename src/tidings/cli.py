@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from datetime import datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
@@ -20,15 +22,17 @@ from rich.table import Table
 from tidings import logs
 from tidings.api.schemas import message_json
 from tidings.batch_cli import send_batch
-from tidings.clock import to_api
+from tidings.clock import to_api, to_db, utcnow
 from tidings.config import Settings, load_settings
 from tidings.errors import ConfigError, TidingsError
 from tidings.services import Service
 from tidings.services.accepting import SendRequest
+from tidings.services.stats import StatsService
 from tidings.store import Store
 from tidings.store.db import shown_url, sqlite_file, unreachable
 from tidings.store.keys import ALL_SCOPES
 from tidings.store.migrate import upgrade
+from tidings.store.stats import GROUP_KEYS
 
 app = typer.Typer(help="tidings: self-hosted SMS delivery with truthful statuses.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -564,3 +568,86 @@ def webhooks_replay(entry_id: Annotated[int, typer.Argument(help="The webhook lo
         f"webhook {entry_id} processed: {entry.reports} reports ({entry.unmatched} for unknown messages), "
         f"{entry.inbound} inbound"
     )
+
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)([mhd])$")
+_AGO_UNITS = {"m": 60.0, "h": 3600.0, "d": 86_400.0}
+
+
+def _when(value: str) -> datetime:
+    """``--since``/``--until``: an ISO 8601 time (UTC without an offset), or an age like ``90m``,
+    ``24h`` or ``7d`` before now."""
+    ago = _AGO.match(value.strip())
+    if ago:
+        return utcnow() - timedelta(seconds=float(ago.group(1)) * _AGO_UNITS[ago.group(2)])
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is neither a time (2025-03-14T09:00) nor an age (7d)") from exc
+    return to_db(parsed)
+
+
+def _percent(rate: float | None) -> str | None:
+    return f"{rate * 100:.1f}%" if rate is not None else None
+
+
+@app.command()
+def stats(
+    since: Annotated[str, typer.Option(help="Start: an ISO time, or an age like 24h or 7d.")] = "24h",
+    until: Annotated[str | None, typer.Option(help="End (excluded): a time or an age; default now.")] = None,
+    by: Annotated[
+        str, typer.Option(help=f"Group by any of {', '.join(GROUP_KEYS)}, separated by commas.")
+    ] = "",
+    provider: Annotated[str | None, typer.Option(help="Only this provider's messages.")] = None,
+    channel: Annotated[str | None, typer.Option(help="Only sms or email.")] = None,
+    batch: Annotated[str | None, typer.Option(help="Only this batch's messages.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Messages accepted in a range: counts, delivery and failure rate, pending, segments, cost and
+    time to sent and to delivered (as GET /v1/stats), in total and per group."""
+    settings = _settings()
+    start = _when(since)
+    end = _when(until) if until else None
+
+    async def action(store: Store) -> dict[str, Any]:
+        service = StatsService(store, settings.stats_max_days)
+        return await service.messages(
+            since=start, until=end, by=[by], provider=provider, channel=channel, batch=batch
+        )
+
+    try:
+        figures = _run(_with_store(settings, action))
+    except TidingsError as exc:
+        typer.echo(f"tidings: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    keys: list[str] = list(figures["by"])
+    if "country" in keys:
+        keys.insert(keys.index("country") + 1, "calling_code")
+    rows = [{"group": "all", **figures["totals"]}] + [
+        {"group": "", **group["key"], **group} for group in figures["groups"]
+    ]
+    if json_output:
+        for row in rows:
+            row.pop("key", None)
+            typer.echo(orjson.dumps(row).decode())
+        return
+    table = [
+        {
+            **{k: row.get(k) for k in ["group", *keys]},
+            "total": row["total"],
+            "delivered": row["delivered"],
+            "failed": row["failed"],
+            "pending": row["pending"],
+            "delivery_rate": _percent(row["delivery_rate"]),
+            "failure_rate": _percent(row["failure_rate"]),
+            "segments": row["segments"],
+            "cost": " ".join(f"{amount} {currency}" for currency, amount in row["cost"].items()) or None,
+            "sent_p50_s": row["seconds_to_sent"]["p50"],
+            "sent_p95_s": row["seconds_to_sent"]["p95"],
+            "delivered_p50_s": row["seconds_to_delivered"]["p50"],
+            "delivered_p95_s": row["seconds_to_delivered"]["p95"],
+        }
+        for row in rows
+    ]
+    typer.echo(f"messages accepted from {figures['since']} until {figures['until']}")
+    _print_rows(table, list(table[0]), as_json=False)

@@ -191,6 +191,9 @@ class Settings(BaseModel):
     prune_batch: int = Field(default=1000, ge=1, le=100_000)
     """Most rows one retention statement touches."""
 
+    stats_max_days: float = Field(default=93.0, gt=0, le=3660)
+    """The longest range ``GET /v1/stats`` covers in one query (longer is a 422)."""
+
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     _sources: Sources | None = PrivateAttr(default=None)

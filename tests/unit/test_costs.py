@@ -29,7 +29,7 @@ def test_amounts_become_exact_micros(text: str, micros: int) -> None:
 
 @pytest.mark.parametrize("text", ["0.0000001", "abc", "NaN", "Infinity", "-1", "", "1e400"])
 def test_amounts_that_are_not_exact_decimals_are_refused_naming_the_field(text: str) -> None:
-    with pytest.raises(ValueError, match="^price: "):
+    with pytest.raises(ValueError, match=r"^price: "):
         to_micros(text, field="price")
 
 

@@ -29,6 +29,7 @@ from tidings.api import (
     inbound,
     messages,
     opt_outs,
+    stats,
     templates,
     unsubscribe,
     webhooks,
@@ -277,6 +278,7 @@ def create_app(service: Service) -> FastAPI:
         opt_outs,
         message_log,
         callbacks,
+        stats,
         unsubscribe,
     ):
         app.include_router(module.router)

@@ -995,3 +995,116 @@ def template_json(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": to_api(row["created_at"]),
         "updated_at": to_api(row["updated_at"]),
     }
+
+
+_PERCENTILES = {"p50": 2.41, "p95": 9.8}
+_STATS_FIGURES: dict[str, Any] = {
+    "total": 1200,
+    "counts": {"delivered": 1100, "failed": 60, "sent": 30, "pending": 10},
+    "delivered": 1100,
+    "failed": 60,
+    "cancelled": 0,
+    "pending": 40,
+    "delivery_rate": 0.916667,
+    "failure_rate": 0.05,
+    "segments": 1350,
+    "cost": {"USD": "10.665"},
+    "seconds_to_sent": _PERCENTILES,
+    "seconds_to_delivered": {"p50": 6.2, "p95": 31.0},
+}
+
+
+class Percentiles(BaseModel):
+    """Seconds from acceptance, at the 50th and 95th percentile (nearest rank; null: none yet)."""
+
+    model_config = _examples(_PERCENTILES)
+
+    p50: float | None
+    p95: float | None
+
+
+class StatsFigures(BaseModel):
+    """What became of the messages accepted in the range (definitions: README, Statistics)."""
+
+    model_config = _examples(_STATS_FIGURES)
+
+    total: int
+    counts: dict[str, int] = Field(description="Messages by status.")
+    delivered: int
+    failed: int
+    cancelled: int
+    pending: int = Field(description="Not cancelled and not yet delivered or failed.")
+    delivery_rate: float | None = Field(description="delivered / (total - cancelled); null when that is 0.")
+    failure_rate: float | None = Field(description="failed / (total - cancelled); null when that is 0.")
+    segments: int
+    cost: dict[str, str] = Field(description="What they cost, by currency (exact decimals).")
+    seconds_to_sent: Percentiles
+    seconds_to_delivered: Percentiles
+
+
+class StatsGroup(StatsFigures):
+    """One group's figures; ``key`` holds its value of each ``by`` key (``country`` comes with
+    ``calling_code``)."""
+
+    model_config = _examples({"key": {"day": "2025-03-14", "provider": "twilio"}, **_STATS_FIGURES})
+
+    key: dict[str, str | None]
+
+
+class StatsOut(BaseModel):
+    """Statistics of the messages accepted in ``[since, until)``: in total, and per group."""
+
+    model_config = _examples(
+        {
+            "since": WHEN,
+            "until": LATER,
+            "by": ["provider"],
+            "totals": _STATS_FIGURES,
+            "groups": [{"key": {"provider": "twilio"}, **_STATS_FIGURES}],
+        }
+    )
+
+    since: datetime
+    until: datetime
+    by: list[str]
+    totals: StatsFigures
+    groups: list[StatsGroup]
+
+
+_WEBHOOK_STATS: dict[str, Any] = {
+    "provider": "orange",
+    "event": "delivery",
+    "received": 5000,
+    "processed": 4990,
+    "rejected": 8,
+    "failed": 2,
+    "unfinished": 0,
+    "mean_ms": 3.2,
+    "p95_ms": 7.9,
+}
+
+
+class WebhookStats(BaseModel):
+    """One provider's webhooks of one event: what came of them and how long processing took."""
+
+    model_config = _examples(_WEBHOOK_STATS)
+
+    provider: str
+    event: str
+    received: int
+    processed: int
+    rejected: int = Field(description="Refused by its checks (signature, address, content).")
+    failed: int = Field(description="Processing failed (kept in the log, to replay).")
+    unfinished: int = Field(description="Cut off before it finished (to replay).")
+    mean_ms: float | None
+    p95_ms: float | None
+
+
+class WebhookStatsOut(BaseModel):
+    """Webhook processing per provider and event in ``[since, until)``."""
+
+    model_config = _examples({"since": WHEN, "until": LATER, "data": [_WEBHOOK_STATS]})
+
+    since: datetime
+    until: datetime
+    data: list[WebhookStats]

@@ -26,6 +26,7 @@ from tidings.services.inbound import InboundPolicy, InboundService
 from tidings.services.messages import MessageService
 from tidings.services.retention import Retention
 from tidings.services.routing import Router, email_default
+from tidings.services.stats import StatsService
 from tidings.services.templates import TemplateService
 from tidings.services.tracking import Tracker
 from tidings.services.unsubscribe import UnsubscribeService
@@ -77,6 +78,7 @@ class Service:
             settings, self.accepting, self.templates, self.store, self.waker, self.unsubscribe
         )
         self.retention = Retention(self.store, settings)
+        self.stats = StatsService(self.store, settings.stats_max_days)
         self._listener: PostgresListener | None = None
         self._started: list[Provider] = []
         self.started = False

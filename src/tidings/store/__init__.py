@@ -14,6 +14,7 @@ batches.py     a batch's row (written with its messages) and its progress
 templates.py   stored templates and every version of them
 signatures.py  signed requests' signatures, each usable once
 secrets.py     the installation's own secrets (the unsubscribe links' key)
+stats.py       the figures: totals and rates, grouped statistics, webhook processing
 inbound.py, optouts.py, gateways.py, webhooks.py, keys.py, log.py
 """
 
