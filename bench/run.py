@@ -39,7 +39,7 @@ from typing import Any, TextIO
 
 from harness import REPO, RESULTS_DIR, BenchError, Workspace, postgres_unavailable
 from profiling import Profiler
-from scenarios import Options, Scenario, backlog, batches, dispatch, email, receipts, single_api
+from scenarios import Options, Scenario, backlog, batches, dispatch, email, receipts, single_api, stats
 
 SCENARIOS: dict[str, Scenario | None] = {
     "single_api": single_api.run,
@@ -49,6 +49,7 @@ SCENARIOS: dict[str, Scenario | None] = {
     "batch_ingest": batches.ingest,
     "batch_dispatch": batches.dispatch,
     "email_dispatch": email.run,
+    "stats": stats.run,
 }
 QUICK = Options(
     messages=2000,
@@ -59,6 +60,7 @@ QUICK = Options(
     batch_sizes=(1000, 10_000),
     email_messages=1000,
     email_pdf_messages=200,
+    stats_messages=50_000,
 )
 
 

@@ -38,6 +38,8 @@ class Options:
     """Emails with a PDF each in ``email_dispatch`` (fewer: making a PDF costs about 50 ms)."""
     batch_sizes: tuple[int, ...] = (1000, 10_000, 100_000)
     """Recipients per batch in ``batch_ingest``."""
+    stats_messages: int = 1_000_000
+    """Messages in the store that ``stats`` queries."""
     backlog_window: float = 5.0
     """Seconds the service runs over each backlog in ``backlog`` (for its RSS)."""
     workers: int = 1

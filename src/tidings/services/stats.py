@@ -105,8 +105,7 @@ class StatsService:
         keys = self.check_by(by)
         filters = StatsFilter(start, end, provider=provider, channel=channel, batch=batch)
         async with self.store.engine.connect() as conn:
-            [total] = await figures.grouped(conn, filters, []) or [Group(key={})]
-            groups = await figures.grouped(conn, filters, keys) if keys else []
+            total, groups = await figures.summarize(conn, filters, keys)
         return {
             "since": to_api(start),
             "until": to_api(end),

@@ -17,11 +17,11 @@ from datetime import datetime
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import Select, case, func, literal_column, or_, select
+from sqlalchemy import Select, Text, case, func, literal_column, select, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.domain.status import Status
-from tidings.store.tables import message_tags, messages, webhook_log
+from tidings.store.tables import messages, webhook_log
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,15 @@ PERCENTILES = (50, 95)
 time some message actually took, so the figure is exact on both databases)."""
 
 
+def nearest_rank(values: list[float], percentile: int) -> float | None:
+    """The ``percentile``-th of ``values`` by nearest rank: the ceil(p * n / 100)-th smallest
+    (sorts ``values`` in place); ``None`` for no values."""
+    if not values:
+        return None
+    values.sort()
+    return values[(len(values) * percentile + 99) // 100 - 1]
+
+
 @dataclass(frozen=True)
 class StatsFilter:
     """Which messages the statistics cover: accepted in ``[since, until)``, optionally of one
@@ -114,6 +123,19 @@ class Group:
             cancelled=self.counts.get(Status.CANCELLED.value, 0),
         )
 
+    def add(self, status: str, currency: str | None, count: int, segments: int, cost: int | None) -> None:
+        self.counts[status] = self.counts.get(status, 0) + count
+        self.segments += segments
+        if cost is not None and currency is not None:
+            self.costs[currency] = self.costs.get(currency, 0) + cost
+
+    def time(self, to_sent: list[float], to_delivered: list[float]) -> None:
+        for p in PERCENTILES:
+            for found, values in ((self.to_sent, to_sent), (self.to_delivered, to_delivered)):
+                value = nearest_rank(values, p)
+                if value is not None:
+                    found[p] = round(value, 3)
+
 
 _SHORT_CALLING_CODES = {
     1: sorted(str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE if c < 10),
@@ -132,8 +154,9 @@ def _calling_code(to: Any) -> Any:
 
 
 def _seconds_between(conn: AsyncConnection, start: Any, end: Any) -> Any:
+    """``end - start`` in seconds, as a float (NULL when ``end`` is)."""
     if conn.dialect.name == "postgresql":
-        return func.extract("epoch", end - start)
+        return func.date_part("epoch", end - start)
     return (func.julianday(end) - func.julianday(start)) * 86_400.0
 
 
@@ -143,12 +166,20 @@ def _bucket(conn: AsyncConnection, column: Any, hourly: bool) -> Any:
     return func.strftime("%Y-%m-%dT%H:00" if hourly else "%Y-%m-%d", column)
 
 
-def _key_column(conn: AsyncConnection, name: str) -> Any:
+def _tags(conn: AsyncConnection) -> Any:
+    """Each message's tags as rows, read from its own ``tags`` column (no join with
+    ``message_tags``, which PostgreSQL would rather scan whole than probe per message)."""
+    if conn.dialect.name == "postgresql":
+        return func.json_array_elements_text(messages.c.tags).table_valued("value").lateral("tag_list")
+    return func.json_each(messages.c.tags).table_valued("value").alias("tag_list")
+
+
+def _key_column(conn: AsyncConnection, name: str, tags: Any) -> Any:
     """The SQL expression of one group key."""
     if name in ("day", "hour"):
         return _bucket(conn, messages.c.created_at, hourly=name == "hour")
     if name == "tag":
-        return message_tags.c.tag
+        return tags.c.value
     if name == "batch":
         return messages.c.batch_id
     if name == "country":
@@ -156,16 +187,15 @@ def _key_column(conn: AsyncConnection, name: str) -> Any:
     return messages.c[name]
 
 
-def _key_columns(conn: AsyncConnection, by: Sequence[str]) -> list[Any]:
-    """One labelled SQL expression per group key."""
-    return [_key_column(conn, name).label(f"k_{name}") for name in by]
-
-
-def _scope(query: Select[Any], filters: StatsFilter, by: Sequence[str]) -> Select[Any]:
-    if "tag" in by:
-        query = query.select_from(
-            messages.outerjoin(message_tags, message_tags.c.message_id == messages.c.id)
-        )
+def _scoped(
+    conn: AsyncConnection, columns: Sequence[Any], filters: StatsFilter, tags: Any | None
+) -> Select[Any]:
+    """``SELECT columns`` over the messages ``filters`` covers (each once per tag with ``tags``)."""
+    query = select(*columns)
+    if tags is not None:
+        query = query.select_from(messages.outerjoin(tags, true()))
+    else:
+        query = query.select_from(messages)
     conditions = [messages.c.created_at >= filters.since, messages.c.created_at < filters.until]
     if filters.provider is not None:
         conditions.append(messages.c.provider == filters.provider)
@@ -176,86 +206,114 @@ def _scope(query: Select[Any], filters: StatsFilter, by: Sequence[str]) -> Selec
     return query.where(*conditions)
 
 
-def _label(by: Sequence[str], values: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(None if v is None else str(v) for v in values[: len(by)])
+async def _no_jit(conn: AsyncConnection) -> None:
+    """No JIT compilation for the rest of this transaction (PostgreSQL). These queries read a day
+    or a few of rows; the planner's guess for a JSON array's elements (100 a row) makes them look
+    big enough to compile, which costs 50 ms and more each time, more than running them."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SET LOCAL jit = off"))
 
 
-async def grouped(conn: AsyncConnection, filters: StatsFilter, by: Sequence[str]) -> list[Group]:
-    """The statistics of the messages ``filters`` covers, one :class:`Group` per combination of
-    the ``by`` keys that occurs, in key order. Three statements whatever the size: counts,
-    segments and costs grouped in the database; each percentile picked by rank with a window
-    function, so no message row comes back to Python."""
-    keys = _key_columns(conn, by)
-    groups: dict[tuple[Any, ...], Group] = {}
+def _whole(value: Any) -> int | None:
+    return int(value) if value is not None else None
 
-    def group(values: Sequence[Any]) -> Group:
-        label = _label(by, values)
-        found = groups.get(label)
-        if found is None:
-            found = groups[label] = Group(key=dict(zip(by, label, strict=True)))
-        return found
 
-    counts = _scope(
-        select(
+def _label(values: Sequence[Any]) -> tuple[str | None, ...]:
+    return tuple(None if v is None else str(v) for v in values)
+
+
+def _joined(conn: AsyncConnection, seconds: Any) -> Any:
+    """Every value of ``seconds`` in a group as one comma-separated string (NULLs left out): the
+    database gathers them, Python ranks them, and no row per message crosses the connection."""
+    if conn.dialect.name == "postgresql":
+        return func.string_agg(func.cast(seconds, Text()), ",")
+    return func.group_concat(seconds, ",")
+
+
+def _numbers(joined: str | None) -> list[float]:
+    return [float(v) for v in joined.split(",")] if joined else []
+
+
+Label = tuple[str | None, ...]
+Gathered = tuple[Label, str, str | None, int, int, int | None, list[float], list[float]]
+"""Key values, status, currency, count, segments, cost, seconds to sent, seconds to delivered."""
+
+
+async def _gathered(
+    conn: AsyncConnection, filters: StatsFilter, keys: list[Any], tags: Any | None
+) -> list[Gathered]:
+    """Per combination of key values, status and currency: the count, segments, cost, and the
+    seconds each message took from acceptance to sent and to delivered. One statement."""
+    query = _scoped(
+        conn,
+        [
             *keys,
             messages.c.status,
             messages.c.currency,
             func.count(),
             func.coalesce(func.sum(messages.c.segments), 0),
             func.sum(messages.c.cost_micros),
-        ),
+            _joined(conn, _seconds_between(conn, messages.c.created_at, messages.c.sent_at)),
+            _joined(conn, _seconds_between(conn, messages.c.created_at, messages.c.delivered_at)),
+        ],
         filters,
-        by,
+        tags,
     ).group_by(*(literal_column(k.name) for k in keys), messages.c.status, messages.c.currency)
-    for row in (await conn.execute(counts)).all():
-        *values, status, currency, count, segments, cost = row
-        found = group(values)
-        found.counts[status] = found.counts.get(status, 0) + int(count)
-        found.segments += int(segments)
-        if cost is not None and currency is not None:
-            found.costs[currency] = found.costs.get(currency, 0) + int(cost)
-    for column, attribute in ((messages.c.sent_at, "to_sent"), (messages.c.delivered_at, "to_delivered")):
-        for values, percentile, seconds in await _percentiles(conn, filters, by, keys, column):
-            getattr(group(values), attribute)[percentile] = round(float(seconds), 3)
-    return [groups[label] for label in sorted(groups, key=lambda k: tuple((v is None, v or "") for v in k))]
-
-
-def _nearest_rank(size: Any, percentile: int) -> Any:
-    """The rank of the ``percentile``-th value of ``size`` (nearest rank: ceil(p * n / 100)), in
-    integer arithmetic, the same in SQL and in Python."""
-    return (size * percentile + 99) // 100
-
-
-async def _at_ranks(
-    conn: AsyncConnection, timed: Any, partition: Sequence[str], value: str, percentiles: Sequence[int]
-) -> list[tuple[tuple[Any, ...], int, float]]:
-    """``(partition values, percentile, value)`` for each partition of the subquery ``timed`` and
-    each of ``percentiles``: the ``value`` at that rank, picked in the database with a window
-    function so that no other row comes back."""
-    columns = [timed.c[name] for name in partition]
-    ranked = select(
-        *columns,
-        timed.c[value].label("value"),
-        func.row_number().over(partition_by=columns or None, order_by=timed.c[value]).label("rank"),
-        func.count().over(partition_by=columns or None).label("size"),
-    ).subquery()
-    query = select(*(ranked.c[name] for name in partition), ranked.c.rank, ranked.c.size, ranked.c.value)
-    query = query.where(or_(*(ranked.c.rank == _nearest_rank(ranked.c.size, p) for p in percentiles)))
-    found = []
+    found: list[Gathered] = []
     for row in (await conn.execute(query)).all():
-        *values, rank, size, picked = row
-        found += [(tuple(values), p, float(picked)) for p in percentiles if rank == _nearest_rank(size, p)]
+        *values, status, currency, count, segments, cost, sent, delivered = row
+        found.append(
+            (
+                _label(values),
+                str(status),
+                currency,
+                int(count),
+                int(segments),
+                # PostgreSQL sums BIGINT into NUMERIC (a Decimal here): whole micros either way.
+                _whole(cost),
+                _numbers(sent),
+                _numbers(delivered),
+            )
+        )
     return found
 
 
-async def _percentiles(
-    conn: AsyncConnection, filters: StatsFilter, by: Sequence[str], keys: list[Any], until: Any
-) -> list[tuple[tuple[Any, ...], int, float]]:
-    """``(key values, percentile, seconds)`` for each group and each of :data:`PERCENTILES`: the
-    time from acceptance to ``until`` that the message at that rank took."""
-    seconds = _seconds_between(conn, messages.c.created_at, until).label("seconds")
-    timed = _scope(select(*keys, seconds), filters, by).where(until.is_not(None)).subquery()
-    return await _at_ranks(conn, timed, [k.name for k in keys], "seconds", PERCENTILES)
+async def summarize(
+    conn: AsyncConnection, filters: StatsFilter, by: Sequence[str]
+) -> tuple[Group, list[Group]]:
+    """The figures of the messages ``filters`` covers: in total, and one :class:`Group` per
+    combination of the ``by`` keys that occurs (in key order).
+
+    One statement groups counts, segments and costs in the database, and gathers each group's
+    times to sent and to delivered as one string; they are ranked here, so that the percentiles
+    are exact and computed the same way on both databases. Grouped by ``tag``, a message counts in
+    each of its tags' groups and once in the total (a second statement, without the tags)."""
+    await _no_jit(conn)
+    tags = _tags(conn) if "tag" in by else None
+    keys = [_key_column(conn, name, tags).label(f"k_{name}") for name in by]
+    groups: dict[Label, tuple[Group, list[float], list[float]]] = {}
+    total = (Group(key={}), list[float](), list[float]())
+
+    def collect(gathered: list[Gathered], *, grouped: bool) -> None:
+        for label, status, currency, count, segments, cost, sent, delivered in gathered:
+            found = total
+            if grouped:
+                found = groups.get(label) or groups.setdefault(
+                    label, (Group(key=dict(zip(by, label, strict=True))), [], [])
+                )
+            found[0].add(status, currency, count, segments, cost)
+            found[1].extend(sent)
+            found[2].extend(delivered)
+
+    gathered = await _gathered(conn, filters, keys, tags)
+    collect(gathered, grouped=True)
+    # Grouped by tag, a message may be in several groups: the total is counted on its own.
+    collect(gathered if tags is None else await _gathered(conn, filters, [], None), grouped=False)
+    total[0].time(total[1], total[2])
+    for group, sent, delivered in groups.values():
+        group.time(sent, delivered)
+    ordered = sorted(groups, key=lambda k: tuple((v is None, v or "") for v in k))
+    return total[0], [groups[label][0] for label in ordered] if by else []
 
 
 # -- webhook processing (seed 002's "webhook processing performance") -------------------------
@@ -281,6 +339,7 @@ class WebhookGroup:
 async def webhooks(conn: AsyncConnection, since: datetime, until: datetime) -> list[WebhookGroup]:
     """Webhook figures per provider and event for requests received in ``[since, until)``,
     through the ``received_at`` index."""
+    await _no_jit(conn)
     log = webhook_log.c
     in_range = (log.received_at >= since, log.received_at < until)
     state = case(
@@ -309,13 +368,15 @@ async def webhooks(conn: AsyncConnection, since: datetime, until: datetime) -> l
         setattr(found, outcome, getattr(found, outcome) + int(count))
         total, n = sums.get((provider, event), (0.0, 0))
         sums[(provider, event)] = (total + float(took or 0), n + int(timed_count))
-    timed = (
-        select(log.provider, log.event, log.duration_ms.label("ms"))
-        .where(*in_range, log.duration_ms.is_not(None))
-        .subquery()
+    durations = select(log.provider, log.event, log.duration_ms).where(
+        *in_range, log.duration_ms.is_not(None)
     )
-    for (provider, event), _p, ms in await _at_ranks(conn, timed, ["provider", "event"], "ms", [95]):
-        groups[(provider, event)].p95_ms = round(ms, 3)
+    taken: dict[tuple[str, str], list[float]] = {}
+    for provider, event, ms in (await conn.execute(durations)).all():
+        taken.setdefault((provider, event), []).append(float(ms))
+    for key, values in taken.items():
+        p95 = nearest_rank(values, 95)
+        groups[key].p95_ms = round(p95, 3) if p95 is not None else None
     for key, (total, n) in sums.items():
         groups[key].mean_ms = round(total / n, 3) if n else None
     return [groups[k] for k in sorted(groups)]
