@@ -52,6 +52,7 @@ OPERATIONS = {
     ("get", "/v1/callback-settings"): "getCallbackSettings",
     ("put", "/v1/callback-settings"): "setCallbackSettings",
     ("post", "/v1/callback-settings/rotate-secret"): "rotateCallbackSecret",
+    ("get", "/v1/alerts"): "listAlerts",
 }
 """Every operation and its id: client generators name their methods after these, so they stay."""
 
@@ -130,7 +131,7 @@ def test_authenticated_operations_declare_the_bearer_scheme_and_their_401(docume
             ] == ["unauthorized"]
         else:
             assert {"bearerAuth": []} not in op.get("security", []), (method, path)
-    assert authenticated == 24
+    assert authenticated == 25
     signed = document["components"]["securitySchemes"]["signedRequest"]
     assert (signed["type"], signed["in"], signed["name"]) == ("apiKey", "header", "Tidings-Signature")
 
