@@ -421,6 +421,9 @@ def config_check() -> None:
     for name, provider in service.providers.items():
         default = " (default)" if name == settings.default_provider else ""
         typer.echo(f"provider {name}: {provider.kind}{default}")
+    rules = settings.alerts
+    on = [name for name in type(rules).model_fields if getattr(rules, name).enabled]
+    typer.echo(f"alert rules, checked every {settings.alert_interval:g} s: {', '.join(on) or 'none'}")
     typer.echo("configuration OK")
 
 

@@ -17,9 +17,10 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -90,6 +91,125 @@ def _cidr(value: str) -> str:
 _PREFIX = re.compile(r"^\+[0-9]{1,15}$")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$)({_LABEL}\.)*{_LABEL}$")
+
+
+def _share(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{value:g} is not a share from 0 to 1 (write 0.9 for 90 %)")
+    return value
+
+
+Share = Annotated[float, AfterValidator(_share)]
+"""A proportion, from 0 to 1."""
+Seconds = Annotated[float, Field(gt=0, le=366 * 86_400)]
+"""A duration of an alert rule: more than nothing, at most a year."""
+Count = Annotated[int, Field(ge=0)]
+
+
+class AlertRule(BaseModel):
+    """What every alert rule has: it can be switched off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+
+
+class DeliveryRateRule(AlertRule):
+    """The delivery rate of the messages accepted in the window is below ``below`` (seed 002)."""
+
+    below: Share = 0.90
+    window_seconds: Seconds = 86_400.0
+    min_messages: Count = 10
+    """Judged only when more than this many messages were attempted in the window."""
+
+
+class FailureRateRule(AlertRule):
+    """The failure rate of the messages accepted in the window is above ``above`` (seed 002)."""
+
+    above: Share = 0.10
+    window_seconds: Seconds = 86_400.0
+    min_messages: Count = 10
+
+
+class PendingRule(AlertRule):
+    """More than ``above`` messages accepted in the window have no final status yet (seed 002)."""
+
+    above: Count = 100
+    window_seconds: Seconds = 86_400.0
+
+
+class OldestWaitingRule(AlertRule):
+    """A provider's oldest due message has waited more than ``seconds`` for a worker."""
+
+    seconds: Seconds = 900.0
+
+
+class FailoverRule(AlertRule):
+    """A provider's messages moved to the next provider in their route more than ``above`` times
+    in the window."""
+
+    above: Count = 10
+    window_seconds: Seconds = 3600.0
+
+
+class GatewaySilentRule(AlertRule):
+    """An Android gateway that has polled before has not polled for more than ``seconds`` (unset:
+    the gateway's own ``silent_after_seconds``)."""
+
+    seconds: Seconds | None = None
+
+
+class WebhooksFailingRule(AlertRule):
+    """More than the share ``above`` of a provider's webhooks in the window were refused or failed,
+    out of more than ``min_requests``."""
+
+    above: Share = 0.10
+    window_seconds: Seconds = 3600.0
+    min_requests: Count = 10
+
+
+class CallbacksFailingRule(AlertRule):
+    """More than ``above`` callbacks queued in the window failed for good or wait for a retry."""
+
+    above: Count = 10
+    window_seconds: Seconds = 3600.0
+
+
+class BatchStalledRule(AlertRule):
+    """A batch has messages due for more than ``seconds`` and none of its messages moved for as
+    long."""
+
+    seconds: Seconds = 900.0
+
+
+RuleName = Literal[
+    "delivery_rate",
+    "failure_rate",
+    "pending",
+    "oldest_waiting",
+    "failover",
+    "gateway_silent",
+    "webhooks_failing",
+    "callbacks_failing",
+    "batch_stalled",
+]
+"""The alert rules' names: the settings of :class:`AlertRules` (a test keeps them the same)."""
+
+
+class AlertRules(BaseModel):
+    """The ``[alerts]`` table: one table per rule, each on by default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delivery_rate: DeliveryRateRule = Field(default_factory=DeliveryRateRule)
+    failure_rate: FailureRateRule = Field(default_factory=FailureRateRule)
+    pending: PendingRule = Field(default_factory=PendingRule)
+    oldest_waiting: OldestWaitingRule = Field(default_factory=OldestWaitingRule)
+    failover: FailoverRule = Field(default_factory=FailoverRule)
+    gateway_silent: GatewaySilentRule = Field(default_factory=GatewaySilentRule)
+    webhooks_failing: WebhooksFailingRule = Field(default_factory=WebhooksFailingRule)
+    callbacks_failing: CallbacksFailingRule = Field(default_factory=CallbacksFailingRule)
+    batch_stalled: BatchStalledRule = Field(default_factory=BatchStalledRule)
 
 
 class Settings(BaseModel):
@@ -194,6 +314,10 @@ class Settings(BaseModel):
     stats_max_days: float = Field(default=93.0, gt=0, le=3660)
     """The longest range ``GET /v1/stats`` covers in one query (longer is a 422)."""
 
+    alert_interval: float = Field(default=60.0, gt=0)
+    """Seconds between two evaluations of the alert rules by each worker."""
+    alerts: AlertRules = Field(default_factory=AlertRules)
+
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     _sources: Sources | None = PrivateAttr(default=None)
@@ -269,6 +393,7 @@ _JSON_FIELDS = frozenset(
         "opt_out_keywords",
         "opt_in_keywords",
         "help_keywords",
+        "alerts",
     }
 )
 """Settings whose environment variable holds JSON (a table or a list)."""
@@ -361,20 +486,36 @@ def _provider_override(key: str, value: str, values: dict[str, Any], sources: So
     sources.variable(("providers", name, setting.lower()), key)
 
 
+def _names_in(model: type[BaseModel], path: Iterable[str]) -> list[str]:
+    """The settings of the table at ``path`` inside ``model`` (``[alerts.pending]``: the pending
+    rule's), to guess what an unknown one is a typo of."""
+    for name in path:
+        field = model.model_fields.get(name)
+        inner = field.annotation if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
 def describe_validation_error(
     exc: ValidationError,
     prefix: tuple[str, ...] = (),
     sources: Sources | None = None,
-    known: Iterable[str] = (),
+    known: Iterable[str] | type[BaseModel] = (),
 ) -> list[str]:
     """One line per problem, each naming the setting, where its value came from, and for an
-    unknown one what it may be a typo of."""
+    unknown one what it may be a typo of (among ``known``, or the settings of the model's table
+    it is in)."""
     lines = []
     for error in exc.errors():
         path = (*prefix, *(str(p) for p in error["loc"]))
         message = str(error["msg"])
         if error["type"] == "extra_forbidden":
-            guess = closest(path[-1], known)
+            names = (
+                _names_in(known, (str(p) for p in error["loc"][:-1])) if isinstance(known, type) else known
+            )
+            guess = closest(path[-1], names)
             message = f"unknown setting (did you mean {guess}?)" if guess else "unknown setting"
         elif error["type"] == "missing":
             message = "missing: set it"
@@ -404,8 +545,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(
-            problems=describe_validation_error(exc, sources=sources, known=Settings.model_fields)
-        ) from exc
+        raise ConfigError(problems=describe_validation_error(exc, sources=sources, known=Settings)) from exc
     settings._sources = sources
     return settings

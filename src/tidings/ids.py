@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import UTC, datetime
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
@@ -35,9 +36,19 @@ def new_id(now_ms: int | None = None) -> str:
         else:
             random_part = int.from_bytes(os.urandom(10), "big")
         _last = (ms, random_part)
-    value = (ms << 80) | random_part
+    return _encode((ms << 80) | random_part)
+
+
+def _encode(value: int) -> str:
     pairs = _PAIRS
     return "".join([pairs[(value >> shift) & 1023] for shift in _SHIFTS])
+
+
+def lowest_at(at: datetime) -> str:
+    """The smallest id made at ``at`` (naive UTC, as stored) or later: ``id >= lowest_at(t)``
+    selects the rows made since ``t`` through an index that holds the ids."""
+    ms = int(at.replace(tzinfo=UTC).timestamp() * 1000)
+    return _encode(max(ms, 0) << 80)
 
 
 def is_id(value: str) -> bool:

@@ -475,5 +475,6 @@ def test_config_check_lists_every_problem_with_its_source_or_what_is_configured(
     )
     assert good.returncode == 0, good.stderr
     assert "provider tw: twilio (default)" in good.stdout and "configuration OK" in good.stdout
+    assert "alert rules, checked every 60 s: delivery_rate, failure_rate, pending," in good.stdout
     assert "s3cret" not in good.stdout + good.stderr
     assert not (tmp_path / "tidings.db").exists()

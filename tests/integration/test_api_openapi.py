@@ -54,6 +54,7 @@ OPERATIONS = {
     ("get", "/v1/callback-settings"): "getCallbackSettings",
     ("put", "/v1/callback-settings"): "setCallbackSettings",
     ("post", "/v1/callback-settings/rotate-secret"): "rotateCallbackSecret",
+    ("get", "/v1/alerts"): "listAlerts",
 }
 """Every operation and its id: client generators name their methods after these, so they stay."""
 

@@ -38,7 +38,7 @@ GATEWAY_AUTH = "Basic " + base64.b64encode(b"phone:pw").decode()
 
 
 async def seed(config: Settings) -> str:
-    """An API key, and a row in every list the API shows; returns the key."""
+    """An API key, and a row in every list the API shows (an alert too); returns the key."""
     service = Service(config)
     await service.start()
     try:
@@ -59,6 +59,8 @@ async def seed(config: Settings) -> str:
             opted_out = await client.post("/v1/opt-outs", json={"number": "+254712345679"})
         answers = [sent, cancelled, tagged, polled, opted_out]
         assert [r.status_code for r in answers] == [202, 200, 202, 200, 201], [r.text for r in answers]
+        # The pending rule (over nothing, in these settings) raises an alert about the message waiting.
+        assert len((await service.alerts.evaluate()).raised) == 1
         return secret
     finally:
         await service.close()
@@ -86,7 +88,7 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) 
     """The app's document, loaded by schemathesis from the running app, which answers its calls."""
     path = tmp_path_factory.mktemp("schemathesis") / "tidings.db"
     shutil.copyfile(sqlite_template, path)
-    config = make_settings(f"sqlite:///{path}", providers=PROVIDERS)
+    config = make_settings(f"sqlite:///{path}", providers=PROVIDERS, alerts={"pending": {"above": 0}})
     secret = asyncio.run(seed(config))
     # Started by its lifespan, in the event loop schemathesis runs the app in.
     app = create_app(Service(config))

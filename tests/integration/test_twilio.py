@@ -326,6 +326,8 @@ async def test_failover_moves_a_message_to_the_next_provider_in_its_route(databa
         assert message["provider"] == "backup"
         types = [e["type"] for e in message["events"]]
         assert types.count("retry_scheduled") == 1 and types.count("failed_over") == 1
+        [moved] = [e for e in message["events"] if e["type"] == "failed_over"]
+        assert (moved["detail"]["from"], moved["detail"]["provider"]) == ("tw", "backup")
         # A message that asks for its provider is not routed.
         pinned = await live.send(to=ORDINARY, body="only twilio", provider="tw")
         assert pinned["route"] == ["tw"]

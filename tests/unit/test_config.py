@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from tidings.config import load_settings
+from tidings.config import AlertRules, RuleName, load_settings
 from tidings.errors import ConfigError
 from tidings.providers import build_providers
 from tidings.providers.base import ProviderContext
@@ -110,6 +111,7 @@ def test_the_example_configuration_in_the_repository_is_valid() -> None:
     providers = build_providers(settings, ProviderContext(base_url=settings.base_url))
     assert {p.kind for p in providers.values()} == {"twilio", "orange", "fake", "smtp", "ses", "mandrill"}
     assert settings.routes["+225"] == ["orange", "twilio"]
+    assert settings.alerts.delivery_rate.below == 0.95 and not settings.alerts.batch_stalled.enabled
 
 
 def test_provider_settings_and_secrets_come_from_the_environment(tmp_path: Path) -> None:
@@ -193,3 +195,66 @@ def test_the_api_key_a_client_command_uses_is_not_taken_for_a_setting() -> None:
 def test_settings_whose_names_begin_like_the_client_key_variable_are_still_settings() -> None:
     settings = load_settings({"TIDINGS_API_KEY": "tdg_x", "TIDINGS_API_KEY_CACHE_SECONDS": "0"})
     assert settings.api_key_cache_seconds == 0
+
+
+def test_alert_rules_default_to_seed_002_and_every_rule_is_on() -> None:
+    alerts = load_settings({}).alerts
+    delivery, failure = alerts.delivery_rate, alerts.failure_rate
+    assert (delivery.below, delivery.window_seconds, delivery.min_messages) == (0.9, 86_400, 10)
+    assert (failure.above, failure.window_seconds, failure.min_messages) == (0.1, 86_400, 10)
+    assert alerts.pending.above == 100
+    assert all(getattr(alerts, name).enabled for name in AlertRules.model_fields)
+    assert load_settings({}).alert_interval == 60
+
+
+def test_the_rule_names_are_the_rules_settings() -> None:
+    assert list(get_args(RuleName)) == list(AlertRules.model_fields)
+
+
+def test_alert_rules_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    file = tmp_path / "tidings.toml"
+    file.write_text(
+        "alert_interval = 30\n"
+        "[alerts.delivery_rate]\nbelow = 0.95\nwindow_seconds = 3600\n"
+        "[alerts.batch_stalled]\nenabled = false\n"
+    )
+    settings = load_settings({"TIDINGS_CONFIG": str(file)})
+    assert settings.alert_interval == 30
+    assert (settings.alerts.delivery_rate.below, settings.alerts.delivery_rate.window_seconds) == (0.95, 3600)
+    assert settings.alerts.delivery_rate.min_messages == 10
+    assert not settings.alerts.batch_stalled.enabled
+    # The variable is JSON, and replaces the file's table.
+    settings = load_settings(
+        {"TIDINGS_CONFIG": str(file), "TIDINGS_ALERTS": '{"gateway_silent": {"seconds": 120}}'}
+    )
+    assert settings.alerts.gateway_silent.seconds == 120
+    assert settings.alerts.delivery_rate.below == 0.9 and settings.alerts.batch_stalled.enabled
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ("[alerts.delivery_rate]\nbelow = 90\n", r"alerts\.delivery_rate\.below \(in .*\): .*0\.9 for 90 %"),
+        ("[alerts.failure_rate]\nabove = -0.1\n", r"alerts\.failure_rate\.above \(in .*\): .*from 0 to 1"),
+        ("[alerts.pending]\nabove = -1\n", r"alerts\.pending\.above \(in .*\): .*greater than or equal to 0"),
+        ("[alerts.oldest_waiting]\nseconds = 0\n", r"alerts\.oldest_waiting\.seconds .*greater than 0"),
+        ("[alerts.failover]\nwindow_seconds = inf\n", r"alerts\.failover\.window_seconds .*less than"),
+        ("[alerts.failover]\nwindow_seconds = 'an hour'\n", r"alerts\.failover\.window_seconds .*number"),
+        ("[alerts.webhooks_failing]\nenabled = 'maybe'\n", r"alerts\.webhooks_failing\.enabled .*boolean"),
+        ("[alerts.pending]\nabov = 5\n", r"alerts\.pending\.abov .*unknown setting \(did you mean above\?\)"),
+        ("[alerts.pendng]\nabove = 5\n", r"alerts\.pendng .*unknown setting \(did you mean pending\?\)"),
+        ("alerts = 5\n", r"setting alerts \(in .*\)"),
+    ],
+)
+def test_a_wrong_alert_rule_is_named(tmp_path: Path, table: str, named: str) -> None:
+    file = tmp_path / "tidings.toml"
+    file.write_text(table)
+    with pytest.raises(ConfigError, match=named):
+        load_settings({"TIDINGS_CONFIG": str(file)})
+
+
+def test_a_wrong_alert_rule_from_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"alerts\.pending\.above \(from TIDINGS_ALERTS\)"):
+        load_settings({"TIDINGS_ALERTS": '{"pending": {"above": "lots"}}'})
+    with pytest.raises(ConfigError, match="TIDINGS_ALERTS must be JSON"):
+        load_settings({"TIDINGS_ALERTS": "pending.above=5"})

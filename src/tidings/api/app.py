@@ -1,6 +1,6 @@
 """The HTTP API: one module per resource (``messages``, ``batches``, ``templates``, ``webhooks``,
-``gateway``, ``inbound``, ``opt_outs``, ``log``, ``callbacks``), each a thin layer over the
-services. OpenAPI at
+``gateway``, ``inbound``, ``opt_outs``, ``log``, ``callbacks``, ``alerts``), each a thin layer over
+the services. OpenAPI at
 ``/openapi.json``, docs at ``/docs`` and ``/redoc`` (``docs``, served without internet access).
 
 Every error is JSON ``{"error": {"code", "message", "field"?}}`` with a stable code; a message is
@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings import ids, logs
 from tidings.api import (
+    alerts,
     batches,
     callbacks,
     gateway,
@@ -279,6 +280,7 @@ def create_app(service: Service) -> FastAPI:
         message_log,
         callbacks,
         stats,
+        alerts,
         unsubscribe,
     ):
         app.include_router(module.router)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.clock import to_api
+from tidings.config import RuleName
 from tidings.domain.batches import FileIn, progress
 from tidings.domain.content import Channel
 from tidings.domain.costs import format_micros
@@ -18,6 +19,7 @@ from tidings.domain.status import Status
 from tidings.store.log import Kind
 
 CallbackStatus = Literal["pending", "delivering", "delivered", "failed"]
+AlertStatus = Literal["open", "resolved"]
 
 
 MESSAGE_ID = "01J9ZK3V8Q4W6M2N5P7R9T1X3Y"
@@ -668,7 +670,7 @@ class CallbackOut(BaseModel):
     api_key_id: str | None
     message_id: str | None
     inbound_id: str | None
-    type: Literal["message.status", "inbound"]
+    type: Literal["message.status", "inbound", "alert.raised", "alert.resolved"]
     url: str
     payload: dict[str, Any] = Field(description="The JSON body that is posted.")
     status: CallbackStatus
@@ -708,6 +710,61 @@ class CallbackSettingsOut(BaseModel):
     previous_secret_until: datetime | None = Field(
         description="After a rotation, the old secret signs too until then."
     )
+
+
+_ALERT: dict[str, Any] = {
+    "id": "01J9ZKD7M2P5R8T1W4Y7A0C3E6",
+    "rule": "delivery_rate",
+    "subject": "",
+    "status": "open",
+    "value": 0.82,
+    "threshold": 0.9,
+    "message": (
+        "delivery rate 82.0% is below 90.0%: 123 of the 150 messages accepted in the last 24 h were delivered"
+    ),
+    "detail": {
+        "window_seconds": 86400.0,
+        "total": 152,
+        "attempted": 150,
+        "delivered": 123,
+        "failed": 9,
+        "pending": 18,
+    },
+    "raised_at": WHEN,
+    "resolved_at": None,
+    "last_checked_at": LATER,
+}
+
+
+class AlertOut(BaseModel):
+    """A condition an alert rule found: raised once, open while it holds, resolved when it clears."""
+
+    model_config = _examples(_ALERT)
+
+    id: str
+    rule: RuleName
+    subject: str = Field(
+        description="What it is about: a provider, a gateway or a batch id; empty for the whole installation."
+    )
+    status: AlertStatus
+    value: float = Field(
+        description="The figure last measured: a share from 0 to 1, a number of messages or seconds, by rule."
+    )
+    threshold: float = Field(description="The rule's threshold the value went past.")
+    message: str = Field(description="What was found when it was raised, in words.")
+    detail: dict[str, Any] = Field(description="The figures behind the value, by rule.")
+    raised_at: datetime
+    resolved_at: datetime | None
+    last_checked_at: datetime = Field(description="The last check that measured it.")
+
+
+class AlertPage(BaseModel):
+    """A page of alerts, newest first; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    model_config = _examples({"data": [_ALERT], "next_cursor": None})
+
+    data: list[AlertOut]
+    next_cursor: str | None
 
 
 _GATEWAY: dict[str, Any] = {

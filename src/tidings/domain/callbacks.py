@@ -36,3 +36,26 @@ def inbound_payload(inbound: Mapping[str, Any]) -> dict[str, Any]:
         "provider_message_id": inbound.get("provider_message_id"),
         "received_at": to_api(inbound["received_at"]),
     }
+
+
+ALERT_RAISED = "alert.raised"
+ALERT_RESOLVED = "alert.resolved"
+
+
+def alert_payload(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``alert.raised`` or ``alert.resolved`` callback for an alert as it stands (resolved
+    once it has a ``resolved_at``)."""
+    return {
+        "type": ALERT_RAISED if alert["resolved_at"] is None else ALERT_RESOLVED,
+        "id": alert["id"],
+        "rule": alert["rule"],
+        "subject": alert["subject"],
+        "status": alert["status"],
+        "value": alert["value"],
+        "threshold": alert["threshold"],
+        "message": alert["message"],
+        "detail": alert["detail"],
+        "raised_at": to_api(alert["raised_at"]),
+        "resolved_at": to_api(alert["resolved_at"]),
+        "last_checked_at": to_api(alert["last_checked_at"]),
+    }

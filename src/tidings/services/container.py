@@ -5,7 +5,8 @@ stopped together.
 ``tidings worker`` each run one half; the CLI's other commands use one for a moment. Every
 transport calls the same services: :attr:`Service.accepting`, :attr:`~Service.messages`,
 :attr:`~Service.inbound`, :attr:`~Service.webhooks`, :attr:`~Service.gateway`,
-:attr:`~Service.callbacks`, :attr:`~Service.batches`, :attr:`~Service.templates`.
+:attr:`~Service.callbacks`, :attr:`~Service.batches`, :attr:`~Service.templates`,
+:attr:`~Service.alerts`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tidings.providers import Provider, ProviderContext, build_providers
 from tidings.providers.base import WebhookRequest
 from tidings.providers.fake import FakeProvider, FakeSettings
 from tidings.services.accepting import TEST_PROVIDER, Acceptor
+from tidings.services.alerts import AlertService
 from tidings.services.batches import BatchService
 from tidings.services.callbacks import CallbackService
 from tidings.services.gateway import GatewayService
@@ -79,6 +81,7 @@ class Service:
         )
         self.retention = Retention(self.store, settings)
         self.stats = StatsService(self.store, settings.stats_max_days)
+        self.alerts = AlertService(self.store, settings, self.providers)
         self._listener: PostgresListener | None = None
         self._started: list[Provider] = []
         self.started = False
@@ -111,11 +114,13 @@ class Service:
         return Dispatcher(self.store, self.providers, self.settings, self.waker, tracker=self.tracker)
 
     async def run_worker(self, stop: asyncio.Event) -> None:
-        """Send messages, deliver callbacks and apply retention until ``stop`` is set."""
+        """Send messages, deliver callbacks, apply retention and check the alert rules until
+        ``stop`` is set."""
         await asyncio.gather(
             self.dispatcher().run(stop),
             CallbackSender(self.store, self.settings, self.waker).run(stop),
             self.retention.run(stop),
+            self.alerts.run(stop),
         )
 
     async def healthy(self) -> bool:

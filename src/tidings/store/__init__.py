@@ -10,6 +10,8 @@ reports.py     the one status writer for reports
 events.py      each message's history, written with the callbacks it calls for
 callbacks.py   the callback outbox and its delivery queue
 retention.py   pruning and redaction in bounded batches
+measures.py    the other figures the alert rules watch
+alerts.py      alerts raised once, confirmed and resolved, with their callbacks
 batches.py     a batch's row (written with its messages) and its progress
 templates.py   stored templates and every version of them
 signatures.py  signed requests' signatures, each usable once
@@ -26,6 +28,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tidings.store.alerts import AlertStore
 from tidings.store.batcher import WriteBatcher
 from tidings.store.batches import BatchStore
 from tidings.store.callbacks import CallbackStore
@@ -66,6 +69,7 @@ class Store:
         self.templates = TemplateStore(engine)
         self.signatures = SignatureStore(engine)
         self.secrets = SecretStore(engine)
+        self.alerts = AlertStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:

@@ -3,8 +3,9 @@ the statements the callback sender uses to deliver them.
 
 Every event that changes a message's status goes through ``store.events.record_events``, which
 queues one ``message.status`` callback per change for a message with a callback URL. An inbound
-message gets an ``inbound`` callback to every API key with a callback URL. A crash after the
-commit loses nothing: the rows wait in the table.
+message gets an ``inbound`` callback to every API key with a callback URL, and an alert raised or
+resolved an ``alert.*`` callback to every admin key with one. A crash after the commit loses
+nothing: the rows wait in the table.
 
 Delivery: the oldest pending callback of each message is due first and the next waits for it, so
 callbacks for one message arrive in order; a callback that failed for good no longer holds the
@@ -124,6 +125,26 @@ async def queue_inbound_callbacks(conn: AsyncConnection, inbound: Sequence[Mappi
         for key in keys
     ]
     await conn.execute(insert(callbacks), rows)
+    return len(rows)
+
+
+async def queue_alert_callbacks(conn: AsyncConnection, payload: dict[str, Any], *, now: datetime) -> int:
+    """Queue ``payload`` (an ``alert.raised`` or ``alert.resolved``) to every active API key with
+    the ``admin`` scope and a callback URL; returns how many were queued."""
+    keys = (
+        await conn.execute(
+            select(api_keys.c.id, api_keys.c.callback_url, api_keys.c.scopes).where(
+                api_keys.c.callback_url.is_not(None), api_keys.c.revoked_at.is_(None)
+            )
+        )
+    ).all()
+    rows = [
+        _row(url=key.callback_url, api_key_id=key.id, type=payload["type"], payload=payload, now=now)
+        for key in keys
+        if "admin" in key.scopes.split()
+    ]
+    if rows:
+        await conn.execute(insert(callbacks), rows)
     return len(rows)
 
 

@@ -290,6 +290,14 @@ message_events = Table(
     Column("occurred_at", DateTime(), nullable=False),
     Column("recorded_at", DateTime(), nullable=False),
     Index("ix_message_events_message_id", "message_id", "id"),
+    # Moves to the next provider of a route, by time: what the failover alert counts. Partial, so
+    # it holds only those few events.
+    Index(
+        "ix_message_events_failed_over",
+        "occurred_at",
+        postgresql_where=text("type = 'failed_over'"),
+        sqlite_where=text("type = 'failed_over'"),
+    ),
 )
 
 webhook_log = Table(
@@ -402,4 +410,34 @@ callbacks = Table(
     ),
     Index("ix_callbacks_message_id", "message_id", "id"),
     Index("ix_callbacks_status", "status", "id"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    # A condition an alert rule found (services/alerts.py): raised once, open while it holds,
+    # resolved when it clears.
+    Column("id", String(26), primary_key=True),
+    Column("rule", String(32), nullable=False),
+    # What it is about: a provider, a gateway or a batch; '' for the whole installation.
+    Column("subject", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("raised_at", DateTime(), nullable=False),
+    Column("resolved_at", DateTime()),
+    Column("last_checked_at", DateTime(), nullable=False),
+    # The figure last measured and the rule's threshold it is compared with.
+    Column("value", Float(), nullable=False),
+    Column("threshold", Float(), nullable=False),
+    Column("detail", JSON(), nullable=False),
+    Column("message", Text(), nullable=False),
+    # At most one open alert per rule and subject: a raise is an insert that does nothing when
+    # one is open, so several workers raise it once.
+    Index(
+        "ix_alerts_open",
+        "rule",
+        "subject",
+        unique=True,
+        postgresql_where=text("resolved_at IS NULL"),
+        sqlite_where=text("resolved_at IS NULL"),
+    ),
 )

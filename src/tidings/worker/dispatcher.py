@@ -329,8 +329,10 @@ class Dispatcher:
                 if message.provider_failures + 1 >= self.settings.failover_after:
                     fail_over_to = message.next_provider()
                 if fail_over_to is not None:
-                    # The next provider has not failed this message: try it now.
+                    # The next provider has not failed this message: try it now. The event names
+                    # the provider it leaves, as the failover alert counts by it.
                     retry_at = now
+                    detail["from"] = message.provider
                 await self.store.queue.schedule_retry(
                     message.id,
                     worker=self.name,
