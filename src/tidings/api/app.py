@@ -1,6 +1,6 @@
 """The HTTP API: one module per resource (``messages``, ``batches``, ``templates``, ``webhooks``,
-``gateway``, ``inbound``, ``opt_outs``, ``log``, ``callbacks``), each a thin layer over the
-services. OpenAPI at
+``gateway``, ``inbound``, ``opt_outs``, ``log``, ``callbacks``, ``metrics``), each a thin layer over
+the services. OpenAPI at
 ``/openapi.json``, docs at ``/docs`` and ``/redoc`` (``docs``, served without internet access).
 
 Every error is JSON ``{"error": {"code", "message", "field"?}}`` with a stable code; a message is
@@ -37,6 +37,7 @@ from tidings.api import log as message_log
 from tidings.api.auth import KeyChecker
 from tidings.api.common import error_response, json_response
 from tidings.api.docs import add_docs
+from tidings.api.metrics import add_metrics
 from tidings.api.schemas import HealthOut
 from tidings.errors import BadRequest, DatabaseUnavailable, PayloadTooLarge, TidingsError, ValidationFailed
 from tidings.services import Service
@@ -281,6 +282,7 @@ def create_app(service: Service) -> FastAPI:
     ):
         app.include_router(module.router)
     webhooks.add_legacy_routes(app, service)
+    add_metrics(app, service)
     add_docs(app)
     app.add_middleware(
         BodyLimit,

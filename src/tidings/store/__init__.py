@@ -11,6 +11,7 @@ events.py      each message's history, written with the callbacks it calls for
 callbacks.py   the callback outbox and its delivery queue
 retention.py   pruning and redaction in bounded batches
 batches.py     a batch's row (written with its messages) and its progress
+figures.py     what GET /metrics reads when scraped (queue depth, oldest due message, …)
 templates.py   stored templates and every version of them
 signatures.py  signed requests' signatures, each usable once
 secrets.py     the installation's own secrets (the unsubscribe links' key)
@@ -29,6 +30,7 @@ from tidings.store.batcher import WriteBatcher
 from tidings.store.batches import BatchStore
 from tidings.store.callbacks import CallbackStore
 from tidings.store.db import create_engine
+from tidings.store.figures import FigureStore
 from tidings.store.gateways import GatewayStore
 from tidings.store.inbound import InboundStore
 from tidings.store.keys import KeyStore
@@ -65,6 +67,7 @@ class Store:
         self.templates = TemplateStore(engine)
         self.signatures = SignatureStore(engine)
         self.secrets = SecretStore(engine)
+        self.figures = FigureStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:
