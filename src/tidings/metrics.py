@@ -29,7 +29,15 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest, values
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+    values,
+)
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -164,6 +172,8 @@ def _metrics() -> _Metrics:
         if _directory is None:
             configure(None)
         multiprocess = bool(_directory)
+        # A ``_created`` series beside each counter would double what a scrape carries.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         if not multiprocess:
             ProcessCollector(registry=_registry)
         _built = _Metrics(None if multiprocess else _registry)
