@@ -39,7 +39,17 @@ from typing import Any, TextIO
 
 from harness import REPO, RESULTS_DIR, BenchError, Workspace, postgres_unavailable
 from profiling import Profiler
-from scenarios import Options, Scenario, backlog, batches, dispatch, email, receipts, single_api
+from scenarios import (
+    Options,
+    Scenario,
+    backlog,
+    batches,
+    dispatch,
+    email,
+    metrics_scrape,
+    receipts,
+    single_api,
+)
 
 SCENARIOS: dict[str, Scenario | None] = {
     "single_api": single_api.run,
@@ -49,6 +59,7 @@ SCENARIOS: dict[str, Scenario | None] = {
     "batch_ingest": batches.ingest,
     "batch_dispatch": batches.dispatch,
     "email_dispatch": email.run,
+    "metrics_scrape": metrics_scrape.run,
 }
 QUICK = Options(
     messages=2000,
