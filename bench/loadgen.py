@@ -7,6 +7,9 @@ Two modes; each writes one JSON object to ``--out`` when it is done:
     for ``--warmup`` seconds (not counted) and then ``--seconds`` seconds. Requests that complete
     within the measured window count: ``completed``, ``accepted`` (202), ``statuses`` and the
     latency percentiles of those requests. ``total_accepted`` counts every 202, warm-up included.
+    With ``--scrape-every S``, one more client (a connection of its own) also ``GET /metrics`` once
+    every ``S`` seconds through the measured window, as Prometheus would: ``scrapes`` and their
+    ``scrape_p50_ms``, ``scrape_max_ms`` and ``scrape_bytes`` (the last answer's size).
 ``receipts``
     Reads ``MESSAGE_ID PROVIDER_ID`` lines from ``--input``, signs one ``delivered`` receipt per
     line as the fake provider server does (``X-Fake-Signature``) and posts them all to ``--url``
@@ -62,7 +65,7 @@ def _session(concurrency: int) -> aiohttp.ClientSession:
 
 
 async def post_messages(
-    url: str, key: str, concurrency: int, seconds: float, warmup: float
+    url: str, key: str, concurrency: int, seconds: float, warmup: float, scrape_every: float | None = None
 ) -> dict[str, Any]:
     """See the module docstring, ``messages``."""
     endpoint = url.rstrip("/") + "/v1/messages"
@@ -99,10 +102,43 @@ async def post_messages(
                 statuses[status] += 1
                 latencies.append(finished - started)
 
+    scrapes: list[float] = []
+    scraped: dict[str, Any] = {"bytes": None, "statuses": Counter()}
+
+    async def scraper(every: float) -> None:
+        """``GET /metrics`` every ``every`` seconds of the measured window, on a schedule (a slow
+        answer does not push the next scrape later)."""
+        endpoint = url.rstrip("/") + "/metrics"
+        due = window_start
+        async with _session(1) as session:
+            while (now := time.perf_counter()) < window_end:
+                if now < due:
+                    await asyncio.sleep(due - now)
+                    continue
+                due += every
+                try:
+                    async with session.get(endpoint, headers={"Authorization": f"Bearer {key}"}) as response:
+                        body = await response.read()
+                        scraped["statuses"][response.status] += 1
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    failures[f"scrape {type(exc).__name__}"] += 1
+                    continue
+                scrapes.append(time.perf_counter() - now)
+                scraped["bytes"] = len(body)
+
     cpu_before = _cpu_seconds()
     async with _session(concurrency) as session:
-        await asyncio.gather(*(client(n, session) for n in range(concurrency)))
+        clients = [client(n, session) for n in range(concurrency)]
+        if scrape_every:
+            clients.append(scraper(scrape_every))
+        await asyncio.gather(*clients)
+    scrape_times = _percentiles(scrapes)
     return {
+        "scrapes": len(scrapes),
+        "scrape_statuses": {str(k): v for k, v in sorted(scraped["statuses"].items())},
+        "scrape_p50_ms": scrape_times["p50_ms"],
+        "scrape_max_ms": scrape_times["max_ms"],
+        "scrape_bytes": scraped["bytes"],
         "completed": len(latencies),
         "accepted": statuses.get(202, 0),
         "total_accepted": total_accepted,
@@ -179,6 +215,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     messages.add_argument("--concurrency", type=int, default=64)
     messages.add_argument("--seconds", type=float, default=20)
     messages.add_argument("--warmup", type=float, default=1)
+    messages.add_argument("--scrape-every", type=float, help="also GET /metrics every this many seconds")
     messages.add_argument("--out", type=Path, required=True)
     receipts = modes.add_parser("receipts")
     receipts.add_argument("--url", required=True, help="the webhook URL")
@@ -192,7 +229,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     if args.mode == "messages":
-        work = post_messages(args.url, args.key, args.concurrency, args.seconds, args.warmup)
+        work = post_messages(
+            args.url, args.key, args.concurrency, args.seconds, args.warmup, args.scrape_every
+        )
     else:
         work = post_receipts(args.url, args.secret, args.input, args.concurrency)
     try:

@@ -39,7 +39,18 @@ from typing import Any, TextIO
 
 from harness import REPO, RESULTS_DIR, BenchError, Workspace, postgres_unavailable
 from profiling import Profiler
-from scenarios import Options, Scenario, backlog, batches, dispatch, email, receipts, single_api, stats
+from scenarios import (
+    Options,
+    Scenario,
+    backlog,
+    batches,
+    dispatch,
+    email,
+    metrics_scrape,
+    receipts,
+    single_api,
+    stats,
+)
 
 SCENARIOS: dict[str, Scenario | None] = {
     "single_api": single_api.run,
@@ -50,6 +61,7 @@ SCENARIOS: dict[str, Scenario | None] = {
     "batch_dispatch": batches.dispatch,
     "email_dispatch": email.run,
     "stats": stats.run,
+    "metrics_scrape": metrics_scrape.run,
 }
 QUICK = Options(
     messages=2000,

@@ -25,6 +25,36 @@ TARGET_P99_MS = {"sqlite": 50.0}
 """The issue's targets on a 2-core machine (a p99 target is set for SQLite only)."""
 
 
+async def post_messages(
+    ws: Workspace,
+    options: Options,
+    port: int,
+    key: str,
+    env: dict[str, str],
+    *,
+    name: str = "loadgen",
+    scrape_every: float | None = None,
+) -> dict[str, Any]:
+    """Run the load generator's ``messages`` mode against the API on ``port`` (``scrape_every``:
+    it also scrapes ``/metrics`` that often); its result."""
+    out = ws.directory / f"{name}.json"
+    args = [
+        str(BENCH_DIR / "loadgen.py"),
+        "messages",
+        *("--url", f"http://127.0.0.1:{port}", "--key", key),
+        *("--concurrency", str(options.clients), "--seconds", str(options.seconds)),
+        *("--warmup", str(options.warmup), "--out", str(out)),
+    ]
+    if scrape_every is not None:
+        args += ["--scrape-every", str(scrape_every)]
+    ws.processes.start_python(name, args, env)
+    code = await ws.processes.wait_exit(name, timeout=options.seconds + options.warmup + 120)
+    if code != 0:
+        raise BenchError(f"the load generator failed ({code}):\n{ws.processes.tail(name)}")
+    result: dict[str, Any] = read_json_file(out)
+    return result
+
+
 async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[str, Any]]:
     load = machine_load()
     procs = ws.processes
@@ -37,32 +67,8 @@ async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[
     await wait_healthy(port, procs, "api")
     profiler.attach("api")
     procs.mark_cpu("api")
-    out = ws.directory / "loadgen.json"
-    procs.start_python(
-        "loadgen",
-        [
-            str(BENCH_DIR / "loadgen.py"),
-            "messages",
-            "--url",
-            f"http://127.0.0.1:{port}",
-            "--key",
-            key,
-            "--concurrency",
-            str(options.clients),
-            "--seconds",
-            str(options.seconds),
-            "--warmup",
-            str(options.warmup),
-            "--out",
-            str(out),
-        ],
-        env,
-    )
-    code = await procs.wait_exit("loadgen", timeout=options.seconds + options.warmup + 120)
-    if code != 0:
-        raise BenchError(f"the load generator failed ({code}):\n{procs.tail('loadgen')}")
+    result = await post_messages(ws, options, port, key, env)
     procs.check_alive("api")
-    result = read_json_file(out)
     rss = procs.peak_rss_mb("api")
     cpu = procs.cpu_since_mark("api")
     profiles = profiler.finish()

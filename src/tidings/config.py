@@ -225,6 +225,12 @@ class Settings(BaseModel):
     """``json`` lines, or ``text`` (``key=value``); ``auto``: text on a terminal, JSON otherwise."""
     access_log: bool = True
     """One log line per HTTP request: method, path, status, time taken and request id."""
+    metrics_dir: str | None = None
+    """A directory the tidings processes of one machine share for ``GET /metrics`` (Prometheus'
+    multiprocess mode): each process writes its counters there and ``/metrics`` sums them. Unset:
+    each process reports only its own (enough for ``tidings serve``)."""
+    metrics_public: bool = False
+    """Serve ``GET /metrics`` without an API key (otherwise a key with the ``read`` scope)."""
 
     default_region: str | None = None
     """ISO 3166 code used to read numbers written without +country code (e.g. KE)."""
@@ -366,6 +372,11 @@ class Settings(BaseModel):
         if not is_valid_region(value):
             raise ValueError(f"unknown region {value!r}; use an ISO 3166 alpha-2 code such as KE or US")
         return value
+
+    @field_validator("metrics_dir")
+    @classmethod
+    def _metrics_dir(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("database_url")
     @classmethod

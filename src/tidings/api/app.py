@@ -1,7 +1,7 @@
 """The HTTP API: one module per resource (``messages``, ``batches``, ``templates``, ``webhooks``,
-``gateway``, ``inbound``, ``opt_outs``, ``log``, ``callbacks``, ``alerts``), each a thin layer over
-the services. OpenAPI at
-``/openapi.json``, docs at ``/docs`` and ``/redoc`` (``docs``, served without internet access).
+``gateway``, ``inbound``, ``opt_outs``, ``log``, ``callbacks``, ``stats``, ``alerts``, ``metrics``),
+each a thin layer over the services. OpenAPI at ``/openapi.json``, docs at ``/docs`` and
+``/redoc`` (``docs``, served without internet access).
 
 Every error is JSON ``{"error": {"code", "message", "field"?}}`` with a stable code; a message is
 committed to the database before the API answers 2xx.
@@ -39,6 +39,7 @@ from tidings.api import log as message_log
 from tidings.api.auth import KeyChecker
 from tidings.api.common import error_response, json_response
 from tidings.api.docs import add_docs
+from tidings.api.metrics import add_metrics
 from tidings.api.schemas import HealthOut
 from tidings.errors import BadRequest, DatabaseUnavailable, PayloadTooLarge, TidingsError, ValidationFailed
 from tidings.services import Service
@@ -285,6 +286,7 @@ def create_app(service: Service) -> FastAPI:
     ):
         app.include_router(module.router)
     webhooks.add_legacy_routes(app, service)
+    add_metrics(app, service)
     add_docs(app)
     app.add_middleware(
         BodyLimit,

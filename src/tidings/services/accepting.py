@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from tidings import metrics
 from tidings.clock import utc_field
 from tidings.config import Settings
 from tidings.domain.addresses import normalize_email, normalize_sender
@@ -315,6 +316,7 @@ class Acceptor:
             request_hash=request.fingerprint() if idempotency_key is not None else None,
         )
         if created:
+            metrics.accepted(new.provider, new.channel.value)
             self.waker.notify()
         return row, created
 

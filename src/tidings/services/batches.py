@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tidings import ids
+from tidings import ids, metrics
 from tidings.clock import utc_field, utcnow
 from tidings.config import Settings
 from tidings.domain.addresses import normalize_email, normalize_sender
@@ -175,7 +176,8 @@ class BatchService:
                     row["total"],
                     extra={"action": "batch", "batch_id": plan.batch_id, "group_id": spec.group_id},
                 )
-                accepted, refused = await self._write(conn, spec, plan)
+                stored, refused = await self._write(conn, spec, plan)
+                accepted = stored.total()
                 if accepted == 0:
                     raise _refused_whole(refused)
                 await batches.settle(conn, plan.batch_id, accepted=accepted, refused=refused)
@@ -185,6 +187,7 @@ class BatchService:
             if earlier is None:
                 raise
             return self._repeat(earlier, request_hash), False
+        metrics.accepted_counts(stored)
         self.waker.notify()
         row.update(accepted=accepted, refused=refused)
         log.info(
@@ -206,12 +209,12 @@ class BatchService:
 
     async def _write(
         self, conn: AsyncConnection, spec: BatchIn, plan: Plan
-    ) -> tuple[int, list[dict[str, Any]]]:
+    ) -> tuple[Counter[tuple[str, str]], list[dict[str, Any]]]:
         """Prepare the recipients a chunk at a time in a thread, writing each chunk while the next
-        one is prepared; returns how many were stored and the refusals."""
+        one is prepared; returns how many were stored, by provider and channel, and the refusals."""
         parts = batches.chunks(spec.recipients)
         refused: list[dict[str, Any]] = []
-        accepted = 0
+        stored: Counter[tuple[str, str]] = Counter()
         start = 0
         ready = asyncio.ensure_future(asyncio.to_thread(self._prepare, parts[0], 0, spec, plan))
         try:
@@ -225,9 +228,9 @@ class BatchService:
                 refused.extend(refusals)
                 if items:
                     results = await message_rows.insert_many(conn, items)
-                    for index, result in zip(indexes, results, strict=True):
+                    for index, (message, _new), result in zip(indexes, items, results, strict=True):
                         if result is None:
-                            accepted += 1
+                            stored[message["provider"], message["channel"]] += 1
                         else:
                             refused.append(_refusal(index, result))
                 start += len(part)
@@ -236,7 +239,7 @@ class BatchService:
                 ready.cancel()
                 await asyncio.gather(ready, return_exceptions=True)
         refused.sort(key=lambda r: int(r["index"]))
-        return accepted, refused
+        return stored, refused
 
     def _prepare(
         self, part: Sequence[RecipientIn], start: int, spec: BatchIn, plan: Plan

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from tidings import metrics
 from tidings.config import Settings
 from tidings.errors import ConfigError
 from tidings.providers import Provider, ProviderContext, build_providers
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 class Service:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        # Before any metric exists: where they are kept is fixed when the first one is made.
+        metrics.configure(settings.metrics_dir)
         self.settings = settings
         self.store = store or Store.connect(
             settings.database_url,

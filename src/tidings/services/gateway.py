@@ -23,13 +23,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tidings import metrics
 from tidings.clock import to_api, utcnow
+from tidings.domain.content import Channel
 from tidings.domain.reports import ProviderReport
 from tidings.providers.base import Provider
 from tidings.providers.gateway import UPDATE_EVENT, GatewayPoll, GatewayProvider
 from tidings.services.inbound import InboundService
 from tidings.store import Store, events, gateways, messages, queue
-from tidings.store.reports import ReportItem, StaleRead, apply_reports
+from tidings.store.reports import ReportItem, ReportOutcome, StaleRead, apply_reports, count_changes
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,10 @@ class Exchange:
     updates_unknown: list[str] = field(default_factory=list)
     outgoing: list[queue.Claimed] = field(default_factory=list)
     handed_over_again: int = 0
+    outcomes: list[ReportOutcome | None] = field(default_factory=list)
+    """What each applied update did (counted in the metrics once committed)."""
+    replies: int = 0
+    """Automatic replies to keywords queued."""
 
 
 def repeated_prefix(recorded: Sequence[Words], incoming: Sequence[Words]) -> int:
@@ -87,9 +93,12 @@ class GatewayService:
         for _ in range(_ATTEMPTS):
             try:
                 async with self.store.transaction() as conn:
-                    return await self._exchange(conn, phone, poll, address)
+                    result = await self._exchange(conn, phone, poll, address)
             except StaleRead:
                 continue
+            count_changes(result.outcomes)
+            metrics.accepted(phone.name, Channel.SMS.value, result.replies)
+            return result
         raise RuntimeError(f"messages of gateway {phone.name} kept changing during a poll")
 
     async def _exchange(
@@ -100,6 +109,7 @@ class GatewayService:
         received = await self.inbound.keep(conn, phone.name, phone.inbound(poll))
         result.inbound_stored = len(received.stored)
         result.inbound_duplicates = received.duplicates
+        result.replies = received.replies
         await self._apply_updates(conn, phone, phone.reports(poll), result)
         limit = phone.settings.batch_size
         again = await queue.held_unacknowledged(conn, phone.name, gateways.HANDED_OVER, limit=limit)
@@ -152,6 +162,7 @@ class GatewayService:
             explained = phone.explain(report.report)
             items.append(ReportItem(message_id, explained, type=UPDATE_EVENT, provider=phone.name))
         outcomes = await apply_reports(conn, items, self.store.reports.prices)
+        result.outcomes = outcomes
         result.updates_applied = sum(1 for o in outcomes if o is not None and o.refused is None)
 
     async def states(self) -> list[dict[str, Any]]:

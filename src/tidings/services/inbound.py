@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tidings import metrics
 from tidings.clock import utcnow
 from tidings.config import Settings
 from tidings.domain.content import Channel
@@ -62,6 +63,8 @@ class Received:
 
     stored: list[dict[str, Any]]
     duplicates: int
+    replies: int = 0
+    """Automatic replies queued (SMS, through the provider the messages came from)."""
 
 
 class InboundService:
@@ -76,7 +79,9 @@ class InboundService:
         if not items:
             return Received(stored=[], duplicates=0)
         async with self.store.transaction() as conn:
-            return await self.keep(conn, provider, items, webhook_log_id=webhook_log_id)
+            received = await self.keep(conn, provider, items, webhook_log_id=webhook_log_id)
+        metrics.accepted(provider, Channel.SMS.value, received.replies)
+        return received
 
     async def keep(
         self,
@@ -105,8 +110,9 @@ class InboundService:
         ]
         stored = await store_rows(conn, rows)
         await queue_inbound_callbacks(conn, stored)
+        replies = 0
         for row in stored:
-            await self._act_on_keyword(conn, row)
+            replies += await self._act_on_keyword(conn, row)
         if len(stored) < len(rows):
             log.info(
                 "%d inbound messages already stored; skipped",
@@ -119,12 +125,13 @@ class InboundService:
                 len(stored),
                 extra={"action": "inbound", "provider": provider},
             )
-        return Received(stored=stored, duplicates=len(rows) - len(stored))
+        return Received(stored=stored, duplicates=len(rows) - len(stored), replies=replies)
 
-    async def _act_on_keyword(self, conn: AsyncConnection, sms: Mapping[str, Any]) -> None:
+    async def _act_on_keyword(self, conn: AsyncConnection, sms: Mapping[str, Any]) -> bool:
+        """Act on a keyword alone in ``sms``; returns whether an automatic reply was queued."""
         found = self.policy.keywords.match(sms["body"])
         if found is None:
-            return
+            return False
         number, scope = sms["from"], self.policy.scope_for(sms.get("to"))
         now = sms["received_at"]
         if found.action is Action.OPT_OUT:
@@ -155,7 +162,9 @@ class InboundService:
                 metadata={"in_reply_to": sms["id"]},
                 exempt_from_opt_out=True,
             )
-            await messages.insert_many(conn, [(messages.new_row(new, now), new)])
+            refused = await messages.insert_many(conn, [(messages.new_row(new, now), new)])
+            return refused == [None]
+        return False
 
     # -- the opt-out list, managed by applications ------------------------------------------------
 

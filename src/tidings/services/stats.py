@@ -13,7 +13,7 @@ from tidings.clock import to_api, utcnow
 from tidings.domain.costs import format_micros
 from tidings.errors import InvalidInput
 from tidings.store import Store
-from tidings.store import stats as figures
+from tidings.store import stats as aggregates
 from tidings.store.stats import GROUP_KEYS, PERCENTILES, Group, StatsFilter
 
 
@@ -105,7 +105,7 @@ class StatsService:
         keys = self.check_by(by)
         filters = StatsFilter(start, end, provider=provider, channel=channel, batch=batch)
         async with self.store.engine.connect() as conn:
-            total, groups = await figures.summarize(conn, filters, keys)
+            total, groups = await aggregates.summarize(conn, filters, keys)
         return {
             "since": to_api(start),
             "until": to_api(end),
@@ -118,7 +118,7 @@ class StatsService:
         """Webhook processing per provider and event in the range."""
         start, end = self.check_range(since, until)
         async with self.store.engine.connect() as conn:
-            groups = await figures.webhooks(conn, start, end)
+            groups = await aggregates.webhooks(conn, start, end)
         return {
             "since": to_api(start),
             "until": to_api(end),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from tidings import metrics
 from tidings.config import Settings
 from tidings.errors import AddressNotAllowed, BadRequest, NotFound, WebhookRejected, WebhookTooLarge
 from tidings.providers.base import Provider, WebhookRequest, WebhookResult
@@ -130,8 +131,24 @@ class WebhookHandler:
         (answered 500, or 503 when the database is out of reach, so the provider tries again) and
         the entry keeps the error.
         """
-        address = client_address(peer, request.header("x-forwarded-for"), self._trusted)
         started = time.perf_counter()
+        # The event is a path segment anyone can write: only the provider's own name a series.
+        named = event if event in provider.webhook_media_types else "unknown"
+        outcome = "failed"
+        try:
+            answer = await self._receive(provider, event, request, peer, started)
+            outcome = "processed"
+            return answer
+        except WebhookRejected as exc:
+            outcome = exc.code
+            raise
+        finally:
+            metrics.webhook(provider.name, named, outcome, time.perf_counter() - started)
+
+    async def _receive(
+        self, provider: Provider, event: str, request: WebhookRequest, peer: str | None, started: float
+    ) -> WebhookAnswer:
+        address = client_address(peer, request.header("x-forwarded-for"), self._trusted)
         logged: dict[str, Any] = {
             "provider": provider.name,
             "kind": provider.kind,

@@ -13,6 +13,7 @@ retention.py   pruning and redaction in bounded batches
 measures.py    the other figures the alert rules watch
 alerts.py      alerts raised once, confirmed and resolved, with their callbacks
 batches.py     a batch's row (written with its messages) and its progress
+figures.py     what GET /metrics reads when scraped (queue depth, oldest due message, …)
 templates.py   stored templates and every version of them
 signatures.py  signed requests' signatures, each usable once
 secrets.py     the installation's own secrets (the unsubscribe links' key)
@@ -33,6 +34,7 @@ from tidings.store.batcher import WriteBatcher
 from tidings.store.batches import BatchStore
 from tidings.store.callbacks import CallbackStore
 from tidings.store.db import create_engine
+from tidings.store.figures import FigureStore
 from tidings.store.gateways import GatewayStore
 from tidings.store.inbound import InboundStore
 from tidings.store.keys import KeyStore
@@ -70,6 +72,7 @@ class Store:
         self.signatures = SignatureStore(engine)
         self.secrets = SecretStore(engine)
         self.alerts = AlertStore(engine)
+        self.figures = FigureStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Row, case, false, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from tidings import metrics
 from tidings.clock import utcnow
 from tidings.domain.content import Attachment, Channel, Content, EmailContent, SmsContent
 from tidings.domain.failures import FailureReason
@@ -396,7 +397,7 @@ class QueueStore:
                         lease_expires_at=None,
                         updated_at=now,
                     )
-                    .returning(messages.c.id, messages.c.status)
+                    .returning(messages.c.id, messages.c.status, messages.c.provider, messages.c.channel)
                 )
             ).all()
             await events.record_events(
@@ -413,6 +414,9 @@ class QueueStore:
                     for r in rows
                 ],
             )
+        for row in rows:
+            if row.status == Status.FAILED.value:
+                metrics.message_failed(row.provider, row.channel)
         if rows:
             log.warning(
                 "returned %d messages whose worker stopped mid-send",

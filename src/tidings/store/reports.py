@@ -11,7 +11,7 @@ one executemany), and one insert of the events with the callbacks they call for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tidings import metrics
 from tidings.clock import utcnow
 from tidings.domain.costs import PriceTable
 from tidings.domain.failures import FailureReason
@@ -100,6 +101,13 @@ class ReportOutcome:
     refused: str | None = None
     """Why the report was not applied (nor recorded) at all: it is not about a message its
     provider had."""
+    provider: str | None = None
+    channel: str | None = None
+    sent_at: datetime | None = None
+    delivered_at: datetime | None = None
+    """The message's provider, channel and times after the report (for the metrics)."""
+    first_sent: bool = False
+    """The report set the message's ``sent_at``: the provider has accepted it."""
 
     @property
     def changed(self) -> bool:
@@ -204,6 +212,7 @@ async def apply_reports(
             continue
         report = item.report
         after = apply_report(current, report.status)
+        sent_before = row["sent_at"]
         values: dict[str, Any] = {}
         if after != current:
             values.update(_status_columns(after, report, row["sent_at"]))
@@ -248,7 +257,18 @@ async def apply_reports(
                 detail=report.detail,
             )
         )
-        outcomes.append(ReportOutcome(item.message_id, current, after))
+        outcomes.append(
+            ReportOutcome(
+                item.message_id,
+                current,
+                after,
+                provider=row["provider"],
+                channel=row["channel"],
+                sent_at=row["sent_at"],
+                delivered_at=row["delivered_at"],
+                first_sent=sent_before is None and row["sent_at"] is not None,
+            )
+        )
     by_columns: dict[frozenset[str], list[str]] = {}
     for message_id, changed in sorted(touched.items()):
         by_columns.setdefault(frozenset(changed), []).append(message_id)
@@ -298,6 +318,23 @@ async def apply_reports(
     return outcomes
 
 
+def count_changes(outcomes: Iterable[ReportOutcome | None]) -> None:
+    """Count in the metrics the status changes of ``outcomes``, once their transaction is
+    committed: each outcome is one change, so each is counted once."""
+    for outcome in outcomes:
+        if outcome is None or not outcome.changed or outcome.provider is None or outcome.channel is None:
+            continue
+        if outcome.first_sent:
+            metrics.message_sent(outcome.provider, outcome.channel)
+        if outcome.status_after is Status.DELIVERED:
+            waited = None
+            if outcome.sent_at is not None and outcome.delivered_at is not None:
+                waited = (outcome.delivered_at - outcome.sent_at).total_seconds()
+            metrics.message_delivered(outcome.provider, outcome.channel, waited)
+        elif outcome.status_after is Status.FAILED:
+            metrics.message_failed(outcome.provider, outcome.channel)
+
+
 class ReportStore:
     """Applies reports one at a time for its callers, many per transaction underneath."""
 
@@ -317,9 +354,11 @@ class ReportStore:
             try:
                 # Group commit: reports arriving together are applied together, set-based.
                 outcome: ReportOutcome | None = await self.writes.run_many(self._apply_many, item)
-                return outcome
             except StaleRead:
                 continue
+            # Committed (a write whose commit went unanswered raises instead, and goes uncounted).
+            count_changes([outcome])
+            return outcome
         raise RuntimeError(f"message {item.message_id} kept changing while a report was applied")
 
     async def record_accepted(

@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 from aiohttp.abc import ResolveResult
 
+from tidings import metrics
 from tidings.clock import utcnow
 from tidings.config import Settings
 from tidings.domain.destinations import Network, address_refusal, networks, url_refusal
@@ -169,6 +170,7 @@ class CallbackSender:
             return
         if 200 <= status < 300:
             await self.store.callbacks.delivered(callback.id, status)
+            metrics.callback("delivered")
             return
         temporary = status == 429 or status >= 500
         await self._failed(callback, f"HTTP {status} {reason[:60]}".strip(), status, retry=temporary)
@@ -181,6 +183,7 @@ class CallbackSender:
         await self.store.callbacks.not_delivered(
             callback.id, error=error, status_code=status, retry_at=retry_at
         )
+        metrics.callback("failed" if retry_at is None else "retry")
         if retry_at is None:
             log.error(
                 "callback %s to %s failed for good after %d attempts: %s",

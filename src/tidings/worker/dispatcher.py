@@ -19,11 +19,13 @@ import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from tidings import metrics
 from tidings.clock import utcnow
 from tidings.config import Settings
 from tidings.domain.reports import ProviderReport, Report
@@ -290,7 +292,11 @@ class Dispatcher:
         )
         try:
             async with lane.slot():
-                result = await provider.send(outbound)
+                started = time.perf_counter()
+                try:
+                    result = await provider.send(outbound)
+                finally:
+                    metrics.send_seconds(provider.name, time.perf_counter() - started)
         except ProviderError as exc:
             await self._record_error(message, exc)
             return
@@ -310,6 +316,7 @@ class Dispatcher:
         )
 
     async def _record_error(self, message: Claimed, exc: ProviderError) -> None:
+        metrics.provider_error(message.provider, exc.code)
         now = utcnow()
         detail = {"attempt": message.attempts, "raw": exc.raw}
         if exc.temporary:
