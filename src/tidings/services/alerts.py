@@ -16,7 +16,6 @@ not taken for the condition clearing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from tidings.providers.base import Provider
 from tidings.providers.gateway import GatewaySettings
 from tidings.store import Store, measures
 from tidings.store.stats import Totals, totals
+from tidings.worker.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -121,14 +121,13 @@ class AlertService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check the rules every ``alert_interval`` until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.evaluate()
-            except Exception:
-                log.exception("alert check failed; trying again later", extra={"action": "alert"})
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.alert_interval):
-                    await stop.wait()
+        await every(
+            self.settings.alert_interval,
+            stop,
+            self.evaluate,
+            failed="alert check failed; trying again later",
+            action="alert",
+        )
 
     async def search(
         self, *, status: str | None, rule: str | None, since: datetime | None, cursor: str | None, limit: int

@@ -8,7 +8,6 @@ and ``inbound_retention_days`` say it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -16,6 +15,7 @@ from datetime import timedelta
 from tidings.clock import utcnow
 from tidings.config import Settings
 from tidings.store import Store
+from tidings.worker.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,10 @@ class Retention:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every ``prune_interval_seconds`` until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("retention round failed; retrying later", extra={"action": "prune"})
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.prune_interval_seconds):
-                    await stop.wait()
+        await every(
+            self.settings.prune_interval_seconds,
+            stop,
+            self.run_once,
+            failed="retention round failed; retrying later",
+            action="prune",
+        )

@@ -37,6 +37,7 @@ from tidings.store import Store
 from tidings.store.queue import Claimed
 from tidings.store.reports import ReportItem
 from tidings.worker.limits import RateLimiter
+from tidings.worker.periodic import every
 from tidings.worker.wakeup import Waker
 
 if TYPE_CHECKING:
@@ -201,14 +202,13 @@ class Dispatcher:
         return moved
 
     async def _maintain(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.maintain_once()
-            except Exception:
-                log.exception("maintenance failed; retrying", extra={"action": "maintenance"})
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.maintenance_interval):
-                    await stop.wait()
+        await every(
+            self.settings.maintenance_interval,
+            stop,
+            self.maintain_once,
+            failed="maintenance failed; retrying",
+            action="maintenance",
+        )
 
     async def poll_once(self) -> int:
         """Ask providers about one batch each of ``sent`` messages whose receipt is late; returns
@@ -261,14 +261,13 @@ class Dispatcher:
         return changed
 
     async def _poll_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.poll_once()
-            except Exception:
-                log.exception("status polling failed; retrying", extra={"action": "poll"})
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.poll_check_seconds):
-                    await stop.wait()
+        await every(
+            self.settings.poll_check_seconds,
+            stop,
+            self.poll_once,
+            failed="status polling failed; retrying",
+            action="poll",
+        )
 
     async def _send(self, lane: Lane, message: Claimed) -> None:
         try:
