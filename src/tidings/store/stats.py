@@ -137,20 +137,15 @@ class Group:
                     found[p] = round(value, 3)
 
 
-_SHORT_CALLING_CODES = {
-    1: sorted(str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE if c < 10),
-    2: sorted(str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE if 10 <= c < 100),
-}
+_CALLING_CODES = frozenset(str(code) for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 
 
-def _calling_code(to: Any) -> Any:
-    """The country calling code of an E.164 number in SQL: calling codes are prefix-free, so the
-    first one to three digits that form one are it."""
-    return case(
-        (func.substr(to, 2, 1).in_(_SHORT_CALLING_CODES[1]), func.substr(to, 2, 1)),
-        (func.substr(to, 2, 2).in_(_SHORT_CALLING_CODES[2]), func.substr(to, 2, 2)),
-        else_=func.substr(to, 2, 3),
-    )
+def calling_code(digits: str | None) -> str | None:
+    """The country calling code that ``digits`` (an E.164 number's first digits) begin with:
+    calling codes are prefix-free, so the first one to three digits that form one are it."""
+    if not digits:
+        return None
+    return next((digits[:n] for n in (1, 2, 3) if digits[:n] in _CALLING_CODES), None)
 
 
 def _seconds_between(conn: AsyncConnection, start: Any, end: Any) -> Any:
@@ -161,9 +156,12 @@ def _seconds_between(conn: AsyncConnection, start: Any, end: Any) -> Any:
 
 
 def _bucket(conn: AsyncConnection, column: Any, hourly: bool) -> Any:
+    """The day or hour of a time, as cheaply as each database gives it (labelled by :func:`_shown`):
+    PostgreSQL truncates the timestamp; SQLite keeps times as text (``2025-03-14 09:26:53.589``),
+    whose first 10 or 13 characters are the day or the hour, with no date to parse."""
     if conn.dialect.name == "postgresql":
-        return func.to_char(column, 'YYYY-MM-DD"T"HH24:00' if hourly else "YYYY-MM-DD")
-    return func.strftime("%Y-%m-%dT%H:00" if hourly else "%Y-%m-%d", column)
+        return func.date_trunc("hour" if hourly else "day", column)
+    return func.substr(column, 1, 13 if hourly else 10)
 
 
 def _tags(conn: AsyncConnection) -> Any:
@@ -183,7 +181,9 @@ def _key_column(conn: AsyncConnection, name: str, tags: Any) -> Any:
     if name == "batch":
         return messages.c.batch_id
     if name == "country":
-        return case((messages.c.channel == "sms", _calling_code(messages.c.to)), else_=None)
+        # The first three digits; their calling code is found in Python (:func:`_shown`), and
+        # groups that share one are merged there.
+        return case((messages.c.channel == "sms", func.substr(messages.c.to, 2, 3)), else_=None)
     return messages.c[name]
 
 
@@ -218,8 +218,20 @@ def _whole(value: Any) -> int | None:
     return int(value) if value is not None else None
 
 
-def _label(values: Sequence[Any]) -> tuple[str | None, ...]:
-    return tuple(None if v is None else str(v) for v in values)
+def _shown(name: str, value: Any) -> str | None:
+    """A key's value as the API shows it, from what :func:`_key_column` read."""
+    if value is None:
+        return None
+    if name in ("day", "hour"):
+        text = value.isoformat(sep="T") if isinstance(value, datetime) else str(value).replace(" ", "T")
+        return text[:10] if name == "day" else text[:13] + ":00"
+    if name == "country":
+        return calling_code(str(value))
+    return str(value)
+
+
+def _label(by: Sequence[str], values: Sequence[Any]) -> tuple[str | None, ...]:
+    return tuple(_shown(name, value) for name, value in zip(by, values, strict=True))
 
 
 def _joined(conn: AsyncConnection, seconds: Any) -> Any:
@@ -244,6 +256,7 @@ async def _gathered(
 ) -> list[Gathered]:
     """Per combination of key values, status and currency: the count, segments, cost, and the
     seconds each message took from acceptance to sent and to delivered. One statement."""
+    names = [str(k.name).removeprefix("k_") for k in keys]
     query = _scoped(
         conn,
         [
@@ -264,7 +277,7 @@ async def _gathered(
         *values, status, currency, count, segments, cost, sent, delivered = row
         found.append(
             (
-                _label(values),
+                _label(names, values),
                 str(status),
                 currency,
                 int(count),
