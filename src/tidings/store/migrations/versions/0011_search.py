@@ -1,0 +1,97 @@
+"""Full-text search over messages' body and subject.
+
+SQLite: an external-content FTS5 table, ``messages_fts``, over ``messages`` (body, subject),
+keyed by the messages' rowid, kept right by triggers on insert, delete and any update of body or
+subject (retention's redaction blanks bodies). PostgreSQL: a generated ``tsvector`` column,
+``search_vector``, with a GIN index, ``ix_messages_search``; ``tidings_search_text`` prepares text
+for it (and for queries). Messages already stored are indexed here.
+
+Neither is in ``tables.py``: they exist on one database each (see ``store/search.py``).
+
+On PostgreSQL, adding a stored generated column rewrites the table under an exclusive lock:
+on a large messages table this migration takes a while (about a minute per million messages),
+during which nothing can be written.
+
+Revision ID: 0011
+Revises: 0010
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+# Letters lose their accents (decomposed, then the combining marks dropped) and ASCII punctuation
+# separates words, so that PostgreSQL's parser cuts text as SQLite's unicode61 tokenizer does
+# (amina@example.org is three words, not one email token). normalize() needs a UTF8 database.
+_POSTGRES = [
+    r"""
+    CREATE FUNCTION tidings_search_text(value text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $fn$
+        SELECT regexp_replace(
+            regexp_replace(
+                normalize(value, NFD),
+                '[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]', '', 'g'
+            ),
+            '[!-/:-@[-`{-~]', ' ', 'g'
+        )
+    $fn$
+    """,
+    """
+    ALTER TABLE messages ADD COLUMN search_vector tsvector GENERATED ALWAYS AS (
+        to_tsvector('simple'::regconfig, tidings_search_text(coalesce(subject, '') || ' ' || body))
+    ) STORED
+    """,
+    "CREATE INDEX ix_messages_search ON messages USING gin (search_vector)",
+]
+
+_SQLITE = [
+    """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        body, subject, content='messages', content_rowid='rowid',
+        tokenize='unicode61 remove_diacritics 2'
+    )
+    """,
+    """
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, body, subject) VALUES (new.rowid, new.body, new.subject);
+    END
+    """,
+    """
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body, subject)
+        VALUES ('delete', old.rowid, old.body, old.subject);
+    END
+    """,
+    """
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF body, subject ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, body, subject)
+        VALUES ('delete', old.rowid, old.body, old.subject);
+        INSERT INTO messages_fts (rowid, body, subject) VALUES (new.rowid, new.body, new.subject);
+    END
+    """,
+    # The messages already stored.
+    "INSERT INTO messages_fts (messages_fts) VALUES ('rebuild')",
+]
+
+
+def upgrade() -> None:
+    dialect = op.get_bind().dialect.name
+    for statement in _POSTGRES if dialect == "postgresql" else _SQLITE:
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP INDEX ix_messages_search")
+        op.execute("ALTER TABLE messages DROP COLUMN search_vector")
+        op.execute("DROP FUNCTION tidings_search_text(text)")
+        return
+    for trigger in ("messages_fts_update", "messages_fts_delete", "messages_fts_insert"):
+        op.execute(f"DROP TRIGGER {trigger}")
+    op.execute("DROP TABLE messages_fts")
