@@ -118,9 +118,9 @@ async def list_messages(
 ) -> Response:
     """Messages, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``."""
     filters = MessageFilter(
-        status=status,
+        statuses=(status,) if status is not None else (),
         to=normalize_e164(to, service.settings.default_region) if to else None,
-        tag=printable(tag, "tag"),
+        tags=(printable(tag, "tag") or "",) if tag is not None else (),
         provider=printable(provider, "provider"),
         batch=printable(batch, "batch"),
         created_after=utc_field(created_after, "created_after"),

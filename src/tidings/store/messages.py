@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -21,9 +21,10 @@ from tidings.clock import utcnow
 from tidings.domain.content import EmailContent, SmsContent
 from tidings.domain.failures import reason_for
 from tidings.domain.messages import NewMessage
+from tidings.domain.search import number_prefix
 from tidings.domain.status import CANCELLABLE, Status
 from tidings.errors import IdempotencyConflict, RecipientOptedOut
-from tidings.store import bulk, events
+from tidings.store import bulk, events, search
 from tidings.store.batcher import WriteBatcher
 from tidings.store.db import plain
 from tidings.store.sql import in_values
@@ -42,13 +43,32 @@ _MESSAGE_COLUMNS = tuple(str(c.name) for c in messages.columns)
 
 @dataclass(frozen=True)
 class MessageFilter:
-    status: Status | None = None
+    """What a list of messages is narrowed to; every field given must hold (``None``: any).
+
+    ``terms`` are the words of a text query (``domain.search.search_terms``): all must be in the
+    body or subject. ``tags``: the message has all of them. ``statuses``: any of them.
+    ``to_prefix``: the recipient's number starts with it. ``cost_min``/``cost_max`` bound the
+    cost (both inclusive, in millionths) of messages priced in ``currency``, which a cost bound
+    requires: amounts in different currencies do not compare.
+    """
+
+    statuses: tuple[Status, ...] = ()
     to: str | None = None
-    tag: str | None = None
+    to_prefix: str | None = None
+    tags: tuple[str, ...] = ()
     provider: str | None = None
+    channel: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
     batch: str | None = None
+    terms: tuple[str, ...] = ()
+    currency: str | None = None
+    cost_min: int | None = None
+    cost_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cost_min is not None or self.cost_max is not None) and self.currency is None:
+            raise ValueError("a cost bound needs the currency its amounts are in")
 
 
 @dataclass(frozen=True)
@@ -339,26 +359,44 @@ class MessageStore:
     async def search(
         self, filters: MessageFilter, *, after_id: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
-        """Messages matching ``filters``, newest first, starting after the cursor ``after_id``."""
+        """Messages matching ``filters``, newest first, starting after the cursor ``after_id``.
+
+        Which filter an index serves is in the README (Searching messages)."""
         query: Select[Any] = select(messages)
-        if filters.tag is not None:
-            query = query.join(
-                message_tags,
-                and_(message_tags.c.message_id == messages.c.id, message_tags.c.tag == filters.tag),
-            )
-        conditions = []
-        if filters.status is not None:
-            conditions.append(messages.c.status == filters.status.value)
+        for i, tag in enumerate(filters.tags):
+            # One join per tag, on the (message_id, tag) key: a message has each tag at most once.
+            tagged = message_tags.alias(f"tag_{i}")
+            query = query.join(tagged, and_(tagged.c.message_id == messages.c.id, tagged.c.tag == tag))
+        conditions: list[ColumnElement[bool]] = []
+        if filters.statuses:
+            conditions.append(in_values(messages.c.status, sorted({s.value for s in filters.statuses})))
         if filters.to is not None:
             conditions.append(messages.c.to == filters.to)
+        if filters.to_prefix is not None:
+            low, high = number_prefix(filters.to_prefix)
+            # The range is what ix_messages_to serves; the prefix itself is the exact test.
+            conditions.append(messages.c.to >= low)
+            if high is not None:
+                conditions.append(messages.c.to < high)
+            conditions.append(func.substr(messages.c.to, 1, len(low)) == low)
         if filters.provider is not None:
             conditions.append(messages.c.provider == filters.provider)
+        if filters.channel is not None:
+            conditions.append(messages.c.channel == filters.channel)
         if filters.batch is not None:
             conditions.append(messages.c.batch_id == filters.batch)
         if filters.created_after is not None:
             conditions.append(messages.c.created_at >= filters.created_after)
         if filters.created_before is not None:
             conditions.append(messages.c.created_at < filters.created_before)
+        if filters.currency is not None:
+            conditions.append(messages.c.currency == filters.currency)
+        if filters.cost_min is not None:
+            conditions.append(messages.c.cost_micros >= filters.cost_min)
+        if filters.cost_max is not None:
+            conditions.append(messages.c.cost_micros <= filters.cost_max)
+        if filters.terms:
+            conditions.append(search.matches(self.engine.dialect.name, filters.terms))
         if after_id is not None:
             conditions.append(messages.c.id < after_id)
         query = query.where(*conditions).order_by(messages.c.id.desc()).limit(limit)
