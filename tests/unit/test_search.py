@@ -14,6 +14,7 @@ from tidings.domain.search import (
     MAX_TERMS,
     amount_micros,
     amount_text,
+    cost_range,
     currency_code,
     number_prefix,
     search_terms,
@@ -157,3 +158,29 @@ def test_a_currency_is_three_letters_made_upper_case() -> None:
     for code in ("KE", "KESH", "K3S", "ÉUR", ""):
         with pytest.raises(InvalidInput):
             currency_code(code)
+
+
+def test_a_cost_range_is_exact_in_its_currency() -> None:
+    assert cost_range("kes", "0.05", "0.5") == ("KES", 50_000, 500_000)
+    assert cost_range("KES", None, None) == ("KES", None, None)
+    assert cost_range(None, None, None) == (None, None, None)
+    assert cost_range("KES", "0.5", "0.5") == ("KES", 500_000, 500_000)
+
+
+@pytest.mark.parametrize(
+    ("currency", "low", "high", "field"),
+    [
+        (None, "0.05", None, "cost_min"),
+        (None, None, "0.05", "cost_max"),
+        ("KES", "0.5", "0.499999", "cost_max"),
+        ("KES", "-1", None, "cost_min"),
+        ("KESH", None, None, "currency"),
+    ],
+)
+def test_a_cost_range_that_cannot_hold_is_refused_naming_the_field(
+    currency: str | None, low: str | None, high: str | None, field: str
+) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        cost_range(currency, low, high)
+
+    assert refused.value.field == field

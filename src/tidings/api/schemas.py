@@ -12,6 +12,7 @@ from tidings.domain.batches import FileIn, progress
 from tidings.domain.content import Channel
 from tidings.domain.failures import FailureReason
 from tidings.domain.requests import RequestModel, Timestamp
+from tidings.domain.search import amount_text
 from tidings.domain.segments import Encoding
 from tidings.domain.status import Status
 from tidings.store.log import Kind
@@ -171,6 +172,8 @@ _MESSAGE: dict[str, Any] = {
     "batch_id": None,
     "template_id": None,
     "template_version": None,
+    "cost": "0.0075",
+    "currency": "USD",
 }
 
 
@@ -225,6 +228,8 @@ class MessageOut(BaseModel):
     batch_id: str | None = Field(description="The batch it came in (`GET /v1/batches/{id}`).")
     template_id: str | None = Field(description="The stored template its body was rendered from.")
     template_version: int | None = Field(description="That template's version.")
+    cost: str | None = Field(description="What it cost, exactly, as a decimal (`0.0075`); null until known.")
+    currency: str | None = Field(description="The ISO 4217 currency of `cost`.")
     events: list[EventOut] | None = Field(default=None, description="Its history, oldest first.")
 
 
@@ -907,7 +912,7 @@ _TIMES = (
     "opened_at",
     "clicked_at",
 )
-_HIDDEN = ("api_key_id", "idempotency_key", "request_hash", "lease_owner", "lease_expires_at")
+_HIDDEN = ("api_key_id", "idempotency_key", "request_hash", "lease_owner", "lease_expires_at", "cost_micros")
 
 
 def message_json(row: dict[str, Any], events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -916,6 +921,7 @@ def message_json(row: dict[str, Any], events: list[dict[str, Any]] | None = None
         out[key] = to_api(row[key])
     out["route"] = list(row["route"] or [row["provider"]])
     out["ordered"] = bool(row["ordered"])
+    out["cost"] = None if row["cost_micros"] is None else amount_text(row["cost_micros"])
     if row["status"] in ("sent", "delivered", "failed", "cancelled"):
         out["next_attempt_at"] = None
     if events is not None:

@@ -30,8 +30,11 @@ MICROS = 1_000_000
 AMOUNT_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,6})?$"
 """A decimal amount as a search takes it: no sign, no exponent, at most 6 decimals."""
 _AMOUNT = re.compile(AMOUNT_PATTERN)
-_CURRENCY = re.compile(r"[A-Za-z]{3}")
-_PREFIX = re.compile(r"\+[1-9][0-9]{0,14}")
+CURRENCY_PATTERN = r"^[A-Za-z]{3}$"
+_CURRENCY = re.compile(CURRENCY_PATTERN)
+PREFIX_PATTERN = r"^\+[1-9][0-9]{0,14}$"
+"""A number prefix: ``+`` and 1 to 15 digits, as E.164 numbers begin."""
+_PREFIX = re.compile(PREFIX_PATTERN)
 
 
 def _word_character(c: str) -> bool:
@@ -104,6 +107,23 @@ def currency_code(code: str, field: str = "currency") -> str:
     if not _CURRENCY.fullmatch(code):
         raise InvalidInput(f"{field} must be a three-letter ISO 4217 code, such as KES", field=field)
     return code.upper()
+
+
+def cost_range(
+    currency: str | None, cost_min: str | None, cost_max: str | None
+) -> tuple[str | None, int | None, int | None]:
+    """A cost filter made exact: the currency (upper case) and the bounds in millionths, both
+    inclusive. A bound needs the currency, since amounts in two currencies do not compare; a
+    maximum below the minimum is refused. :class:`InvalidInput` names the field at fault."""
+    code = currency_code(currency) if currency is not None else None
+    low = amount_micros(cost_min, "cost_min") if cost_min is not None else None
+    high = amount_micros(cost_max, "cost_max") if cost_max is not None else None
+    if code is None and (low is not None or high is not None):
+        field = "cost_min" if low is not None else "cost_max"
+        raise InvalidInput(f"{field} needs currency: amounts in two currencies do not compare", field=field)
+    if low is not None and high is not None and high < low:
+        raise InvalidInput("cost_max is below cost_min", field="cost_max")
+    return code, low, high
 
 
 def amount_text(micros: int) -> str:
