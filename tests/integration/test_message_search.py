@@ -14,11 +14,11 @@ from sqlalchemy import delete, text, update
 from tidings.clock import utcnow
 from tidings.domain.content import EmailContent
 from tidings.domain.messages import NewMessage
-from tidings.domain.search import amount_micros, search_terms
+from tidings.domain.search import amount_micros, number_prefix, search_terms
 from tidings.domain.status import Status
 from tidings.errors import InvalidInput
-from tidings.store import Store
-from tidings.store.messages import MessageFilter, insert_many, new_row
+from tidings.store import Store, search
+from tidings.store.messages import MessageFilter, insert_many, new_row, search_query
 from tidings.store.tables import messages
 
 KENYA = "+254712345678"
@@ -311,3 +311,86 @@ async def test_filters_combine(store: Store) -> None:
     assert await found(store, "reminder", statuses=(Status.DELIVERED,), tags=("anc",), to_prefix="+2547") == [
         wanted
     ]
+
+
+# -- how SQLite reaches the rows -----------------------------------------------------------------
+
+SQLITE_ACCESSES = [
+    search.Access(text=text, prefix_range=prefix_range)
+    for text in ("drive", "list", "probe")
+    for prefix_range in (False, True)
+]
+
+
+async def test_sqlite_counts_decide_where_a_search_starts(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if store.is_postgres:
+        pytest.skip("SQLite only: PostgreSQL plans from its own statistics")
+    monkeypatch.setattr(search, "SQLITE_FEW", 2)
+    monkeypatch.setattr(search, "SQLITE_LISTED", 4)
+    for n in range(6):
+        words = ["common", *(["middling"] if n < 3 else []), *(["rare"] if n < 1 else [])]
+        await add(store, " ".join(words), to=f"+25471234567{n}" if n < 2 else f"+25571234567{n}")
+
+    async with store.engine.connect() as conn:
+        for words, text in ((("rare",), "drive"), (("middling",), "list"), (("common",), "probe")):
+            assert (await search.sqlite_access(conn, words, None)).text == text, words
+        assert (await search.sqlite_access(conn, (), number_prefix("+2547"))).prefix_range
+        assert not (await search.sqlite_access(conn, (), number_prefix("+255"))).prefix_range
+        # A text few enough to start from makes the number range a mere check.
+        assert not (await search.sqlite_access(conn, ("rare",), number_prefix("+2547"))).prefix_range
+
+
+@pytest.mark.parametrize(
+    ("q", "filters"),
+    [
+        ("reminder", {}),
+        ("reminder clinic", {"statuses": (Status.DELIVERED, Status.FAILED)}),
+        ("reminder", {"to_prefix": "+2547"}),
+        ("reminder", {"tags": ("anc",)}),
+        (None, {"tags": ("anc", "vip")}),
+        (None, {"to_prefix": "+2547", "tags": ("anc",)}),
+        ("clinic", {"tags": ("vip",), "to_prefix": "+255"}),
+    ],
+)
+async def test_every_way_sqlite_can_reach_the_rows_finds_the_same_pages(
+    store: Store, q: str | None, filters: dict[str, Any]
+) -> None:
+    if store.is_postgres:
+        pytest.skip("SQLite only: one statement on PostgreSQL")
+    stored: list[tuple[str, set[str], str, set[str], Status]] = []
+    for n in range(24):
+        words = {"reminder"} if n % 2 else {"payment"}
+        if n % 3 == 0:
+            words.add("clinic")
+        to = ("+25471234" if n % 4 else "+25571234") + f"{n:04d}"
+        tags = {"anc"} if n % 3 else {"vip"}
+        if n % 5 == 0:
+            tags |= {"anc", "vip"}
+        status = (Status.DELIVERED, Status.FAILED, Status.SENT)[n % 3]
+        message = await add(store, " ".join(sorted(words)), to=to, tags=tuple(sorted(tags)), status=status)
+        stored.append((message, words, to, tags, status))
+    wanted = MessageFilter(terms=search_terms(q) if q else (), **filters)
+    expected = [
+        message
+        for message, words, to, tags, status in reversed(stored)
+        if set(wanted.terms) <= words
+        and set(wanted.tags) <= tags
+        and (not wanted.statuses or status in wanted.statuses)
+        and (wanted.to_prefix is None or to.startswith(wanted.to_prefix))
+    ]
+    assert expected, "the case must find something"
+
+    for access in SQLITE_ACCESSES:
+        pages: list[str] = []
+        after: str | None = None
+        while True:
+            query = search_query("sqlite", wanted, access=access, after_id=after, limit=3)
+            async with store.engine.connect() as conn:
+                page = [str(r.id) for r in await conn.execute(query)]
+            pages += page
+            if len(page) < 3:
+                break
+            after = page[-1]
+        assert pages == expected, access

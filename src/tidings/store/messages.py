@@ -281,6 +281,69 @@ async def of_provider(conn: AsyncConnection, message_ids: Sequence[str], provide
     return {str(m) for m in (await conn.execute(query)).scalars()}
 
 
+def search_query(
+    dialect: str,
+    filters: MessageFilter,
+    *,
+    access: search.Access = search.POSTGRES,
+    after_id: str | None = None,
+    limit: int = 50,
+) -> Select[Any]:
+    """The statement that lists messages matching ``filters``, newest first, after ``after_id``,
+    reaching its rows as ``access`` says (see :class:`~tidings.store.search.Access`).
+
+    Which filter an index serves is in the README (Searching messages)."""
+    sqlite = dialect == "sqlite"
+    query: Select[Any] = select(messages)
+    tagged = [message_tags.alias(f"tag_{i}") for i in range(len(filters.tags))]
+    for alias, tag in zip(tagged, filters.tags, strict=True):
+        # One join per tag, on the (message_id, tag) key: a message has each tag at most once.
+        query = query.join(alias, and_(alias.c.message_id == messages.c.id, alias.c.tag == tag))
+    # What the walk newest first follows: the ids, or on SQLite the first tag's index when no
+    # other index picks the rows (SQLite does not see that it gives the same order).
+    walk = messages.c.id
+    if sqlite and access.text == "drive":
+        query = query.with_hint(messages, "NOT INDEXED", dialect_name="sqlite")
+    elif sqlite and filters.to_prefix is not None and access.prefix_range:
+        query = query.with_hint(messages, "INDEXED BY ix_messages_to", dialect_name="sqlite")
+    elif sqlite and tagged and filters.batch is None and filters.to is None:
+        walk = tagged[0].c.message_id
+    conditions: list[ColumnElement[bool]] = []
+    if filters.statuses:
+        conditions.append(in_values(messages.c.status, sorted({s.value for s in filters.statuses})))
+    if filters.to is not None:
+        conditions.append(messages.c.to == filters.to)
+    if filters.to_prefix is not None:
+        low, high = number_prefix(filters.to_prefix)
+        if access.prefix_range:
+            conditions.append(messages.c.to >= low)
+            if high is not None:
+                conditions.append(messages.c.to < high)
+        # The range is what ix_messages_to serves; this is the exact test.
+        conditions.append(func.substr(messages.c.to, 1, len(low)) == low)
+    if filters.provider is not None:
+        conditions.append(messages.c.provider == filters.provider)
+    if filters.channel is not None:
+        conditions.append(messages.c.channel == filters.channel)
+    if filters.batch is not None:
+        conditions.append(messages.c.batch_id == filters.batch)
+    if filters.created_after is not None:
+        conditions.append(messages.c.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        conditions.append(messages.c.created_at < filters.created_before)
+    if filters.currency is not None:
+        conditions.append(messages.c.currency == filters.currency)
+    if filters.cost_min is not None:
+        conditions.append(messages.c.cost_micros >= filters.cost_min)
+    if filters.cost_max is not None:
+        conditions.append(messages.c.cost_micros <= filters.cost_max)
+    if filters.terms:
+        conditions.append(search.matches(dialect, filters.terms, access))
+    if after_id is not None:
+        conditions.append(walk < after_id)
+    return query.where(*conditions).order_by(walk.desc()).limit(limit)
+
+
 class MessageStore:
     def __init__(self, engine: AsyncEngine, writes: WriteBatcher | None = None) -> None:
         self.engine = engine
@@ -359,48 +422,14 @@ class MessageStore:
     async def search(
         self, filters: MessageFilter, *, after_id: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
-        """Messages matching ``filters``, newest first, starting after the cursor ``after_id``.
-
-        Which filter an index serves is in the README (Searching messages)."""
-        query: Select[Any] = select(messages)
-        for i, tag in enumerate(filters.tags):
-            # One join per tag, on the (message_id, tag) key: a message has each tag at most once.
-            tagged = message_tags.alias(f"tag_{i}")
-            query = query.join(tagged, and_(tagged.c.message_id == messages.c.id, tagged.c.tag == tag))
-        conditions: list[ColumnElement[bool]] = []
-        if filters.statuses:
-            conditions.append(in_values(messages.c.status, sorted({s.value for s in filters.statuses})))
-        if filters.to is not None:
-            conditions.append(messages.c.to == filters.to)
-        if filters.to_prefix is not None:
-            low, high = number_prefix(filters.to_prefix)
-            # The range is what ix_messages_to serves; the prefix itself is the exact test.
-            conditions.append(messages.c.to >= low)
-            if high is not None:
-                conditions.append(messages.c.to < high)
-            conditions.append(func.substr(messages.c.to, 1, len(low)) == low)
-        if filters.provider is not None:
-            conditions.append(messages.c.provider == filters.provider)
-        if filters.channel is not None:
-            conditions.append(messages.c.channel == filters.channel)
-        if filters.batch is not None:
-            conditions.append(messages.c.batch_id == filters.batch)
-        if filters.created_after is not None:
-            conditions.append(messages.c.created_at >= filters.created_after)
-        if filters.created_before is not None:
-            conditions.append(messages.c.created_at < filters.created_before)
-        if filters.currency is not None:
-            conditions.append(messages.c.currency == filters.currency)
-        if filters.cost_min is not None:
-            conditions.append(messages.c.cost_micros >= filters.cost_min)
-        if filters.cost_max is not None:
-            conditions.append(messages.c.cost_micros <= filters.cost_max)
-        if filters.terms:
-            conditions.append(search.matches(self.engine.dialect.name, filters.terms))
-        if after_id is not None:
-            conditions.append(messages.c.id < after_id)
-        query = query.where(*conditions).order_by(messages.c.id.desc()).limit(limit)
+        """Messages matching ``filters``, newest first, starting after the cursor ``after_id``."""
+        dialect = self.engine.dialect.name
         async with self.engine.connect() as conn:
+            access = search.POSTGRES
+            if dialect == "sqlite" and (filters.terms or filters.to_prefix is not None):
+                prefix = number_prefix(filters.to_prefix) if filters.to_prefix is not None else None
+                access = await search.sqlite_access(conn, filters.terms, prefix)
+            query = search_query(dialect, filters, access=access, after_id=after_id, limit=limit)
             return [plain(r) for r in (await conn.execute(query)).mappings()]
 
     async def count_by_status(self) -> dict[str, int]:

@@ -16,9 +16,24 @@ and recreate the triggers, which a dropped table takes with it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import ColumnElement, column, func, literal, literal_column, select, table
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    bindparam,
+    column,
+    exists,
+    func,
+    literal_column,
+    select,
+    table,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tidings.store.tables import messages
 
 if TYPE_CHECKING:
     from alembic.runtime.environment import NameFilterParentNames, NameFilterType
@@ -51,12 +66,82 @@ def fts5_query(terms: Sequence[str]) -> str:
     return " ".join('"' + term.replace('"', '""') + '"' for term in terms)
 
 
-def matches(dialect: str, terms: Sequence[str]) -> ColumnElement[bool]:
-    """The condition on ``messages`` that its body or subject has every one of ``terms``."""
+# -- how a search reaches its rows ------------------------------------------------------------------
+
+SQLITE_FEW = 5_000
+"""On SQLite, a text query or number prefix matching at most this many messages is where the
+search starts: those rows are read and sorted (a few milliseconds)."""
+SQLITE_LISTED = 100_000
+"""On SQLite, a text query matching at most this many is checked against a list of its matches
+built once (about 0.35 µs a match); beyond it, the text index is asked about each row walked."""
+
+TextAccess = Literal["drive", "list", "probe", "vector"]
+
+
+@dataclass(frozen=True)
+class Access:
+    """How a search reaches its rows.
+
+    PostgreSQL plans for itself, from the statistics it keeps (the text's included: see migration
+    0011); SQLite keeps none and guesses, which for a common word means sorting hundreds of
+    thousands of rows. So on SQLite :func:`sqlite_access` counts, up to a cap, what the text index
+    and the number range hold, and picks: a few matches are read and sorted; many are met while
+    walking the messages newest first, which stops as soon as a page is full.
+    """
+
+    text: TextAccess = "vector"
+    """``drive``: start from the text index's matches; ``list``: check each row walked against
+    the list of matches; ``probe``: ask the text index about each row walked; ``vector``:
+    PostgreSQL's ``@@`` on the row's vector, planned by PostgreSQL."""
+    prefix_range: bool = True
+    """Whether the number prefix is looked up as a range of ``ix_messages_to`` (else it is only
+    checked on each row walked). On SQLite, the range is then where the search starts."""
+
+
+POSTGRES = Access()
+"""PostgreSQL's: the same statement whatever the counts; its planner picks."""
+
+
+async def sqlite_access(
+    conn: AsyncConnection, terms: Sequence[str], prefix: tuple[str, str | None] | None
+) -> Access:
+    """How a SQLite search with text ``terms`` and number range ``prefix`` reaches its rows,
+    from capped counts of each (a few milliseconds at most)."""
+    text: TextAccess = "probe"
+    if terms:
+        match = _fts.c[FTS_TABLE].match(fts5_query(terms))
+        found = await _count(conn, select(_fts.c.rowid).where(match).limit(SQLITE_LISTED + 1))
+        text = "drive" if found <= SQLITE_FEW else "list" if found <= SQLITE_LISTED else "probe"
+        if text == "drive":
+            return Access(text=text, prefix_range=False)
+    prefix_range = False
+    if prefix is not None:
+        low, high = prefix
+        within = [messages.c.to >= low, *([messages.c.to < high] if high is not None else [])]
+        found = await _count(conn, select(messages.c.id).where(*within).limit(SQLITE_FEW + 1))
+        prefix_range = found <= SQLITE_FEW
+    return Access(text=text if terms else "probe", prefix_range=prefix_range)
+
+
+async def _count(conn: AsyncConnection, capped: Select[Any]) -> int:
+    return int((await conn.execute(select(func.count()).select_from(capped.subquery()))).scalar_one())
+
+
+def matches(dialect: str, terms: Sequence[str], access: Access) -> ColumnElement[bool]:
+    """The condition on ``messages`` that its body or subject has every one of ``terms``, in the
+    form ``access`` says."""
     if dialect == "postgresql":
-        query = func.plainto_tsquery(
-            literal_column("'simple'::regconfig"), func.tidings_search_text(" ".join(terms))
-        )
+        # The words as a literal, not a parameter: a prepared statement's generic plan would
+        # assume one selectivity for every word, rare or common. They are letters, digits and
+        # marks only (domain.search), and quoted by SQLAlchemy all the same.
+        words = bindparam("search_words", " ".join(terms), type_=String(), literal_execute=True)
+        query = func.plainto_tsquery(literal_column("'simple'::regconfig"), func.tidings_search_text(words))
         return literal_column(f"messages.{VECTOR_COLUMN}").bool_op("@@")(query)
-    found = select(_fts.c.rowid).where(_fts.c[FTS_TABLE].match(literal(fts5_query(terms))))
-    return literal_column("messages.rowid").in_(found.scalar_subquery())
+    match = _fts.c[FTS_TABLE].match(fts5_query(terms))
+    if access.text == "probe":
+        return exists().where(match, _fts.c.rowid == literal_column("messages.rowid"))
+    found = select(_fts.c.rowid).where(match).scalar_subquery()
+    if access.text == "list":
+        # Unary plus: a filter on each row walked, not an index to start from.
+        return literal_column("+messages.rowid").in_(found)
+    return literal_column("messages.rowid").in_(found)
