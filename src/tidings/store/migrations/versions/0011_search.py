@@ -48,6 +48,12 @@ _POSTGRES = [
     ) STORED
     """,
     "CREATE INDEX ix_messages_search ON messages USING gin (search_vector)",
+    # With the default statistics PostgreSQL knows about 150 words and takes any other to be in
+    # 0.5 % of messages, so a search for a rare word walks the whole table in id order looking for
+    # it (0.8 s over a million messages). With this sample it knows about 4,000 and takes the
+    # others to be in 0.006 %, and a rare word is looked up in the GIN index (5 ms). ANALYZE of a
+    # million messages takes 7 s instead of 0.7 s.
+    "ALTER TABLE messages ALTER COLUMN search_vector SET STATISTICS 1000",
 ]
 
 _SQLITE = [
