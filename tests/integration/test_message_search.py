@@ -316,9 +316,14 @@ async def test_filters_combine(store: Store) -> None:
 # -- how SQLite reaches the rows -----------------------------------------------------------------
 
 SQLITE_ACCESSES = [
-    search.Access(text=text, prefix_range=prefix_range)
-    for text in ("drive", "list", "probe")
-    for prefix_range in (False, True)
+    search.Access(text="drive", prefix_range=False),
+    search.Access(text="drive", prefix_range=True),
+    *(
+        search.Access(text="window", window_from=window_from, prefix_range=prefix_range)
+        # All rows in the list; the older half asking the index; every row asking it.
+        for window_from in (0, 12, 1000)
+        for prefix_range in (False, True)
+    ),
 ]
 
 
@@ -328,14 +333,23 @@ async def test_sqlite_counts_decide_where_a_search_starts(
     if store.is_postgres:
         pytest.skip("SQLite only: PostgreSQL plans from its own statistics")
     monkeypatch.setattr(search, "SQLITE_FEW", 2)
-    monkeypatch.setattr(search, "SQLITE_LISTED", 4)
+    monkeypatch.setattr(search, "SQLITE_WINDOW", 2)
+    ids = []
     for n in range(6):
-        words = ["common", *(["middling"] if n < 3 else []), *(["rare"] if n < 1 else [])]
-        await add(store, " ".join(words), to=f"+25471234567{n}" if n < 2 else f"+25571234567{n}")
-
+        words = ["common", *(["rare"] if n < 1 else [])]
+        ids.append(await add(store, " ".join(words), to=f"+25471234567{n}" if n < 2 else f"+25571234567{n}"))
     async with store.engine.connect() as conn:
-        for words, text in ((("rare",), "drive"), (("middling",), "list"), (("common",), "probe")):
-            assert (await search.sqlite_access(conn, words, None)).text == text, words
+        rowids = {str(r.id): int(r.rowid) for r in await conn.execute(text("SELECT id, rowid FROM messages"))}
+
+        assert (await search.sqlite_access(conn, ("rare",), None)).text == "drive"
+        common = await search.sqlite_access(conn, ("common",), None)
+        # The list holds the two newest matches and the one below them: rows 6, 5 and 4.
+        assert (common.text, common.window_from) == ("window", rowids[ids[3]])
+        # From the second page on, the list starts below where the walk does.
+        paged = await search.sqlite_access(conn, ("common",), None, after_id=ids[4])
+        assert paged.window_from == rowids[ids[1]]
+        assert (await search.sqlite_access(conn, ("common",), None, after_id=ids[1])).window_from == 0
+
         assert (await search.sqlite_access(conn, (), number_prefix("+2547"))).prefix_range
         assert not (await search.sqlite_access(conn, (), number_prefix("+255"))).prefix_range
         # A text few enough to start from makes the number range a mere check.

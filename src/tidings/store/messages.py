@@ -428,7 +428,7 @@ class MessageStore:
             access = search.POSTGRES
             if dialect == "sqlite" and (filters.terms or filters.to_prefix is not None):
                 prefix = number_prefix(filters.to_prefix) if filters.to_prefix is not None else None
-                access = await search.sqlite_access(conn, filters.terms, prefix)
+                access = await search.sqlite_access(conn, filters.terms, prefix, after_id)
             query = search_query(dialect, filters, access=access, after_id=after_id, limit=limit)
             return [plain(r) for r in (await conn.execute(query)).mappings()]
 

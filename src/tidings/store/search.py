@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     String,
     bindparam,
+    case,
     column,
     exists,
     func,
@@ -50,6 +52,8 @@ _ONE_DATABASE_ONLY = {
 """(kind, table, name) of each: the FTS5 table with its shadow tables; the column and its index."""
 
 _fts = table(FTS_TABLE, column("rowid"), column(FTS_TABLE))
+_ROWID = literal_column("messages.rowid", Integer())
+"""The rowid of a message on SQLite, which the text index refers to."""
 
 
 def declared(name: str | None, type_: NameFilterType, parent_names: NameFilterParentNames) -> bool:
@@ -71,11 +75,11 @@ def fts5_query(terms: Sequence[str]) -> str:
 SQLITE_FEW = 5_000
 """On SQLite, a text query or number prefix matching at most this many messages is where the
 search starts: those rows are read and sorted (a few milliseconds)."""
-SQLITE_LISTED = 100_000
-"""On SQLite, a text query matching at most this many is checked against a list of its matches
-built once (about 0.35 µs a match); beyond it, the text index is asked about each row walked."""
+SQLITE_WINDOW = 10_000
+"""On SQLite, a walk through many matches checks each row against a list of this many of them,
+the newest at or below where the walk starts (a few milliseconds to build)."""
 
-TextAccess = Literal["drive", "list", "probe", "vector"]
+TextAccess = Literal["drive", "window", "vector"]
 
 
 @dataclass(frozen=True)
@@ -83,16 +87,19 @@ class Access:
     """How a search reaches its rows.
 
     PostgreSQL plans for itself, from the statistics it keeps (the text's included: see migration
-    0011); SQLite keeps none and guesses, which for a common word means sorting hundreds of
-    thousands of rows. So on SQLite :func:`sqlite_access` counts, up to a cap, what the text index
+    0011). SQLite keeps none and guesses, which for a common word means sorting hundreds of
+    thousands of rows; so on SQLite :func:`sqlite_access` counts, up to a cap, what the text index
     and the number range hold, and picks: a few matches are read and sorted; many are met while
     walking the messages newest first, which stops as soon as a page is full.
     """
 
     text: TextAccess = "vector"
-    """``drive``: start from the text index's matches; ``list``: check each row walked against
-    the list of matches; ``probe``: ask the text index about each row walked; ``vector``:
-    PostgreSQL's ``@@`` on the row's vector, planned by PostgreSQL."""
+    """``drive``: start from the text index's matches. ``window``: walk the messages and check
+    each row against the list of matches from rowid :attr:`window_from` up, built once; a row
+    below it (past the newest :data:`SQLITE_WINDOW` matches: the walk went far, or the row was
+    stored long after its id was made) asks the text index itself, which costs a hundred times
+    more. ``vector``: PostgreSQL's ``@@`` on the row's vector, planned by PostgreSQL."""
+    window_from: int = 0
     prefix_range: bool = True
     """Whether the number prefix is looked up as a range of ``ix_messages_to`` (else it is only
     checked on each row walked). On SQLite, the range is then where the search starts."""
@@ -103,24 +110,38 @@ POSTGRES = Access()
 
 
 async def sqlite_access(
-    conn: AsyncConnection, terms: Sequence[str], prefix: tuple[str, str | None] | None
+    conn: AsyncConnection,
+    terms: Sequence[str],
+    prefix: tuple[str, str | None] | None,
+    after_id: str | None = None,
 ) -> Access:
-    """How a SQLite search with text ``terms`` and number range ``prefix`` reaches its rows,
-    from capped counts of each (a few milliseconds at most)."""
-    text: TextAccess = "probe"
+    """How a SQLite search with text ``terms``, number range ``prefix`` and cursor ``after_id``
+    reaches its rows, from capped counts (a few milliseconds at most)."""
+    text: TextAccess = "window"
+    window_from = 0
     if terms:
         match = _fts.c[FTS_TABLE].match(fts5_query(terms))
-        found = await _count(conn, select(_fts.c.rowid).where(match).limit(SQLITE_LISTED + 1))
-        text = "drive" if found <= SQLITE_FEW else "list" if found <= SQLITE_LISTED else "probe"
-        if text == "drive":
-            return Access(text=text, prefix_range=False)
+        found = await _count(conn, select(_fts.c.rowid).where(match).limit(SQLITE_FEW + 1))
+        if found <= SQLITE_FEW:
+            return Access(text="drive", prefix_range=False)
+        # Rowids follow the order messages were stored in, which is their ids' order but for a
+        # message stored a moment after its id was made: where the walk starts in rowids is
+        # where the first message it meets is.
+        below = [match]
+        if after_id is not None:
+            start = select(_ROWID).where(messages.c.id < after_id).order_by(messages.c.id.desc())
+            first = (await conn.execute(start.limit(1))).scalar_one_or_none()
+            below.append(_fts.c.rowid <= (first or 0))
+        newest = select(_fts.c.rowid).where(*below).order_by(_fts.c.rowid.desc())
+        edge = (await conn.execute(newest.offset(SQLITE_WINDOW).limit(1))).scalar_one_or_none()
+        window_from = int(edge or 0)
     prefix_range = False
     if prefix is not None:
         low, high = prefix
         within = [messages.c.to >= low, *([messages.c.to < high] if high is not None else [])]
         found = await _count(conn, select(messages.c.id).where(*within).limit(SQLITE_FEW + 1))
         prefix_range = found <= SQLITE_FEW
-    return Access(text=text if terms else "probe", prefix_range=prefix_range)
+    return Access(text=text, window_from=window_from, prefix_range=prefix_range)
 
 
 async def _count(conn: AsyncConnection, capped: Select[Any]) -> int:
@@ -138,10 +159,14 @@ def matches(dialect: str, terms: Sequence[str], access: Access) -> ColumnElement
         query = func.plainto_tsquery(literal_column("'simple'::regconfig"), func.tidings_search_text(words))
         return literal_column(f"messages.{VECTOR_COLUMN}").bool_op("@@")(query)
     match = _fts.c[FTS_TABLE].match(fts5_query(terms))
-    if access.text == "probe":
-        return exists().where(match, _fts.c.rowid == literal_column("messages.rowid"))
-    found = select(_fts.c.rowid).where(match).scalar_subquery()
-    if access.text == "list":
-        # Unary plus: a filter on each row walked, not an index to start from.
-        return literal_column("+messages.rowid").in_(found)
-    return literal_column("messages.rowid").in_(found)
+    rowid = _ROWID
+    if access.text == "drive":
+        return rowid.in_(select(_fts.c.rowid).where(match).scalar_subquery())
+    listed = select(_fts.c.rowid).where(match, _fts.c.rowid >= access.window_from).scalar_subquery()
+    # Unary plus: a check of each row walked, not an index to start from.
+    listed_match = literal_column("+messages.rowid").in_(listed)
+    if access.window_from <= 0:
+        return listed_match
+    asked = exists().where(match, _fts.c.rowid == rowid)
+    in_window: ColumnElement[bool] = case((rowid >= access.window_from, listed_match), else_=asked)
+    return in_window
