@@ -12,7 +12,9 @@ its own, and prints one JSON object per line to stdout (also written to
 - ``batch_ingest``: batches of 1k / 10k / 100k recipients, JSON and MessagePack, to one ``tidings api``;
 - ``batch_dispatch``: one 100k-recipient batch from its request to every message ``delivered``;
 - ``email_dispatch``: 10k emails through the ``smtp`` provider to a fake SMTP server, with and
-  without a PDF per recipient.
+  without a PDF per recipient;
+- ``search``: ``GET /v1/messages`` queries (text, tags, number prefix, batch, cost, a second
+  page) over 1M messages.
 
 Each module in ``bench/scenarios/`` says exactly what it measures. ``--quick`` makes every size
 small (for development); ``--profile`` attaches py-spy to the service processes. The exit status
@@ -39,7 +41,7 @@ from typing import Any, TextIO
 
 from harness import REPO, RESULTS_DIR, BenchError, Workspace, postgres_unavailable
 from profiling import Profiler
-from scenarios import Options, Scenario, backlog, batches, dispatch, email, receipts, single_api
+from scenarios import Options, Scenario, backlog, batches, dispatch, email, receipts, search, single_api
 
 SCENARIOS: dict[str, Scenario | None] = {
     "single_api": single_api.run,
@@ -49,6 +51,7 @@ SCENARIOS: dict[str, Scenario | None] = {
     "batch_ingest": batches.ingest,
     "batch_dispatch": batches.dispatch,
     "email_dispatch": email.run,
+    "search": search.run,
 }
 QUICK = Options(
     messages=2000,
@@ -59,6 +62,7 @@ QUICK = Options(
     batch_sizes=(1000, 10_000),
     email_messages=1000,
     email_pdf_messages=200,
+    search_messages=20_000,
 )
 
 
@@ -84,6 +88,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--backlog-sizes", help="comma-separated waiting-message counts (default 10000,100000,1000000)"
     )
     parser.add_argument("--clients", type=int, help="concurrent clients of single_api (default 64)")
+    parser.add_argument(
+        "--search-messages", type=int, help="messages in the table search searches (default 1,000,000)"
+    )
     parser.add_argument("--workers", type=int, help="tidings worker processes in dispatch (default 1)")
     parser.add_argument(
         "--concurrency", type=int, help="the fake provider's sends in flight per worker (default 100)"
@@ -110,7 +117,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def _options(args: argparse.Namespace) -> Options:
     options = QUICK if args.quick else Options()
     changes: dict[str, Any] = {}
-    for name in ("messages", "seconds", "clients", "workers", "concurrency"):
+    for name in ("messages", "seconds", "clients", "workers", "concurrency", "search_messages"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.backlog_sizes:
