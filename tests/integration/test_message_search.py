@@ -3,7 +3,7 @@ every filter, and the cursor. Each test runs on SQLite (FTS5) and PostgreSQL (ts
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,11 +14,11 @@ from sqlalchemy import delete, text, update
 from tidings.clock import utcnow
 from tidings.domain.content import EmailContent
 from tidings.domain.messages import NewMessage
-from tidings.domain.search import amount_micros, number_prefix, search_terms
+from tidings.domain.search import amount_micros, search_terms
 from tidings.domain.status import Status
 from tidings.errors import InvalidInput
 from tidings.store import Store, search
-from tidings.store.messages import MessageFilter, insert_many, new_row, search_query
+from tidings.store.messages import MessageFilter, insert_many, new_row, search_query, sqlite_starts
 from tidings.store.tables import messages
 
 KENYA = "+254712345678"
@@ -316,15 +316,18 @@ async def test_filters_combine(store: Store) -> None:
 # -- how SQLite reaches the rows -----------------------------------------------------------------
 
 SQLITE_ACCESSES = [
-    search.Access(text="drive", prefix_range=False),
-    search.Access(text="drive", prefix_range=True),
-    *(
-        search.Access(text="window", window_from=window_from, prefix_range=prefix_range)
-        # All rows in the list; the older half asking the index; every row asking it.
-        for window_from in (0, 12, 1000)
-        for prefix_range in (False, True)
-    ),
+    search.Access(planned=False, start=start, window_from=window_from, ask=ask)
+    for start in (None, "text", "to_prefix", "created", "cost")
+    # All rows in the list of matches; the older half asking the index; every row asking it.
+    for window_from in (0, 12, 1000)
+    for ask in (False, True)
 ]
+
+
+async def sqlite_access(store: Store, q: str | None = None, **filters: Any) -> search.Access:
+    wanted = MessageFilter(terms=search_terms(q) if q else (), **filters)
+    async with store.engine.connect() as conn:
+        return await search.sqlite_access(conn, sqlite_starts(wanted), wanted.terms)
 
 
 async def test_sqlite_counts_decide_where_a_search_starts(
@@ -333,6 +336,7 @@ async def test_sqlite_counts_decide_where_a_search_starts(
     if store.is_postgres:
         pytest.skip("SQLite only: PostgreSQL plans from its own statistics")
     monkeypatch.setattr(search, "SQLITE_FEW", 2)
+    monkeypatch.setattr(search, "SQLITE_LISTED", 4)
     monkeypatch.setattr(search, "SQLITE_WINDOW", 2)
     ids = []
     for n in range(6):
@@ -341,19 +345,26 @@ async def test_sqlite_counts_decide_where_a_search_starts(
     async with store.engine.connect() as conn:
         rowids = {str(r.id): int(r.rowid) for r in await conn.execute(text("SELECT id, rowid FROM messages"))}
 
-        assert (await search.sqlite_access(conn, ("rare",), None)).text == "drive"
-        common = await search.sqlite_access(conn, ("common",), None)
-        # The list holds the two newest matches and the one below them: rows 6, 5 and 4.
-        assert (common.text, common.window_from) == ("window", rowids[ids[3]])
-        # From the second page on, the list starts below where the walk does.
-        paged = await search.sqlite_access(conn, ("common",), None, after_id=ids[4])
-        assert paged.window_from == rowids[ids[1]]
-        assert (await search.sqlite_access(conn, ("common",), None, after_id=ids[1])).window_from == 0
+    assert (await sqlite_access(store, "rare")).start == "text"
+    assert (await sqlite_access(store, "rare", to_prefix="+2547")).start == "text"
+    assert (await sqlite_access(store, to_prefix="+2547")).start == "to_prefix"
+    assert (await sqlite_access(store, provider="nobody")).start == "provider"
+    assert (await sqlite_access(store, currency="KES", cost_min=1)).start == "cost"
+    assert (await sqlite_access(store, to_prefix="+255", provider="fake")).start is None
+    # Started from the number range, the common word is asked row by row: too many to list.
+    assert (await sqlite_access(store, "common", to_prefix="+2547")).ask
+    monkeypatch.setattr(search, "SQLITE_LISTED", 6)
+    assert not (await sqlite_access(store, "common", to_prefix="+2547")).ask
 
-        assert (await search.sqlite_access(conn, (), number_prefix("+2547"))).prefix_range
-        assert not (await search.sqlite_access(conn, (), number_prefix("+255"))).prefix_range
-        # A text few enough to start from makes the number range a mere check.
-        assert not (await search.sqlite_access(conn, ("rare",), number_prefix("+2547"))).prefix_range
+    # A walk through the common word lists its two newest matches and the one below: rows 6 to 4.
+    walk = await sqlite_access(store, "common")
+    assert (walk.start, walk.window_from) == (None, rowids[ids[3]])
+    async with store.engine.connect() as conn:
+        starts = sqlite_starts(MessageFilter(terms=("common",)))
+        # From the second page on, the list starts below where the walk does.
+        paged = await search.sqlite_access(conn, starts, ("common",), after_id=ids[4])
+        assert paged.window_from == rowids[ids[1]]
+        assert (await search.sqlite_access(conn, starts, ("common",), after_id=ids[1])).window_from == 0
 
 
 @pytest.mark.parametrize(
@@ -366,6 +377,8 @@ async def test_sqlite_counts_decide_where_a_search_starts(
         (None, {"tags": ("anc", "vip")}),
         (None, {"to_prefix": "+2547", "tags": ("anc",)}),
         ("clinic", {"tags": ("vip",), "to_prefix": "+255"}),
+        ("payment", {"provider": "fake", "created_after": datetime(2000, 1, 1)}),
+        (None, {"statuses": (Status.FAILED,), "created_before": datetime(2100, 1, 1)}),
     ],
 )
 async def test_every_way_sqlite_can_reach_the_rows_finds_the_same_pages(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, func, literal_column, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -281,6 +281,49 @@ async def of_provider(conn: AsyncConnection, message_ids: Sequence[str], provide
     return {str(m) for m in (await conn.execute(query)).scalars()}
 
 
+def _start_conditions(filters: MessageFilter, *, indexed: bool = True) -> dict[search.Start, list[Any]]:
+    """The conditions of the filters whose indexes find rows out of id order (besides the text),
+    by filter; with ``indexed`` false, on ``+column`` (see :func:`_unindexed`)."""
+    column = messages.c.__getitem__ if indexed else _unindexed
+    found: dict[search.Start, list[Any]] = {}
+    if filters.to_prefix is not None:
+        low, high = number_prefix(filters.to_prefix)
+        found["to_prefix"] = [column("to") >= low, *([column("to") < high] if high is not None else [])]
+    if filters.provider is not None:
+        found["provider"] = [column("provider") == filters.provider]
+    created = []
+    if filters.created_after is not None:
+        created.append(column("created_at") >= filters.created_after)
+    if filters.created_before is not None:
+        created.append(column("created_at") < filters.created_before)
+    if created:
+        found["created"] = created
+    if filters.currency is not None:
+        found["cost"] = [
+            column("currency") == filters.currency,
+            *([column("cost_micros") >= filters.cost_min] if filters.cost_min is not None else []),
+            *([column("cost_micros") <= filters.cost_max] if filters.cost_max is not None else []),
+        ]
+    return found
+
+
+def sqlite_starts(filters: MessageFilter) -> dict[search.Start, Select[Any]]:
+    """Where a SQLite search with ``filters`` may start: each filter whose index finds rows out
+    of id order, as the query of its matches (see :func:`tidings.store.search.sqlite_access`)."""
+    starts: dict[search.Start, Select[Any]] = {
+        name: select(messages.c.id).where(*conditions)
+        for name, conditions in _start_conditions(filters).items()
+    }
+    if filters.terms:
+        starts["text"] = search.text_matches(filters.terms)
+    return starts
+
+
+def _unindexed(name: str) -> Any:
+    # SQLite uses no index for a term on +column; it checks it on the rows it reaches otherwise.
+    return literal_column(f'+messages."{name}"', messages.c[name].type)
+
+
 def search_query(
     dialect: str,
     filters: MessageFilter,
@@ -292,56 +335,49 @@ def search_query(
     """The statement that lists messages matching ``filters``, newest first, after ``after_id``,
     reaching its rows as ``access`` says (see :class:`~tidings.store.search.Access`).
 
-    Which filter an index serves is in the README (Searching messages)."""
-    sqlite = dialect == "sqlite"
+    On SQLite the statement steers the planner, which has no statistics to choose by: a term on
+    ``+column`` cannot use an index, so only the index of the filter the search starts from is
+    usable (and ``ORDER BY +id`` makes it sort what it found rather than walk the primary key);
+    in a walk, only the indexes in id order are (status, recipient, batch, tag). Which filter an
+    index serves is in the README (Searching messages)."""
+    started = not access.planned and access.start is not None
+    walking = not access.planned and access.start is None
+
+    def column(name: str) -> Any:
+        return _unindexed(name) if started else messages.c[name]
+
     query: Select[Any] = select(messages)
     tagged = [message_tags.alias(f"tag_{i}") for i in range(len(filters.tags))]
     for alias, tag in zip(tagged, filters.tags, strict=True):
         # One join per tag, on the (message_id, tag) key: a message has each tag at most once.
-        query = query.join(alias, and_(alias.c.message_id == messages.c.id, alias.c.tag == tag))
-    # What the walk newest first follows: the ids, or on SQLite the first tag's index when no
-    # other index picks the rows (SQLite does not see that it gives the same order).
-    walk = messages.c.id
-    if sqlite and access.text == "drive":
-        query = query.with_hint(messages, "NOT INDEXED", dialect_name="sqlite")
-    elif sqlite and filters.to_prefix is not None and access.prefix_range:
-        query = query.with_hint(messages, "INDEXED BY ix_messages_to", dialect_name="sqlite")
-    elif sqlite and tagged and filters.batch is None and filters.to is None:
-        walk = tagged[0].c.message_id
+        query = query.join(alias, and_(alias.c.message_id == column("id"), alias.c.tag == tag))
     conditions: list[ColumnElement[bool]] = []
+    for name, checks in _start_conditions(filters, indexed=access.planned).items():
+        conditions += _start_conditions(filters)[name] if name == access.start else checks
     if filters.statuses:
-        conditions.append(in_values(messages.c.status, sorted({s.value for s in filters.statuses})))
+        conditions.append(in_values(column("status"), sorted({s.value for s in filters.statuses})))
     if filters.to is not None:
-        conditions.append(messages.c.to == filters.to)
+        conditions.append(column("to") == filters.to)
     if filters.to_prefix is not None:
-        low, high = number_prefix(filters.to_prefix)
-        if access.prefix_range:
-            conditions.append(messages.c.to >= low)
-            if high is not None:
-                conditions.append(messages.c.to < high)
-        # The range is what ix_messages_to serves; this is the exact test.
-        conditions.append(func.substr(messages.c.to, 1, len(low)) == low)
-    if filters.provider is not None:
-        conditions.append(messages.c.provider == filters.provider)
+        # The range above is what ix_messages_to serves; this is the exact test.
+        conditions.append(func.substr(messages.c.to, 1, len(filters.to_prefix)) == filters.to_prefix)
     if filters.channel is not None:
         conditions.append(messages.c.channel == filters.channel)
     if filters.batch is not None:
-        conditions.append(messages.c.batch_id == filters.batch)
-    if filters.created_after is not None:
-        conditions.append(messages.c.created_at >= filters.created_after)
-    if filters.created_before is not None:
-        conditions.append(messages.c.created_at < filters.created_before)
-    if filters.currency is not None:
-        conditions.append(messages.c.currency == filters.currency)
-    if filters.cost_min is not None:
-        conditions.append(messages.c.cost_micros >= filters.cost_min)
-    if filters.cost_max is not None:
-        conditions.append(messages.c.cost_micros <= filters.cost_max)
+        conditions.append(column("batch_id") == filters.batch)
     if filters.terms:
         conditions.append(search.matches(dialect, filters.terms, access))
+    # What the page is ordered by: the ids; on SQLite, sorted after the start's index found the
+    # rows (+id), or walked through the first tag's index when no other index in id order picks
+    # the rows (SQLite does not see that it gives the same order).
+    order = messages.c.id
+    if started:
+        order = _unindexed("id")
+    elif walking and tagged and filters.batch is None and filters.to is None:
+        order = tagged[0].c.message_id
     if after_id is not None:
-        conditions.append(walk < after_id)
-    return query.where(*conditions).order_by(walk.desc()).limit(limit)
+        conditions.append(order < after_id)
+    return query.where(*conditions).order_by(order.desc()).limit(limit)
 
 
 class MessageStore:
@@ -426,9 +462,8 @@ class MessageStore:
         dialect = self.engine.dialect.name
         async with self.engine.connect() as conn:
             access = search.POSTGRES
-            if dialect == "sqlite" and (filters.terms or filters.to_prefix is not None):
-                prefix = number_prefix(filters.to_prefix) if filters.to_prefix is not None else None
-                access = await search.sqlite_access(conn, filters.terms, prefix, after_id)
+            if dialect == "sqlite":
+                access = await search.sqlite_access(conn, sqlite_starts(filters), filters.terms, after_id)
             query = search_query(dialect, filters, access=access, after_id=after_id, limit=limit)
             return [plain(r) for r in (await conn.execute(query)).mappings()]
 

@@ -15,7 +15,7 @@ and recreate the triggers, which a dropped table takes with it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -72,14 +72,20 @@ def fts5_query(terms: Sequence[str]) -> str:
 
 # -- how a search reaches its rows ------------------------------------------------------------------
 
-SQLITE_FEW = 5_000
-"""On SQLite, a text query or number prefix matching at most this many messages is where the
-search starts: those rows are read and sorted (a few milliseconds)."""
+SQLITE_FEW = 2_000
+"""On SQLite, a filter whose index finds at most this many messages, out of id order (the text,
+a number prefix, a provider, a creation window, a currency and cost), is where the search
+starts: those rows are read, checked and sorted (a few milliseconds, tens if each asks the text
+index)."""
+SQLITE_LISTED = 100_000
+"""On SQLite, a search that starts from another filter checks the text against the list of all
+its matches when there are at most this many (0.35 µs a match to build), else row by row."""
 SQLITE_WINDOW = 10_000
-"""On SQLite, a walk through many matches checks each row against a list of this many of them,
-the newest at or below where the walk starts (a few milliseconds to build)."""
+"""On SQLite, a walk through a common word checks each row against a list of this many of its
+matches, the newest at or below where the walk starts (a few milliseconds to build)."""
 
-TextAccess = Literal["drive", "window", "vector"]
+Start = Literal["text", "to_prefix", "provider", "created", "cost"]
+"""A filter whose index finds rows out of id order: where a SQLite search may start."""
 
 
 @dataclass(frozen=True)
@@ -87,65 +93,78 @@ class Access:
     """How a search reaches its rows.
 
     PostgreSQL plans for itself, from the statistics it keeps (the text's included: see migration
-    0011). SQLite keeps none and guesses, which for a common word means sorting hundreds of
-    thousands of rows; so on SQLite :func:`sqlite_access` counts, up to a cap, what the text index
-    and the number range hold, and picks: a few matches are read and sorted; many are met while
-    walking the messages newest first, which stops as soon as a page is full.
+    0011). SQLite keeps none and guesses: given a common word, or a provider's name, it reads every
+    match and sorts them all (seconds over a million messages). So on SQLite
+    :func:`sqlite_access` counts, up to :data:`SQLITE_FEW`, what the indexes that find rows out
+    of id order hold for the search's filters, and picks: the fewest matches are read and sorted;
+    if every such filter matches many, the search walks the messages newest first (through the
+    primary key, or an index in id order: status, recipient, batch, tag), checks each row, and
+    stops as soon as the page is full.
     """
 
-    text: TextAccess = "vector"
-    """``drive``: start from the text index's matches. ``window``: walk the messages and check
-    each row against the list of matches from rowid :attr:`window_from` up, built once; a row
-    below it (past the newest :data:`SQLITE_WINDOW` matches: the walk went far, or the row was
-    stored long after its id was made) asks the text index itself, which costs a hundred times
-    more. ``vector``: PostgreSQL's ``@@`` on the row's vector, planned by PostgreSQL."""
+    planned: bool = True
+    """The database plans (PostgreSQL): the same statement whatever the counts."""
+    start: Start | None = None
+    """SQLite: the filter whose few matches the search starts from, or ``None`` for a walk."""
     window_from: int = 0
-    prefix_range: bool = True
-    """Whether the number prefix is looked up as a range of ``ix_messages_to`` (else it is only
-    checked on each row walked). On SQLite, the range is then where the search starts."""
+    """SQLite, with a text query not started from: the lowest rowid of the list of its matches
+    each row is checked against. In a walk, a row below it (past the newest
+    :data:`SQLITE_WINDOW` matches: the walk went far, or the row was stored long after its id
+    was made) asks the text index itself, which costs a hundred times more."""
+    ask: bool = False
+    """SQLite, a search started from another filter than its text: each row asks the text index
+    (the word is too common to list)."""
 
 
 POSTGRES = Access()
-"""PostgreSQL's: the same statement whatever the counts; its planner picks."""
 
 
 async def sqlite_access(
     conn: AsyncConnection,
+    starts: Mapping[Start, Select[Any]],
     terms: Sequence[str],
-    prefix: tuple[str, str | None] | None,
     after_id: str | None = None,
 ) -> Access:
-    """How a SQLite search with text ``terms``, number range ``prefix`` and cursor ``after_id``
-    reaches its rows, from capped counts (a few milliseconds at most)."""
-    text: TextAccess = "window"
-    window_from = 0
-    if terms:
-        match = _fts.c[FTS_TABLE].match(fts5_query(terms))
-        found = await _count(conn, select(_fts.c.rowid).where(match).limit(SQLITE_FEW + 1))
-        if found <= SQLITE_FEW:
-            return Access(text="drive", prefix_range=False)
-        # Rowids follow the order messages were stored in, which is their ids' order but for a
-        # message stored a moment after its id was made: where the walk starts in rowids is
-        # where the first message it meets is.
-        below = [match]
-        if after_id is not None:
-            start = select(_ROWID).where(messages.c.id < after_id).order_by(messages.c.id.desc())
-            first = (await conn.execute(start.limit(1))).scalar_one_or_none()
-            below.append(_fts.c.rowid <= (first or 0))
-        newest = select(_fts.c.rowid).where(*below).order_by(_fts.c.rowid.desc())
-        edge = (await conn.execute(newest.offset(SQLITE_WINDOW).limit(1))).scalar_one_or_none()
-        window_from = int(edge or 0)
-    prefix_range = False
-    if prefix is not None:
-        low, high = prefix
-        within = [messages.c.to >= low, *([messages.c.to < high] if high is not None else [])]
-        found = await _count(conn, select(messages.c.id).where(*within).limit(SQLITE_FEW + 1))
-        prefix_range = found <= SQLITE_FEW
-    return Access(text=text, window_from=window_from, prefix_range=prefix_range)
+    """How a SQLite search reaches its rows: ``starts`` are the queries of its filters' matches
+    that come out of id order (see :func:`text_matches`), ``terms`` its text, ``after_id`` its
+    cursor. A few milliseconds of capped counts."""
+    # The text is counted further only when another filter may start the search: how to check
+    # the text on its rows depends on it.
+    text_cap = SQLITE_LISTED if len(starts) > 1 else SQLITE_FEW
+    found = {
+        name: await _count(conn, query.limit((text_cap if name == "text" else SQLITE_FEW) + 1))
+        for name, query in starts.items()
+    }
+    fewest = min(found, key=lambda name: found[name], default=None)
+    if fewest is not None and found[fewest] <= SQLITE_FEW:
+        if fewest == "text" or not terms:
+            return Access(planned=False, start=fewest)
+        return Access(planned=False, start=fewest, ask=found["text"] > SQLITE_LISTED)
+    if not terms:
+        return Access(planned=False)
+    # Rowids follow the order messages were stored in, which is their ids' order but for a
+    # message stored a moment after its id was made: where the walk starts in rowids is where the
+    # first message it meets is.
+    below = [_match(terms)]
+    if after_id is not None:
+        start = select(_ROWID).where(messages.c.id < after_id).order_by(messages.c.id.desc())
+        below.append(_fts.c.rowid <= ((await conn.execute(start.limit(1))).scalar_one_or_none() or 0))
+    newest = select(_fts.c.rowid).where(*below).order_by(_fts.c.rowid.desc())
+    edge = (await conn.execute(newest.offset(SQLITE_WINDOW).limit(1))).scalar_one_or_none()
+    return Access(planned=False, window_from=int(edge or 0))
 
 
 async def _count(conn: AsyncConnection, capped: Select[Any]) -> int:
     return int((await conn.execute(select(func.count()).select_from(capped.subquery()))).scalar_one())
+
+
+def _match(terms: Sequence[str]) -> ColumnElement[bool]:
+    return _fts.c[FTS_TABLE].match(fts5_query(terms))
+
+
+def text_matches(terms: Sequence[str]) -> Select[Any]:
+    """SQLite: the rowids of the messages whose text has every one of ``terms``."""
+    return select(_fts.c.rowid).where(_match(terms))
 
 
 def matches(dialect: str, terms: Sequence[str], access: Access) -> ColumnElement[bool]:
@@ -158,15 +177,15 @@ def matches(dialect: str, terms: Sequence[str], access: Access) -> ColumnElement
         words = bindparam("search_words", " ".join(terms), type_=String(), literal_execute=True)
         query = func.plainto_tsquery(literal_column("'simple'::regconfig"), func.tidings_search_text(words))
         return literal_column(f"messages.{VECTOR_COLUMN}").bool_op("@@")(query)
-    match = _fts.c[FTS_TABLE].match(fts5_query(terms))
-    rowid = _ROWID
-    if access.text == "drive":
-        return rowid.in_(select(_fts.c.rowid).where(match).scalar_subquery())
-    listed = select(_fts.c.rowid).where(match, _fts.c.rowid >= access.window_from).scalar_subquery()
+    if access.start == "text":
+        return _ROWID.in_(text_matches(terms).scalar_subquery())
+    asked = exists().where(_match(terms), _fts.c.rowid == _ROWID)
+    if access.ask:
+        return asked
+    listed = text_matches(terms).where(_fts.c.rowid >= access.window_from).scalar_subquery()
     # Unary plus: a check of each row walked, not an index to start from.
     listed_match = literal_column("+messages.rowid").in_(listed)
     if access.window_from <= 0:
         return listed_match
-    asked = exists().where(match, _fts.c.rowid == rowid)
-    in_window: ColumnElement[bool] = case((rowid >= access.window_from, listed_match), else_=asked)
+    in_window: ColumnElement[bool] = case((_ROWID >= access.window_from, listed_match), else_=asked)
     return in_window
