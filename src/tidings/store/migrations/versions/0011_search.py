@@ -1,12 +1,15 @@
-"""Full-text search over messages' body and subject.
+"""Searching messages: full-text search over their body and subject, and an index on cost.
 
-SQLite: an external-content FTS5 table, ``messages_fts``, over ``messages`` (body, subject),
+``ix_messages_cost`` (currency, cost_micros), partial: a message has no cost when it is stored.
+
+Full text: SQLite: an external-content FTS5 table, ``messages_fts``, over ``messages`` (body, subject),
 keyed by the messages' rowid, kept right by triggers on insert, delete and any update of body or
 subject (retention's redaction blanks bodies). PostgreSQL: a generated ``tsvector`` column,
 ``search_vector``, with a GIN index, ``ix_messages_search``; ``tidings_search_text`` prepares text
 for it (and for queries). Messages already stored are indexed here.
 
-Neither is in ``tables.py``: they exist on one database each (see ``store/search.py``).
+The full-text objects are not in ``tables.py``: they exist on one database each (see
+``store/search.py``).
 
 On PostgreSQL, adding a stored generated column rewrites the table under an exclusive lock:
 on a large messages table this migration takes a while (about a minute per million messages),
@@ -18,6 +21,7 @@ Revises: 0010
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
@@ -90,9 +94,18 @@ def upgrade() -> None:
     dialect = op.get_bind().dialect.name
     for statement in _POSTGRES if dialect == "postgresql" else _SQLITE:
         op.execute(statement)
+    # Searching by cost; partial, as no message has a cost when it is stored.
+    op.create_index(
+        "ix_messages_cost",
+        "messages",
+        ["currency", "cost_micros"],
+        postgresql_where=sa.text("currency IS NOT NULL"),
+        sqlite_where=sa.text("currency IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_messages_cost", table_name="messages")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP INDEX ix_messages_search")
         op.execute("ALTER TABLE messages DROP COLUMN search_vector")
