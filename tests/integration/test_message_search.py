@@ -379,6 +379,8 @@ async def test_sqlite_counts_decide_where_a_search_starts(
         ("clinic", {"tags": ("vip",), "to_prefix": "+255"}),
         ("payment", {"provider": "fake", "created_after": datetime(2000, 1, 1)}),
         (None, {"statuses": (Status.FAILED,), "created_before": datetime(2100, 1, 1)}),
+        (None, {"tags": ("vip",), "statuses": (Status.DELIVERED, Status.SENT)}),
+        ("payment", {"to": "+255712340000", "tags": ("vip",)}),
     ],
 )
 async def test_every_way_sqlite_can_reach_the_rows_finds_the_same_pages(
@@ -406,6 +408,7 @@ async def test_every_way_sqlite_can_reach_the_rows_finds_the_same_pages(
         and set(wanted.tags) <= tags
         and (not wanted.statuses or status in wanted.statuses)
         and (wanted.to_prefix is None or to.startswith(wanted.to_prefix))
+        and (wanted.to is None or to == wanted.to)
     ]
     assert expected, "the case must find something"
 

@@ -338,19 +338,29 @@ def search_query(
     On SQLite the statement steers the planner, which has no statistics to choose by: a term on
     ``+column`` cannot use an index, so only the index of the filter the search starts from is
     usable (and ``ORDER BY +id`` makes it sort what it found rather than walk the primary key);
-    in a walk, only the indexes in id order are (status, recipient, batch, tag). Which filter an
-    index serves is in the README (Searching messages)."""
-    started = not access.planned and access.start is not None
-    walking = not access.planned and access.start is None
+    in a walk, only one index in id order is, the first there is of recipient, batch, first tag
+    and status, and the primary key otherwise. Which filter an index serves is in the README
+    (Searching messages)."""
+    walk: str | None = None
+    if not access.planned and access.start is None:
+        present = {
+            "to": filters.to,
+            "batch_id": filters.batch,
+            "tag": filters.tags,
+            "status": filters.statuses,
+        }
+        walk = next((name for name, value in present.items() if value), "id")
 
     def column(name: str) -> Any:
-        return _unindexed(name) if started else messages.c[name]
+        return messages.c[name] if access.planned or name == walk else _unindexed(name)
 
     query: Select[Any] = select(messages)
     tagged = [message_tags.alias(f"tag_{i}") for i in range(len(filters.tags))]
     for alias, tag in zip(tagged, filters.tags, strict=True):
         # One join per tag, on the (message_id, tag) key: a message has each tag at most once.
-        query = query.join(alias, and_(alias.c.message_id == column("id"), alias.c.tag == tag))
+        # On +id when a tag does not lead: each row reached looks its tags up.
+        joined = messages.c.id if access.planned or walk == "tag" else _unindexed("id")
+        query = query.join(alias, and_(alias.c.message_id == joined, alias.c.tag == tag))
     conditions: list[ColumnElement[bool]] = []
     for name, checks in _start_conditions(filters, indexed=access.planned).items():
         conditions += _start_conditions(filters)[name] if name == access.start else checks
@@ -368,12 +378,12 @@ def search_query(
     if filters.terms:
         conditions.append(search.matches(dialect, filters.terms, access))
     # What the page is ordered by: the ids; on SQLite, sorted after the start's index found the
-    # rows (+id), or walked through the first tag's index when no other index in id order picks
-    # the rows (SQLite does not see that it gives the same order).
+    # rows (+id), or walked through the first tag's index (SQLite does not see that it gives the
+    # same order).
     order = messages.c.id
-    if started:
+    if not access.planned and access.start is not None:
         order = _unindexed("id")
-    elif walking and tagged and filters.batch is None and filters.to is None:
+    elif walk == "tag":
         order = tagged[0].c.message_id
     if after_id is not None:
         conditions.append(order < after_id)
