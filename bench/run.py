@@ -12,7 +12,9 @@ its own, and prints one JSON object per line to stdout (also written to
 - ``batch_ingest``: batches of 1k / 10k / 100k recipients, JSON and MessagePack, to one ``tidings api``;
 - ``batch_dispatch``: one 100k-recipient batch from its request to every message ``delivered``;
 - ``email_dispatch``: 10k emails through the ``smtp`` provider to a fake SMTP server, with and
-  without a PDF per recipient.
+  without a PDF per recipient;
+- ``search``: ``GET /v1/messages`` queries (text, tags, number prefix, batch, cost, a second
+  page) over 1M messages.
 
 Each module in ``bench/scenarios/`` says exactly what it measures. ``--quick`` makes every size
 small (for development); ``--profile`` attaches py-spy to the service processes. The exit status
@@ -48,6 +50,7 @@ from scenarios import (
     email,
     metrics_scrape,
     receipts,
+    search,
     single_api,
     stats,
 )
@@ -62,6 +65,7 @@ SCENARIOS: dict[str, Scenario | None] = {
     "email_dispatch": email.run,
     "stats": stats.run,
     "metrics_scrape": metrics_scrape.run,
+    "search": search.run,
 }
 QUICK = Options(
     messages=2000,
@@ -73,6 +77,7 @@ QUICK = Options(
     email_messages=1000,
     email_pdf_messages=200,
     stats_messages=50_000,
+    search_messages=20_000,
 )
 
 
@@ -98,6 +103,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--backlog-sizes", help="comma-separated waiting-message counts (default 10000,100000,1000000)"
     )
     parser.add_argument("--clients", type=int, help="concurrent clients of single_api (default 64)")
+    parser.add_argument(
+        "--search-messages", type=int, help="messages in the table search searches (default 1,000,000)"
+    )
     parser.add_argument("--workers", type=int, help="tidings worker processes in dispatch (default 1)")
     parser.add_argument(
         "--concurrency", type=int, help="the fake provider's sends in flight per worker (default 100)"
@@ -124,7 +132,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def _options(args: argparse.Namespace) -> Options:
     options = QUICK if args.quick else Options()
     changes: dict[str, Any] = {}
-    for name in ("messages", "seconds", "clients", "workers", "concurrency"):
+    for name in ("messages", "seconds", "clients", "workers", "concurrency", "search_messages"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.backlog_sizes:

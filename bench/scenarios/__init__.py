@@ -46,6 +46,8 @@ class Options:
     """``tidings worker`` processes in ``dispatch``."""
     concurrency: int = 100
     """The fake provider's ``concurrency`` (sends in flight per worker process)."""
+    search_messages: int = 1_000_000
+    """Messages in the table ``search`` searches."""
     receipt_delay_ms: float = 50.0
     """How long the fake provider server waits before posting a receipt."""
     settings: dict[str, str] = field(default_factory=dict)

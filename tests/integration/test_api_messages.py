@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 
 from tidings import ids
 from tidings.store import Store
 from tidings.store.messages import MessageFilter
+from tidings.store.tables import messages
 
 KENYA = "+254712345678"
 KENYA_SPACED = "+254 712 345 678"
@@ -250,8 +252,11 @@ async def test_concurrent_requests_with_one_idempotency_key_store_one_message(
 # -- listing -------------------------------------------------------------------------------------
 
 
-async def list_ids(client: httpx.AsyncClient, **params: Any) -> list[str]:
-    response = await client.get("/v1/messages", params=params)
+async def list_ids(
+    client: httpx.AsyncClient, params: list[tuple[str, str]] | None = None, **named: Any
+) -> list[str]:
+    """The ids ``GET /v1/messages`` lists; ``params`` for a parameter given more than once."""
+    response = await client.get("/v1/messages", params=params if params is not None else named)
     assert response.status_code == 200, response.text
     return [m["id"] for m in response.json()["data"]]
 
@@ -348,6 +353,98 @@ async def test_list_last_page_of_exact_size_has_no_next_cursor(client: httpx.Asy
     assert response.status_code == 200
     assert len(response.json()["data"]) == 3
     assert response.json()["next_cursor"] is None
+
+
+# -- searching -----------------------------------------------------------------------------------
+
+
+async def test_list_finds_messages_by_words_of_their_text(client: httpx.AsyncClient) -> None:
+    resultat = await send(client, body="Votre résultat est disponible")
+    await send(client, body="Your appointment is tomorrow")
+
+    assert await list_ids(client, q="RESULTAT disponible") == [resultat["id"]]
+    assert await list_ids(client, q="résultat tomorrow") == []
+
+
+async def test_list_takes_several_statuses_and_still_one(client: httpx.AsyncClient) -> None:
+    pending = await send(client, body="reminder one")
+    scheduled = await send(client, body="reminder two", send_at="2099-01-01T00:00:00Z")
+    cancelled = await send(client, body="reminder three")
+    assert (await client.post(f"/v1/messages/{cancelled['id']}/cancel")).status_code == 200
+
+    both = await list_ids(client, params=[("status", "pending"), ("status", "scheduled")])
+    assert both == [scheduled["id"], pending["id"]]
+    assert await list_ids(client, status="cancelled") == [cancelled["id"]]
+    text_and_status = [("q", "reminder"), ("status", "cancelled"), ("status", "pending")]
+    assert await list_ids(client, params=text_and_status) == [cancelled["id"], pending["id"]]
+
+
+async def test_list_requires_every_tag_given(client: httpx.AsyncClient) -> None:
+    both = await send(client, tags=["promo", "eu"])
+    await send(client, tags=["promo"])
+    await send(client, tags=["eu"])
+
+    assert await list_ids(client, params=[("tag", "promo"), ("tag", "eu")]) == [both["id"]]
+
+
+async def test_list_filters_by_number_prefix_and_channel(client: httpx.AsyncClient) -> None:
+    kenya = await send(client, to=KENYA)
+    await send(client, to=US)
+    email_fields = {"channel": "email", "to": "amina@example.org", "subject": "Hi", "text": "hello"}
+    response = await client.post("/v1/messages", json=email_fields)
+    assert response.status_code == 202, response.text
+    email = response.json()
+
+    assert await list_ids(client, to_prefix="+2547") == [kenya["id"]]
+    assert await list_ids(client, to_prefix="+254", channel="sms") == [kenya["id"]]
+    assert await list_ids(client, channel="email") == [email["id"]]
+
+
+async def test_list_filters_by_cost_and_shows_it_as_an_exact_decimal(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    cheap = await send(client, body="a")
+    dear = await send(client, body="b")
+    unpriced = await send(client, body="c")
+    async with store.transaction() as conn:
+        for message, micros in ((cheap, 7500), (dear, 120_000)):
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == message["id"])
+                .values(cost_micros=micros, currency="KES")
+            )
+
+    response = await client.get("/v1/messages", params={"currency": "kes", "cost_max": "0.0075"})
+
+    assert response.status_code == 200, response.text
+    [row] = response.json()["data"]
+    assert (row["id"], row["cost"], row["currency"]) == (cheap["id"], "0.0075", "KES")
+    assert "cost_micros" not in row
+    assert await list_ids(client, currency="KES", cost_min="0.0075", cost_max="0.12") == [
+        dear["id"],
+        cheap["id"],
+    ]
+    assert await list_ids(client, currency="KES", cost_min="0.120001") == []
+    assert (await client.get(f"/v1/messages/{unpriced['id']}")).json()["cost"] is None
+
+
+async def test_list_pages_through_a_text_search_with_the_cursor(client: httpx.AsyncClient) -> None:
+    matching = []
+    for n in range(5):
+        await send(client, body=f"other {n}")
+        matching.append((await send(client, body=f"kesho asubuhi {n}"))["id"])
+        await asyncio.sleep(0.003)
+
+    listed: list[str] = []
+    params: dict[str, Any] = {"q": "asubuhi", "limit": 2}
+    for _ in range(5):
+        page = (await client.get("/v1/messages", params=params)).json()
+        listed += [m["id"] for m in page["data"]]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+
+    assert listed == list(reversed(matching))
 
 
 # -- cancelling ----------------------------------------------------------------------------------

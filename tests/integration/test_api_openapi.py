@@ -284,7 +284,7 @@ def test_statuses_are_enums(document: dict[str, Any]) -> None:
         "failed",
     ]
     params = {p["name"]: p for p in document["paths"]["/v1/messages"]["get"]["parameters"]}
-    assert status_ref in params["status"]["schema"]["anyOf"]
+    assert {"type": "array", "items": status_ref, "maxItems": 7} in params["status"]["schema"]["anyOf"]
     params = {p["name"]: p for p in document["paths"]["/v1/callbacks"]["get"]["parameters"]}
     assert {"type": "string", "enum": ["pending", "delivering", "delivered", "failed"]} in params["status"][
         "schema"

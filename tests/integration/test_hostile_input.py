@@ -89,6 +89,82 @@ async def test_an_odd_webhook_event_name_is_refused_and_logged(
     assert len(entry.event) <= 64 and "\x00" not in entry.event
 
 
+# -- searching messages ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "q", ['"', "'", "*", "AND OR NOT", "body:", "subject:x", 'NEAR("a" "b", 2)', "a OR b*", "^a", "{body}: x"]
+)
+async def test_full_text_query_syntax_in_q_is_searched_as_words_not_obeyed(
+    api: httpx.AsyncClient, q: str
+) -> None:
+    await api.post("/v1/messages", json={"to": KENYA, "body": "AND OR NOT body subject NEAR a b x"})
+
+    response = await api.get("/v1/messages", params={"q": q})
+
+    if response.status_code == 200:
+        assert len(response.json()["data"]) <= 1
+    else:
+        assert_error(response, 422, "invalid_input", "q")
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "field"),
+    [
+        ({"q": ""}, "invalid_input", "q"),
+        ({"q": '"'}, "invalid_input", "q"),
+        ({"q": "*"}, "invalid_input", "q"),
+        ({"q": "'; DROP TABLE messages; --"}, None, None),
+        ({"q": "\x00"}, "invalid_input", "q"),
+        ({"q": " ".join(f"w{n}" for n in range(11))}, "invalid_input", "q"),
+        ({"q": "a" * 201}, "validation_error", "q"),
+        ({"q": "a" * 65}, "invalid_input", "q"),
+        ({"status": "bogus"}, "validation_error", "status"),
+        ({"status": ["sent", "bogus"]}, "validation_error", "status"),
+        ({"to_prefix": "2547"}, "validation_error", "to_prefix"),
+        ({"to_prefix": "+"}, "validation_error", "to_prefix"),
+        ({"to_prefix": "+2547%"}, "validation_error", "to_prefix"),
+        ({"channel": "fax"}, "validation_error", "channel"),
+        ({"currency": "KESH"}, "validation_error", "currency"),
+        ({"currency": "KES", "cost_min": "-1"}, "validation_error", "cost_min"),
+        ({"currency": "KES", "cost_min": "1e3"}, "validation_error", "cost_min"),
+        ({"currency": "KES", "cost_max": "0.0000001"}, "validation_error", "cost_max"),
+        ({"currency": "KES", "cost_max": "NaN"}, "validation_error", "cost_max"),
+        ({"cost_min": "0.5"}, "invalid_input", "cost_min"),
+        ({"cost_max": "0.5"}, "invalid_input", "cost_max"),
+        ({"currency": "KES", "cost_min": "2", "cost_max": "1"}, "invalid_input", "cost_max"),
+        ({"tag": ["t"] * 11}, "validation_error", "tag"),
+        ({"tag": ["ok", "a\x00b"]}, "invalid_input", "tag"),
+    ],
+)
+async def test_a_bad_search_parameter_is_422_naming_it(
+    api: httpx.AsyncClient, params: dict[str, Any], code: str | None, field: str | None
+) -> None:
+    response = await api.get("/v1/messages", params=params)
+
+    if code is None:
+        assert response.status_code == 200, response.text
+    else:
+        assert_error(response, 422, code, field)
+
+
+@pytest.mark.parametrize("raw", ["%ED%A0%80", "%FF%FE", "%00", "%C0%80", "%22%2A%22"])
+async def test_q_that_is_not_text_is_422_naming_q(api: httpx.AsyncClient, raw: str) -> None:
+    # Bytes that are not UTF-8 (a surrogate, overlong NUL) reach the app as replacement characters.
+    assert_error(await api.get(f"/v1/messages?q={raw}"), 422, "invalid_input", "q")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(q=st.text(alphabet=st.characters(codec=None), max_size=80))
+async def test_any_text_in_q_is_answered_or_refused_with_422_never_a_500(
+    api: httpx.AsyncClient, q: str
+) -> None:
+    response = await api.get("/v1/messages", params={"q": q})
+
+    if response.status_code != 200:
+        assert_error(response, 422, field="q")
+
+
 # -- the fuzzer ------------------------------------------------------------------------------------
 
 # Every Unicode category, unpaired surrogates and NUL included: what a client can put in JSON.

@@ -190,6 +190,9 @@ def failure_response(exc: Exception) -> Response:
 
 
 def _field(loc: tuple[int | str, ...]) -> str | None:
+    if len(loc) > 1 and loc[0] == "query":
+        # A parameter given more than once (status=a&status=b) is named, not its position.
+        return str(loc[1])
     parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)]
     return ".".join(parts) or None
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response
+from pydantic import StringConstraints
 
 from tidings.api.auth import Reader, Sender
 from tidings.api.common import (
@@ -20,8 +21,20 @@ from tidings.api.common import (
 )
 from tidings.api.schemas import MessageIn, MessageOut, MessagePage, message_json
 from tidings.clock import utc_field
+from tidings.domain.content import Channel
 from tidings.domain.phone import normalize_e164
 from tidings.domain.requests import TIME_PARAMETER, Timestamp
+from tidings.domain.search import (
+    AMOUNT_PATTERN,
+    CURRENCY_PATTERN,
+    MAX_QUERY_CHARS,
+    MAX_TAGS,
+    MAX_TERMS,
+    PREFIX_PATTERN,
+    cost_range,
+    number_prefix,
+    search_terms,
+)
 from tidings.domain.status import Status
 from tidings.errors import (
     BadRequest,
@@ -97,6 +110,9 @@ async def get_message(
     return json_response(message_json(row, history))
 
 
+Tag = Annotated[str, StringConstraints(max_length=128)]
+
+
 @router.get(
     "/v1/messages",
     operation_id="listMessages",
@@ -106,25 +122,68 @@ async def get_message(
 async def list_messages(
     _key: Reader,
     service: ServiceDep,
-    status: Status | None = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_QUERY_CHARS,
+            description=(
+                f"Words that must all be in the body or subject (at most {MAX_TERMS}); case and "
+                "accents do not matter, punctuation separates words, and nothing is read as an "
+                "operator."
+            ),
+        ),
+    ] = None,
+    status: Annotated[
+        list[Status] | None,
+        Query(max_length=len(Status), description="Any of these statuses (repeat the parameter)."),
+    ] = None,
     to: Annotated[str | None, Query(max_length=64)] = None,
-    tag: Annotated[str | None, Query(max_length=128)] = None,
+    to_prefix: Annotated[
+        str | None,
+        Query(pattern=PREFIX_PATTERN, description="Numbers starting with this (E.164: `+2547`)."),
+    ] = None,
+    tag: Annotated[
+        list[Tag] | None,
+        Query(max_length=MAX_TAGS, description="Messages with every one of these tags (repeat it)."),
+    ] = None,
     provider: Annotated[str | None, Query(max_length=64)] = None,
+    channel: Channel | None = None,
     batch: Annotated[str | None, Query(max_length=64, description="A batch's id: its messages.")] = None,
     created_after: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
     created_before: Annotated[Timestamp | None, Query(description=TIME_PARAMETER)] = None,
+    currency: Annotated[
+        str | None,
+        Query(pattern=CURRENCY_PATTERN, description="Messages priced in this ISO 4217 currency (`KES`)."),
+    ] = None,
+    cost_min: Annotated[
+        str | None,
+        Query(pattern=AMOUNT_PATTERN, description="At least this cost (`0.05`); needs `currency`."),
+    ] = None,
+    cost_max: Annotated[
+        str | None,
+        Query(pattern=AMOUNT_PATTERN, description="At most this cost (`0.5`); needs `currency`."),
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
-    """Messages, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``."""
+    """Messages, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``. Every
+    filter given must hold."""
+    currency, low, high = cost_range(currency, cost_min, cost_max)
     filters = MessageFilter(
-        status=status,
+        # Only letters, digits and marks are kept of q: no NUL or surrogate reaches a database.
+        terms=search_terms(q, "q") if q is not None else (),
+        statuses=tuple(status or ()),
         to=normalize_e164(to, service.settings.default_region) if to else None,
-        tag=printable(tag, "tag"),
+        to_prefix=number_prefix(to_prefix)[0] if to_prefix is not None else None,
+        tags=tuple(printable(t, "tag") or "" for t in tag or ()),
         provider=printable(provider, "provider"),
+        channel=channel.value if channel is not None else None,
         batch=printable(batch, "batch"),
         created_after=utc_field(created_after, "created_after"),
         created_before=utc_field(created_before, "created_before"),
+        currency=currency,
+        cost_min=low,
+        cost_max=high,
     )
     page, next_cursor = await service.messages.list(filters, cursor=id_cursor(cursor), limit=limit)
     return json_response({"data": [message_json(r) for r in page], "next_cursor": next_cursor})

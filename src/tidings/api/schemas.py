@@ -231,9 +231,9 @@ class MessageOut(BaseModel):
     template_id: str | None = Field(description="The stored template its body was rendered from.")
     template_version: int | None = Field(description="That template's version.")
     cost: str | None = Field(
-        description="What it cost, once known: the provider's figure, else its price table's (a decimal)."
+        description="What it cost once known (exact): the provider's figure, else its price table's."
     )
-    currency: str | None = Field(description="The currency of `cost` (ISO 4217).")
+    currency: str | None = Field(description="The ISO 4217 currency of `cost`.")
     events: list[EventOut] | None = Field(default=None, description="Its history, oldest first.")
 
 

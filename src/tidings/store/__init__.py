@@ -5,6 +5,7 @@ tables.py      the schema; migrations/ must produce exactly it
 batcher.py     group commit: concurrent small writes share one transaction
 sql.py         statement patterns the two queues share
 messages.py    storing (the one insert path), reading, listing and cancelling messages
+search.py      the full-text index of each database, and how a search reaches its rows
 queue.py       claiming (the one claim), retries, promotion, reaping, failover, polling
 reports.py     the one status writer for reports
 events.py      each message's history, written with the callbacks it calls for

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select, text, update
+from sqlalchemy import ColumnElement, Select, and_, func, literal_column, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -21,9 +21,10 @@ from tidings.clock import utcnow
 from tidings.domain.content import EmailContent, SmsContent
 from tidings.domain.failures import reason_for
 from tidings.domain.messages import NewMessage
+from tidings.domain.search import number_prefix
 from tidings.domain.status import CANCELLABLE, Status
 from tidings.errors import IdempotencyConflict, RecipientOptedOut
-from tidings.store import bulk, events
+from tidings.store import bulk, events, search
 from tidings.store.batcher import WriteBatcher
 from tidings.store.db import plain
 from tidings.store.sql import in_values
@@ -42,13 +43,32 @@ _MESSAGE_COLUMNS = tuple(str(c.name) for c in messages.columns)
 
 @dataclass(frozen=True)
 class MessageFilter:
-    status: Status | None = None
+    """What a list of messages is narrowed to; every field given must hold (``None``: any).
+
+    ``terms`` are the words of a text query (``domain.search.search_terms``): all must be in the
+    body or subject. ``tags``: the message has all of them. ``statuses``: any of them.
+    ``to_prefix``: the recipient's number starts with it. ``cost_min``/``cost_max`` bound the
+    cost (both inclusive, in millionths) of messages priced in ``currency``, which a cost bound
+    requires: amounts in different currencies do not compare.
+    """
+
+    statuses: tuple[Status, ...] = ()
     to: str | None = None
-    tag: str | None = None
+    to_prefix: str | None = None
+    tags: tuple[str, ...] = ()
     provider: str | None = None
+    channel: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
     batch: str | None = None
+    terms: tuple[str, ...] = ()
+    currency: str | None = None
+    cost_min: int | None = None
+    cost_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cost_min is not None or self.cost_max is not None) and self.currency is None:
+            raise ValueError("a cost bound needs the currency its amounts are in")
 
 
 @dataclass(frozen=True)
@@ -261,6 +281,115 @@ async def of_provider(conn: AsyncConnection, message_ids: Sequence[str], provide
     return {str(m) for m in (await conn.execute(query)).scalars()}
 
 
+def _start_conditions(filters: MessageFilter, *, indexed: bool = True) -> dict[search.Start, list[Any]]:
+    """The conditions of the filters whose indexes find rows out of id order (besides the text),
+    by filter; with ``indexed`` false, on ``+column`` (see :func:`_unindexed`)."""
+    column = messages.c.__getitem__ if indexed else _unindexed
+    found: dict[search.Start, list[Any]] = {}
+    if filters.to_prefix is not None:
+        low, high = number_prefix(filters.to_prefix)
+        found["to_prefix"] = [column("to") >= low, *([column("to") < high] if high is not None else [])]
+    if filters.provider is not None:
+        found["provider"] = [column("provider") == filters.provider]
+    created = []
+    if filters.created_after is not None:
+        created.append(column("created_at") >= filters.created_after)
+    if filters.created_before is not None:
+        created.append(column("created_at") < filters.created_before)
+    if created:
+        found["created"] = created
+    if filters.currency is not None:
+        found["cost"] = [
+            column("currency") == filters.currency,
+            *([column("cost_micros") >= filters.cost_min] if filters.cost_min is not None else []),
+            *([column("cost_micros") <= filters.cost_max] if filters.cost_max is not None else []),
+        ]
+    return found
+
+
+def sqlite_starts(filters: MessageFilter) -> dict[search.Start, Select[Any]]:
+    """Where a SQLite search with ``filters`` may start: each filter whose index finds rows out
+    of id order, as the query of its matches (see :func:`tidings.store.search.sqlite_access`)."""
+    starts: dict[search.Start, Select[Any]] = {
+        name: select(messages.c.id).where(*conditions)
+        for name, conditions in _start_conditions(filters).items()
+    }
+    if filters.terms:
+        starts["text"] = search.text_matches(filters.terms)
+    return starts
+
+
+def _unindexed(name: str) -> Any:
+    # SQLite uses no index for a term on +column; it checks it on the rows it reaches otherwise.
+    return literal_column(f'+messages."{name}"', messages.c[name].type)
+
+
+def search_query(
+    dialect: str,
+    filters: MessageFilter,
+    *,
+    access: search.Access = search.POSTGRES,
+    after_id: str | None = None,
+    limit: int = 50,
+) -> Select[Any]:
+    """The statement that lists messages matching ``filters``, newest first, after ``after_id``,
+    reaching its rows as ``access`` says (see :class:`~tidings.store.search.Access`).
+
+    On SQLite the statement steers the planner, which has no statistics to choose by: a term on
+    ``+column`` cannot use an index, so only the index of the filter the search starts from is
+    usable (and ``ORDER BY +id`` makes it sort what it found rather than walk the primary key);
+    in a walk, only one index in id order is, the first there is of recipient, batch, first tag
+    and status, and the primary key otherwise. Which filter an index serves is in the README
+    (Searching messages)."""
+    walk: str | None = None
+    if not access.planned and access.start is None:
+        present = {
+            "to": filters.to,
+            "batch_id": filters.batch,
+            "tag": filters.tags,
+            "status": filters.statuses,
+        }
+        walk = next((name for name, value in present.items() if value), "id")
+
+    def column(name: str) -> Any:
+        return messages.c[name] if access.planned or name == walk else _unindexed(name)
+
+    query: Select[Any] = select(messages)
+    tagged = [message_tags.alias(f"tag_{i}") for i in range(len(filters.tags))]
+    for alias, tag in zip(tagged, filters.tags, strict=True):
+        # One join per tag, on the (message_id, tag) key: a message has each tag at most once.
+        # On +id when a tag does not lead: each row reached looks its tags up.
+        joined = messages.c.id if access.planned or walk == "tag" else _unindexed("id")
+        query = query.join(alias, and_(alias.c.message_id == joined, alias.c.tag == tag))
+    conditions: list[ColumnElement[bool]] = []
+    for name, checks in _start_conditions(filters, indexed=access.planned).items():
+        conditions += _start_conditions(filters)[name] if name == access.start else checks
+    if filters.statuses:
+        conditions.append(in_values(column("status"), sorted({s.value for s in filters.statuses})))
+    if filters.to is not None:
+        conditions.append(column("to") == filters.to)
+    if filters.to_prefix is not None:
+        # The range above is what ix_messages_to serves; this is the exact test.
+        conditions.append(func.substr(messages.c.to, 1, len(filters.to_prefix)) == filters.to_prefix)
+    if filters.channel is not None:
+        conditions.append(messages.c.channel == filters.channel)
+    if filters.batch is not None:
+        conditions.append(column("batch_id") == filters.batch)
+    if filters.terms:
+        conditions.append(search.matches(dialect, filters.terms, access))
+    # What the page is ordered by: the ids; on SQLite, sorted after the start's index found the
+    # rows (+id), or walked through the first tag's index (SQLite does not see that it gives the
+    # same order).
+    order = messages.c.id
+    if not access.planned and access.start is not None:
+        order = _unindexed("id")
+    elif walk == "tag":
+        order = tagged[0].c.message_id
+    if after_id is not None:
+        conditions.append(order < after_id)
+    return query.where(*conditions).order_by(order.desc()).limit(limit)
+
+
 class MessageStore:
     def __init__(self, engine: AsyncEngine, writes: WriteBatcher | None = None) -> None:
         self.engine = engine
@@ -340,29 +469,12 @@ class MessageStore:
         self, filters: MessageFilter, *, after_id: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
         """Messages matching ``filters``, newest first, starting after the cursor ``after_id``."""
-        query: Select[Any] = select(messages)
-        if filters.tag is not None:
-            query = query.join(
-                message_tags,
-                and_(message_tags.c.message_id == messages.c.id, message_tags.c.tag == filters.tag),
-            )
-        conditions = []
-        if filters.status is not None:
-            conditions.append(messages.c.status == filters.status.value)
-        if filters.to is not None:
-            conditions.append(messages.c.to == filters.to)
-        if filters.provider is not None:
-            conditions.append(messages.c.provider == filters.provider)
-        if filters.batch is not None:
-            conditions.append(messages.c.batch_id == filters.batch)
-        if filters.created_after is not None:
-            conditions.append(messages.c.created_at >= filters.created_after)
-        if filters.created_before is not None:
-            conditions.append(messages.c.created_at < filters.created_before)
-        if after_id is not None:
-            conditions.append(messages.c.id < after_id)
-        query = query.where(*conditions).order_by(messages.c.id.desc()).limit(limit)
+        dialect = self.engine.dialect.name
         async with self.engine.connect() as conn:
+            access = search.POSTGRES
+            if dialect == "sqlite":
+                access = await search.sqlite_access(conn, sqlite_starts(filters), filters.terms, after_id)
+            query = search_query(dialect, filters, access=access, after_id=after_id, limit=limit)
             return [plain(r) for r in (await conn.execute(query)).mappings()]
 
     async def count_by_status(self) -> dict[str, int]:

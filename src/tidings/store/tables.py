@@ -160,6 +160,14 @@ messages = Table(
     Index("ix_messages_status", "status", "id"),
     Index("ix_messages_created_at", "created_at"),
     Index("ix_messages_batch", "batch_id", "id"),
+    # Searching by cost. Partial: a message has no cost (nor currency) when it is stored.
+    Index(
+        "ix_messages_cost",
+        "currency",
+        "cost_micros",
+        postgresql_where=text("currency IS NOT NULL"),
+        sqlite_where=text("currency IS NOT NULL"),
+    ),
 )
 
 batches = Table(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from tidings.store.search import declared
 from tidings.store.tables import metadata
 
 connection = context.config.attributes.get("connection")
@@ -16,6 +17,7 @@ context.configure(
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
     compare_server_default=True,
+    include_name=declared,
 )
 with context.begin_transaction():
     context.run_migrations()
