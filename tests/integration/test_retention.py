@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from tests.live import Live, live_service
 from tidings.domain.reports import InboundMessage
-from tidings.store.tables import callbacks, inbound_messages, messages, webhook_log
+from tidings.store.tables import callbacks, inbound_messages, message_attachments, messages, webhook_log
 
 PERSON = "+254712345678"
 LONG_AGO = datetime(2020, 1, 1)
@@ -140,3 +140,42 @@ async def test_tidings_prune_runs_retention_by_hand(tmp_path: Path) -> None:
     assert "messages redacted: 1" in done.stdout
     async with live_service(database_url, worker=False, empty=False) as live:
         assert (await live.message(sent["id"]))["body"] == ""
+
+
+async def test_an_old_emails_text_html_subject_headers_and_files_are_all_removed(database_url: str) -> None:
+    async with live_service(database_url, worker=False, **RETAINING) as live:
+        sent = await live.send(
+            channel="email",
+            to="amina@example.org",
+            subject="Your results from the Kibera clinic",
+            html="<p>Your HIV test result is ready.</p>",
+            headers={"X-Patient": "P-1042"},
+            attachments=[
+                {
+                    "filename": "result.txt",
+                    "content_type": "text/plain",
+                    "content": "UmVzdWx0OiBuZWdhdGl2ZQ==",
+                }
+            ],
+        )
+        await live.service.store.messages.cancel(sent["id"], reason="test")
+        await age(live, messages, "created_at", [sent["id"]])
+        assert (await live.service.retention.run_once())["messages_redacted"] == 1
+
+        redacted = await live.message(sent["id"])
+        assert (redacted["body"], redacted["html"], redacted["subject"], redacted["headers"]) == (
+            "",
+            None,
+            None,
+            None,
+        )
+        async with live.service.store.engine.connect() as conn:
+            files = (
+                await conn.execute(
+                    select(message_attachments).where(message_attachments.c.message_id == sent["id"])
+                )
+            ).all()
+        assert files == []
+        found = await live.client.get("/v1/messages", params={"q": "Kibera clinic"})
+        assert found.status_code == 200 and found.json()["data"] == []
+        assert redacted["to"] == "amina@example.org" and redacted["status"] == "cancelled"

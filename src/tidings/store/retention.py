@@ -17,7 +17,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.domain.status import Status
 from tidings.store.sql import in_values
-from tidings.store.tables import callbacks, inbound_messages, message_events, messages, webhook_log
+from tidings.store.tables import (
+    callbacks,
+    inbound_messages,
+    message_attachments,
+    message_events,
+    messages,
+    webhook_log,
+)
 
 WAITING = (Status.SCHEDULED.value, Status.PENDING.value, Status.SENDING.value)
 """Messages still in the queue: never redacted, whatever their age."""
@@ -42,8 +49,9 @@ class RetentionStore:
         return await self._run(delete(callbacks).where(callbacks.c.id.in_(old.scalar_subquery())))
 
     async def redact_messages(self, before: datetime, *, now: datetime, batch: int) -> int:
-        """Remove the body, metadata and provider payloads of up to ``batch`` messages created
-        before ``before`` that are no longer in the queue."""
+        """Remove the content, metadata and provider payloads of up to ``batch`` messages created
+        before ``before`` that are no longer in the queue: the text, and for an email its HTML
+        part, subject, extra headers and attached files too."""
         async with self.engine.begin() as conn:
             picked = list(
                 (
@@ -63,7 +71,10 @@ class RetentionStore:
             await conn.execute(
                 update(messages)
                 .where(messages.c.id.in_(picked), messages.c.status.not_in(WAITING))
-                .values(body="", metadata={}, redacted_at=now)
+                .values(body="", html=None, subject=None, headers=None, metadata={}, redacted_at=now)
+            )
+            await conn.execute(
+                delete(message_attachments).where(message_attachments.c.message_id.in_(picked))
             )
             await conn.execute(
                 update(message_events).where(message_events.c.message_id.in_(picked)).values(detail={})
