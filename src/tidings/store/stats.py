@@ -33,6 +33,16 @@ class Totals:
     failed: int = 0
     cancelled: int = 0
 
+    @classmethod
+    def of(cls, counts: dict[str, int]) -> Totals:
+        """The totals of messages counted by status."""
+        return cls(
+            total=sum(counts.values()),
+            delivered=counts.get(Status.DELIVERED.value, 0),
+            failed=counts.get(Status.FAILED.value, 0),
+            cancelled=counts.get(Status.CANCELLED.value, 0),
+        )
+
     @property
     def attempted(self) -> int:
         return self.total - self.cancelled
@@ -62,13 +72,7 @@ async def totals(
     )
     if provider is not None:
         query = query.where(messages.c.provider == provider)
-    counts = {str(status): int(count) for status, count in (await conn.execute(query)).all()}
-    return Totals(
-        total=sum(counts.values()),
-        delivered=counts.get(Status.DELIVERED.value, 0),
-        failed=counts.get(Status.FAILED.value, 0),
-        cancelled=counts.get(Status.CANCELLED.value, 0),
-    )
+    return Totals.of({str(status): int(count) for status, count in (await conn.execute(query)).all()})
 
 
 # -- statistics grouped by any of several keys ------------------------------------------------
@@ -116,12 +120,7 @@ class Group:
 
     @property
     def totals(self) -> Totals:
-        return Totals(
-            total=sum(self.counts.values()),
-            delivered=self.counts.get(Status.DELIVERED.value, 0),
-            failed=self.counts.get(Status.FAILED.value, 0),
-            cancelled=self.counts.get(Status.CANCELLED.value, 0),
-        )
+        return Totals.of(self.counts)
 
     def add(self, status: str, currency: str | None, count: int, segments: int, cost: int | None) -> None:
         self.counts[status] = self.counts.get(status, 0) + count
