@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: run test lint typecheck pytest clean bench lock
+.PHONY: run test lint typecheck pytest browser clean bench lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,20 @@ lint: $(STAMP_TEST)
 typecheck: $(STAMP_TEST)
 	$(BIN)/mypy src
 
-pytest: $(STAMP_TEST)
+# The dashboard's browser tests drive the distribution's Chromium (never a downloaded one): as
+# root, install it when it is missing; otherwise say how (the tests skip, or fail under CI=true).
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    echo "installing Chromium for the dashboard's browser tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; \
+	  else \
+	    echo "no $(CHROMIUM): the dashboard's browser tests need it (apt-get install chromium)"; \
+	  fi; \
+	fi
+
+pytest: $(STAMP_TEST) browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -27,6 +27,7 @@ from tidings.config import Settings, load_settings
 from tidings.errors import ConfigError, TidingsError
 from tidings.services import Service
 from tidings.services.accepting import SendRequest
+from tidings.services.operators import OperatorService
 from tidings.services.stats import StatsService
 from tidings.store import Store
 from tidings.store.db import shown_url, sqlite_file, unreachable
@@ -39,6 +40,8 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 webhooks_app = typer.Typer(help="Read and replay the webhook log.", no_args_is_help=True)
 app.add_typer(webhooks_app, name="webhooks")
+users_app = typer.Typer(help="Manage the dashboard's users.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
@@ -518,6 +521,88 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")
 
 def main() -> None:
     app()
+
+
+PasswordStdin = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin", help="Read the password from the first line of standard input (for scripts)."
+    ),
+]
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+def _operators(action: Callable[[OperatorService], Awaitable[T]]) -> T:
+    settings = _settings()
+
+    async def run(store: Store) -> T:
+        return await action(OperatorService(store.operators, settings.dashboard_session_hours))
+
+    try:
+        return _run(_with_store(settings, run))
+    except TidingsError as exc:
+        typer.echo(f"tidings: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="The name they sign in with.")],
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Create a dashboard user (asks for the password twice, hashed with Argon2id)."""
+    password = _password(password_stdin)
+    made = _operators(lambda operators: operators.create(name, password))
+    typer.echo(f"created dashboard user {made.name!r}; sign in at /dashboard")
+
+
+@users_app.command("password")
+def users_password(
+    name: Annotated[str, typer.Argument(help="The user's name.")], password_stdin: PasswordStdin = False
+) -> None:
+    """Set a dashboard user's password (their sessions end)."""
+    password = _password(password_stdin)
+    _operators(lambda operators: operators.set_password(name, password))
+    typer.echo(f"changed the password of {name!r}; their sessions are ended")
+
+
+@users_app.command("disable")
+def users_disable(name: Annotated[str, typer.Argument(help="The user's name.")]) -> None:
+    """Stop a dashboard user from signing in (their sessions end at once)."""
+    _operators(lambda operators: operators.set_disabled(name, True))
+    typer.echo(f"disabled dashboard user {name!r}")
+
+
+@users_app.command("enable")
+def users_enable(name: Annotated[str, typer.Argument(help="The user's name.")]) -> None:
+    """Let a disabled dashboard user sign in again."""
+    _operators(lambda operators: operators.set_disabled(name, False))
+    typer.echo(f"enabled dashboard user {name!r}")
+
+
+@users_app.command("list")
+def users_list(json_output: JsonOption = False) -> None:
+    """List the dashboard's users."""
+    found = _operators(lambda operators: operators.store.all())
+    _print_rows(
+        [
+            {
+                "name": o.name,
+                "created_at": to_api(o.created_at),
+                "last_sign_in_at": to_api(o.last_sign_in_at),
+                "state": "disabled" if o.disabled_at else "active",
+            }
+            for o in found
+        ],
+        ["name", "created_at", "last_sign_in_at", "state"],
+        as_json=json_output,
+    )
 
 
 @webhooks_app.command("list")

@@ -324,6 +324,11 @@ class Settings(BaseModel):
     """Seconds between two evaluations of the alert rules by each worker."""
     alerts: AlertRules = Field(default_factory=AlertRules)
 
+    dashboard: bool = True
+    """Serve the web dashboard at ``/dashboard`` (its users: ``tidings users create``)."""
+    dashboard_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    """A dashboard session ends after this long without a page being loaded."""
+
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     _sources: Sources | None = PrivateAttr(default=None)

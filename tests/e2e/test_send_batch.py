@@ -25,7 +25,8 @@ import httpx
 import msgpack
 import pytest
 
-from tests.e2e.test_serve import Served, auth, clean_env, free_port, run_cli, tidings_command
+from tests.e2e.test_serve import auth
+from tests.processes import Served, clean_env, free_port, run_cli, tidings_command
 from tidings.providers.fake_rules import NO_RECEIPT, PERMANENT_FAILURE, RECEIPT_FAILED
 
 TEMPLATE = "Hello {{ first_name }}, your visit at {{ clinic }} is on {{ day }}."

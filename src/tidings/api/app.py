@@ -291,6 +291,11 @@ def create_app(service: Service) -> FastAPI:
     webhooks.add_legacy_routes(app, service)
     add_metrics(app, service)
     add_docs(app)
+    if service.settings.dashboard:
+        from tidings.dashboard import create_dashboard
+        from tidings.dashboard.web import BASE
+
+        app.mount(BASE, create_dashboard(service))
     app.add_middleware(
         BodyLimit,
         max_bytes=service.settings.max_request_bytes,

@@ -20,9 +20,7 @@ from tidings.api.common import (
     json_response,
 )
 from tidings.api.schemas import MessageIn, MessageOut, MessagePage, message_json
-from tidings.clock import utc_field
 from tidings.domain.content import Channel
-from tidings.domain.phone import normalize_e164
 from tidings.domain.requests import TIME_PARAMETER, Timestamp
 from tidings.domain.search import (
     AMOUNT_PATTERN,
@@ -31,9 +29,6 @@ from tidings.domain.search import (
     MAX_TAGS,
     MAX_TERMS,
     PREFIX_PATTERN,
-    cost_range,
-    number_prefix,
-    search_terms,
 )
 from tidings.domain.status import Status
 from tidings.errors import (
@@ -48,10 +43,9 @@ from tidings.errors import (
     NotCancellable,
     NotFound,
     RecipientOptedOut,
-    printable,
 )
 from tidings.services.accepting import SendRequest
-from tidings.store.messages import MessageFilter
+from tidings.services.messages import message_filter
 
 router = APIRouter(tags=["messages"])
 
@@ -168,22 +162,21 @@ async def list_messages(
 ) -> Response:
     """Messages, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``. Every
     filter given must hold."""
-    currency, low, high = cost_range(currency, cost_min, cost_max)
-    filters = MessageFilter(
-        # Only letters, digits and marks are kept of q: no NUL or surrogate reaches a database.
-        terms=search_terms(q, "q") if q is not None else (),
-        statuses=tuple(status or ()),
-        to=normalize_e164(to, service.settings.default_region) if to else None,
-        to_prefix=number_prefix(to_prefix)[0] if to_prefix is not None else None,
-        tags=tuple(printable(t, "tag") or "" for t in tag or ()),
-        provider=printable(provider, "provider"),
+    filters = message_filter(
+        region=service.settings.default_region,
+        q=q,
+        statuses=status or (),
+        to=to,
+        to_prefix=to_prefix,
+        tags=tag or (),
+        provider=provider,
         channel=channel.value if channel is not None else None,
-        batch=printable(batch, "batch"),
-        created_after=utc_field(created_after, "created_after"),
-        created_before=utc_field(created_before, "created_before"),
+        batch=batch,
+        created_after=created_after,
+        created_before=created_before,
         currency=currency,
-        cost_min=low,
-        cost_max=high,
+        cost_min=cost_min,
+        cost_max=cost_max,
     )
     page, next_cursor = await service.messages.list(filters, cursor=id_cursor(cursor), limit=limit)
     return json_response({"data": [message_json(r) for r in page], "next_cursor": next_cursor})

@@ -6,7 +6,7 @@ stopped together.
 transport calls the same services: :attr:`Service.accepting`, :attr:`~Service.messages`,
 :attr:`~Service.inbound`, :attr:`~Service.webhooks`, :attr:`~Service.gateway`,
 :attr:`~Service.callbacks`, :attr:`~Service.batches`, :attr:`~Service.templates`,
-:attr:`~Service.alerts`.
+:attr:`~Service.alerts`, :attr:`~Service.operators` (the dashboard's users).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tidings.services.callbacks import CallbackService
 from tidings.services.gateway import GatewayService
 from tidings.services.inbound import InboundPolicy, InboundService
 from tidings.services.messages import MessageService
+from tidings.services.operators import OperatorService
 from tidings.services.retention import Retention
 from tidings.services.routing import Router, email_default
 from tidings.services.stats import StatsService
@@ -85,6 +86,7 @@ class Service:
         self.retention = Retention(self.store, settings)
         self.stats = StatsService(self.store, settings.stats_max_days)
         self.alerts = AlertService(self.store, settings, self.providers)
+        self.operators = OperatorService(self.store.operators, settings.dashboard_session_hours)
         self._listener: PostgresListener | None = None
         self._started: list[Provider] = []
         self.started = False

@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from tidings import ids
-from tidings.errors import NotCancellable, NotFound
+from tidings.clock import utc_field
+from tidings.domain.phone import normalize_e164
+from tidings.domain.search import cost_range, number_prefix, search_terms
+from tidings.domain.status import Status
+from tidings.errors import NotCancellable, NotFound, printable
 from tidings.store import Store
 from tidings.store.messages import MessageFilter
+
+
+def message_filter(
+    *,
+    region: str | None,
+    q: str | None = None,
+    statuses: Sequence[Status] = (),
+    to: str | None = None,
+    to_prefix: str | None = None,
+    tags: Sequence[str] = (),
+    provider: str | None = None,
+    channel: str | None = None,
+    batch: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    currency: str | None = None,
+    cost_min: str | None = None,
+    cost_max: str | None = None,
+) -> MessageFilter:
+    """The filter a client asked for, each value checked (:class:`InvalidInput` naming the
+    parameter at fault); ``region`` reads numbers written without their country code."""
+    code, low, high = cost_range(currency, cost_min, cost_max)
+    return MessageFilter(
+        # Only letters, digits and marks are kept of q: no NUL or surrogate reaches a database.
+        terms=search_terms(q, "q") if q is not None else (),
+        statuses=tuple(statuses),
+        to=normalize_e164(to, region) if to else None,
+        to_prefix=number_prefix(to_prefix)[0] if to_prefix is not None else None,
+        tags=tuple(printable(t, "tag") or "" for t in tags),
+        provider=printable(provider, "provider"),
+        channel=channel,
+        batch=printable(batch, "batch"),
+        created_after=utc_field(created_after, "created_after"),
+        created_before=utc_field(created_before, "created_before"),
+        currency=code,
+        cost_min=low,
+        cost_max=high,
+    )
 
 
 class MessageService:

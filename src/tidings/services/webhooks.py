@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tidings import metrics
 from tidings.config import Settings
+from tidings.domain.destinations import Network, networks
 from tidings.errors import AddressNotAllowed, BadRequest, NotFound, WebhookRejected, WebhookTooLarge
 from tidings.providers.base import Provider, WebhookRequest, WebhookResult
 from tidings.services.inbound import InboundService
@@ -34,14 +35,8 @@ from tidings.store.webhooks import WebhookEntry
 
 log = logging.getLogger(__name__)
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 # Query parameters that may carry a credential (Orange's notifyURL token, for one).
 _SECRET_PARAMS = frozenset({"token", "secret", "key", "password", "signature", "auth", "access_token"})
-
-
-def _networks(cidrs: Sequence[str]) -> list[Network]:
-    return [ipaddress.ip_network(c, strict=False) for c in cidrs]
 
 
 def _within(address: str, networks: Sequence[Network]) -> bool:
@@ -101,7 +96,7 @@ class WebhookHandler:
         self.tracker = tracker
         self.inbound = inbound
         self.providers = providers
-        self._trusted = _networks(settings.trusted_proxies)
+        self._trusted = networks(settings.trusted_proxies)
         # Paths other services used for a provider's webhooks (seed 002's Orange paths): each goes
         # to the first configured provider whose kind declares it.
         self.legacy_paths: dict[str, tuple[Provider, str]] = {}
@@ -109,7 +104,7 @@ class WebhookHandler:
             for path, event in provider.legacy_webhook_paths.items():
                 self.legacy_paths.setdefault(path, (provider, event))
         self._allowed = {
-            name: _networks(p.settings.webhook_allow_ips)
+            name: networks(p.settings.webhook_allow_ips)
             for name, p in providers.items()
             if p.settings.webhook_allow_ips
         }

@@ -19,6 +19,7 @@ templates.py   stored templates and every version of them
 signatures.py  signed requests' signatures, each usable once
 secrets.py     the installation's own secrets (the unsubscribe links' key)
 stats.py       the figures: totals and rates, grouped statistics, webhook processing
+operators.py   the dashboard's users, their sessions and the audit log
 inbound.py, optouts.py, gateways.py, webhooks.py, keys.py, log.py
 """
 
@@ -41,6 +42,7 @@ from tidings.store.inbound import InboundStore
 from tidings.store.keys import KeyStore
 from tidings.store.log import LogStore
 from tidings.store.messages import MessageStore
+from tidings.store.operators import OperatorStore
 from tidings.store.optouts import OptOutStore
 from tidings.store.queue import QueueStore
 from tidings.store.reports import ReportStore
@@ -74,6 +76,7 @@ class Store:
         self.secrets = SecretStore(engine)
         self.alerts = AlertStore(engine)
         self.figures = FigureStore(engine)
+        self.operators = OperatorStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:

@@ -449,3 +449,49 @@ alerts = Table(
         sqlite_where=text("resolved_at IS NULL"),
     ),
 )
+
+operators = Table(
+    "operators",
+    metadata,
+    # The people who sign in to the dashboard (``tidings users create``); API keys are not logins.
+    Column("id", String(26), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    # Argon2id, in the encoded form that carries its own salt and parameters.
+    Column("password_hash", Text(), nullable=False),
+    Column("created_at", DateTime(), nullable=False),
+    Column("last_sign_in_at", DateTime()),
+    Column("disabled_at", DateTime()),
+)
+
+operator_sessions = Table(
+    "operator_sessions",
+    metadata,
+    # A signed-in browser: only the SHA-256 of its cookie is kept, so a copy of the database
+    # signs nobody in.
+    Column("id", String(64), primary_key=True),
+    Column(
+        "operator_id",
+        String(26),
+        ForeignKey("operators.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # The token every form of this session carries (CSRF).
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", DateTime(), nullable=False),
+    Column("last_seen_at", DateTime(), nullable=False),
+    Column("expires_at", DateTime(), nullable=False, index=True),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # Who did what from the dashboard: cancels, replays, opt-outs, signing in and out.
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("occurred_at", DateTime(), nullable=False),
+    Column("operator", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", String(320), nullable=False),
+    Column("detail", JSON(), nullable=False),
+    Column("address", String(64)),
+)
