@@ -19,16 +19,37 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tidings.api.app import failure_response
 from tidings.dashboard import account, messages, overview
 from tidings.dashboard.web import BASE, SECURITY_HEADERS, SignInRequired, is_fragment, render
-from tidings.errors import TidingsError
+from tidings.errors import DatabaseUnavailable, TidingsError
 from tidings.services import Service
 
 PAGES = (account, overview, messages)
 
 
-class SecurityHeaders:
-    """The dashboard's headers on every answer it gives (``web.SECURITY_HEADERS``)."""
+def failure_page(request: Request, exc: Exception) -> Response:
+    """The page for an exception no route handled: the API's answer to it (which logs it),
+    shown as a page."""
+    failed = failure_response(exc)
+    unavailable = failed.status_code == DatabaseUnavailable.http_status
+    response = render(
+        request,
+        "error.html",
+        failed.status_code,
+        code=DatabaseUnavailable.code if unavailable else "internal_error",
+        message="The database does not answer; try again shortly."
+        if unavailable
+        else "Something went wrong on the server; the service's log says what.",
+    )
+    if "retry-after" in failed.headers:
+        response.headers["Retry-After"] = failed.headers["retry-after"]
+    return response
+
+
+class Shell:
+    """Around every dashboard answer: its security headers (``web.SECURITY_HEADERS``), and a
+    page rather than a bare 500 for an exception no route handled."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -47,7 +68,19 @@ class SecurityHeaders:
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
-        await self.app(scope, receive, stamped)
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await stamped(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started or scope["type"] != "http":
+                raise
+            await failure_page(Request(scope, receive), exc)(scope, receive, stamped)
 
 
 def create_dashboard(service: Service) -> FastAPI:
@@ -78,5 +111,5 @@ def create_dashboard(service: Service) -> FastAPI:
     for page in PAGES:
         app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=str(files("tidings.dashboard") / "static")), name="static")
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(Shell)
     return app

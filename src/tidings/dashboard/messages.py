@@ -87,6 +87,20 @@ async def list_messages(request: Request, _session: Operator, service: ServiceDe
     )
 
 
+EVENT_TITLES = {
+    "claimed": "taken by a worker",
+    "send_accepted": "sent: the provider accepted it",
+    "send_failed": "the provider refused it",
+    "send_error": "sending failed",
+    "retry_scheduled": "retry scheduled",
+    "failed_over": "moved to the next provider",
+    "handed_to_gateway": "handed to the phone",
+    "report": "receipt",
+    "gateway_update": "status from the phone",
+}
+"""What each kind of event is called on the timeline (others: their name, in words)."""
+
+
 @dataclass(frozen=True)
 class Moment:
     """One line of a message's timeline."""
@@ -112,7 +126,7 @@ def timeline(
         Moment(
             at=e["occurred_at"],
             kind="event",
-            title=e["type"].replace("_", " "),
+            title=EVENT_TITLES.get(e["type"], e["type"].replace("_", " ")),
             status=e["status"],
             detail={
                 "source": e["source"],
@@ -127,10 +141,10 @@ def timeline(
     ]
     moments += [
         Moment(
-            at=w.received_at,
+            at=w.received_at or message["created_at"],
             kind="webhook",
             title=f"webhook from {w.provider} ({w.event})",
-            status="processed" if w.processed else "failed",
+            status=w.state,
             detail={"entry": w.id, "answered": w.response_status, "error": w.error, "reports": w.reports},
         )
         for w in webhooks

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -67,6 +68,7 @@ class WebhookEntry:
     unmatched: int
     inbound: int
     body_size: int = 0
+    received_at: datetime | None = None
 
     @property
     def state(self) -> str:
@@ -214,4 +216,5 @@ def _entry(row: Mapping[Any, Any]) -> WebhookEntry:
         unmatched=int(row["unmatched"]),
         inbound=int(row["inbound"]),
         body_size=int(row["body_size"]),
+        received_at=row["received_at"],
     )
