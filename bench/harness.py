@@ -367,12 +367,15 @@ class Workspace:
         env.update({f"TIDINGS_{name.upper()}": value for name, value in (settings or {}).items()})
         return env
 
-    def run_tidings(self, args: list[str], env: dict[str, str], timeout: float = 120) -> str:
-        """Run a short ``tidings`` command to completion; its stdout."""
+    def run_tidings(
+        self, args: list[str], env: dict[str, str], timeout: float = 120, input: str | None = None
+    ) -> str:
+        """Run a short ``tidings`` command to completion (``input`` on its stdin); its stdout."""
         done = subprocess.run(
             [*tidings_command(), *args],
             env=env,
             cwd=self.directory,
+            input=input,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -46,6 +46,7 @@ from scenarios import (
     Scenario,
     backlog,
     batches,
+    dashboard,
     dispatch,
     email,
     metrics_scrape,
@@ -66,6 +67,7 @@ SCENARIOS: dict[str, Scenario | None] = {
     "stats": stats.run,
     "metrics_scrape": metrics_scrape.run,
     "search": search.run,
+    "dashboard": dashboard.run,
 }
 QUICK = Options(
     messages=2000,
