@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: run test lint typecheck pytest browser screenshots clean bench lock
+.PHONY: run test lint typecheck pytest browser screenshots proto clean bench lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ browser:
 
 pytest: $(STAMP_TEST) browser
 	$(BIN)/pytest
+
+# The gRPC code in src/tidings/v1/ from proto/ (committed; tests/unit/test_proto.py checks it is fresh).
+proto: $(STAMP_TEST)
+	PYTHON=$(BIN)/python bash scripts/proto
 
 # The dashboard's screenshots in docs/screenshots/ (shown in the README), from a freshly filled server.
 screenshots: $(STAMP_TEST) browser

@@ -363,6 +363,9 @@ class Workspace:
             TIDINGS_DATABASE_URL=self.database_url,
             TIDINGS_PUBLIC_URL=f"http://127.0.0.1:{api_port}",
             TIDINGS_LOG_LEVEL="INFO",
+            # A port of its own for the gRPC API of `tidings serve` (scenarios that measure it
+            # read it from here), so that processes of a run never contend for the default.
+            TIDINGS_GRPC_PORT=str(free_port()),
         )
         env.update({f"TIDINGS_{name.upper()}": value for name, value in (settings or {}).items()})
         return env

@@ -33,7 +33,10 @@ def free_port() -> int:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without ``TIDINGS_*`` settings, plus ``extra``; and a free port for the
+    gRPC API of ``tidings serve``, so that tests' servers never contend for the default 50051."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    env["TIDINGS_GRPC_PORT"] = str(free_port())
     env.update(extra)
     return env
 
@@ -57,13 +60,15 @@ def run_cli(
 class Served:
     """A long-running ``tidings`` process; its stdout is read line by line on a thread."""
 
-    def __init__(self, directory: Path, args: list[str], env: dict[str, str], port: int) -> None:
-        self.port = port
+    def __init__(self, directory: Path, args: list[str], env: dict[str, str], port: int | None) -> None:
+        """``port``: the HTTP port it is given (``--port``); ``None`` for a command without one
+        (``tidings grpc``)."""
+        self.port = port or 0
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = directory / f"{args[0]}-{port}-{time.monotonic_ns()}.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [*tidings_command(), *args, "--port", str(port)],
+                [*tidings_command(), *args, *(["--port", str(port)] if port is not None else [])],
                 cwd=directory,
                 env=env,
                 stdin=subprocess.DEVNULL,

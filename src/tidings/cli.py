@@ -211,7 +211,9 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _listening(settings: Settings, host: str | None, port: int | None) -> Settings:
+def _listening(
+    settings: Settings, host: str | None, port: int | None, grpc_port: int | None = None
+) -> Settings:
     """The settings with the address the command line gave: what the API listens on, and so what
     ``public_url`` is when it is not set (providers are told it, and sign receipts with it)."""
     changes: dict[str, Any] = {}
@@ -219,13 +221,16 @@ def _listening(settings: Settings, host: str | None, port: int | None) -> Settin
         changes["host"] = host
     if port is not None:
         changes["port"] = port
+    if grpc_port is not None:
+        changes["grpc_port"] = grpc_port
     return settings.model_copy(update=changes) if changes else settings
 
 
-async def _serve(settings: Settings, *, with_api: bool, with_worker: bool) -> None:
+async def _serve(settings: Settings, *, with_api: bool, with_worker: bool, with_grpc: bool = False) -> None:
     import uvicorn
 
     from tidings.api.app import create_app
+    from tidings.rpc.server import GrpcServer
 
     class Server(uvicorn.Server):
         # tidings handles SIGINT/SIGTERM itself, so that the worker drains and the service closes
@@ -244,6 +249,17 @@ async def _serve(settings: Settings, *, with_api: bool, with_worker: bool) -> No
             sock.close()
         await service.close()
         raise
+    rpc: GrpcServer | None = None
+    if with_grpc:
+        rpc = GrpcServer(service, settings)
+        try:
+            await rpc.start(settings.host, settings.grpc_port)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            await rpc.stop(0)
+            await service.close()
+            raise
     stop = asyncio.Event()
     _stop_on_signals(stop)
     server: Server | None = None
@@ -275,6 +291,8 @@ async def _serve(settings: Settings, *, with_api: bool, with_worker: bool) -> No
         if server is not None:
             server.should_exit = True
         results = await asyncio.gather(*tasks, return_exceptions=True)
+        if rpc is not None:
+            await rpc.stop()
         await service.close()
     for result in results:
         if isinstance(result, BaseException):
@@ -285,13 +303,29 @@ HostOption = Annotated[
     str | None, typer.Option(help="Address to listen on (default: TIDINGS_HOST or 127.0.0.1).")
 ]
 PortOption = Annotated[int | None, typer.Option(help="Port to listen on (default: TIDINGS_PORT or 8000).")]
+GrpcPortOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Port of the gRPC API (default: TIDINGS_GRPC_PORT or 50051; 0: none).", min=0, max=65535
+    ),
+]
 
 
 @app.command()
-def serve(host: HostOption = None, port: PortOption = None) -> None:
-    """Run the API and a worker in one process (the embedded default)."""
-    settings = _listening(_settings(), host, port)
-    _run(_serve(settings, with_api=True, with_worker=True))
+def serve(host: HostOption = None, port: PortOption = None, grpc_port: GrpcPortOption = None) -> None:
+    """Run the API (REST and gRPC) and a worker in one process (the embedded default)."""
+    settings = _listening(_settings(), host, port, grpc_port)
+    _run(_serve(settings, with_api=True, with_worker=True, with_grpc=settings.grpc_port != 0))
+
+
+@app.command("grpc")
+def grpc_api(host: HostOption = None, grpc_port: GrpcPortOption = None) -> None:
+    """Run the gRPC API only (workers run elsewhere)."""
+    settings = _listening(_settings(), host, None, grpc_port)
+    if settings.grpc_port == 0:
+        typer.echo("tidings: grpc_port is 0: the gRPC API is turned off", err=True)
+        raise typer.Exit(2)
+    _run(_serve(settings, with_api=False, with_worker=False, with_grpc=True))
 
 
 @app.command()

@@ -220,6 +220,11 @@ class Settings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
     """Where providers reach this service (for receipts); default http://HOST:PORT."""
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    """Where ``tidings serve`` and ``tidings grpc`` serve the gRPC API (on ``host``); 0: not at all."""
+    grpc_tls_cert: str | None = None
+    """A PEM certificate (chain) file: the gRPC API then serves TLS only (with ``grpc_tls_key``)."""
+    grpc_tls_key: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "text"] = "auto"
     """``json`` lines, or ``text`` (``key=value``); ``auto``: text on a terminal, JSON otherwise."""
@@ -389,6 +394,12 @@ class Settings(BaseModel):
         if not value.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+", "postgres:")):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
+
+    @model_validator(mode="after")
+    def _grpc_tls_pair(self) -> Settings:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("grpc_tls_cert and grpc_tls_key go together: set both, or neither")
+        return self
 
     @property
     def base_url(self) -> str:

@@ -8,9 +8,7 @@ started and stopped with signals as an operator would.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import aiohttp
 import pytest
 from sqlalchemy import insert, select, text
 
+from tests.processes import clean_env, free_port
 from tidings import ids
 from tidings.clock import utcnow
 from tidings.domain.status import Status
@@ -46,18 +45,6 @@ def tidings_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "from tidings.cli import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    env.update(extra)
-    return env
 
 
 class Processes:

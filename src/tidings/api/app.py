@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -189,6 +190,22 @@ def failure_response(exc: Exception) -> Response:
     return error_response(TidingsError("internal error; the request may be retried"))
 
 
+def validation_failure(errors: Sequence[Any]) -> TidingsError:
+    """The error contract's answer to a request model's validation errors (pydantic's list): a
+    body that is not JSON or not an object is ``bad_request``; otherwise the first error, as
+    ``validation_failed`` naming its field. The gRPC API answers the same."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        return BadRequest("request body is not valid JSON")
+    if first.get("type") == "model_attributes_type" or (
+        first.get("loc") == ("body",) and first.get("type") in ("dict_type", "missing")
+    ):
+        return BadRequest("request body must be a JSON object")
+    field = _field(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "invalid value"))
+    return ValidationFailed(f"{field}: {message}" if field else message, field=field)
+
+
 def _field(loc: tuple[int | str, ...]) -> str | None:
     if len(loc) > 1 and loc[0] == "query":
         # A parameter given more than once (status=a&status=b) is named, not its position.
@@ -235,16 +252,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
-        if first.get("type") == "json_invalid":
-            return error_response(BadRequest("request body is not valid JSON"))
-        if first.get("type") == "model_attributes_type" or (
-            first.get("loc") == ("body",) and first.get("type") in ("dict_type", "missing")
-        ):
-            return error_response(BadRequest("request body must be a JSON object"))
-        field = _field(tuple(first.get("loc", ())))
-        message = str(first.get("msg", "invalid value"))
-        return error_response(ValidationFailed(f"{field}: {message}" if field else message, field=field))
+        return error_response(validation_failure(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:

@@ -167,7 +167,8 @@ async def authenticate_signed(
     return await checker.check(request.headers.get("authorization"))
 
 
-def _in_scope(key: ApiKey, name: str) -> ApiKey:
+def in_scope(key: ApiKey, name: str) -> ApiKey:
+    """``key`` when it has the scope ``name``; :class:`Forbidden` otherwise (REST and gRPC)."""
     if name not in key.scopes:
         raise Forbidden(f"this API key may not {name} (its scopes: {', '.join(sorted(key.scopes))})")
     return key
@@ -175,13 +176,13 @@ def _in_scope(key: ApiKey, name: str) -> ApiKey:
 
 def _scope(name: str) -> Callable[[ApiKey], ApiKey]:
     def check(key: Authenticated) -> ApiKey:
-        return _in_scope(key, name)
+        return in_scope(key, name)
 
     return check
 
 
 def _signed_sender(key: Annotated[ApiKey, Depends(authenticate_signed)]) -> ApiKey:
-    return _in_scope(key, "send")
+    return in_scope(key, "send")
 
 
 Sender = Annotated[ApiKey, Depends(_scope("send"))]

@@ -44,8 +44,8 @@ from tidings.errors import (
     NotFound,
     RecipientOptedOut,
 )
-from tidings.services.accepting import SendRequest
-from tidings.services.messages import message_filter
+from tidings.services.accepting import MAX_IDEMPOTENCY_KEY
+from tidings.services.messages import PAGE_DEFAULT, PAGE_MAX, message_filter
 
 router = APIRouter(tags=["messages"])
 
@@ -76,17 +76,11 @@ async def send_message(
     payload: MessageIn,
     key: Sender,
     service: ServiceDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY)] = None,
 ) -> Response:
     """Accept a message. It is stored before this answers; with an ``Idempotency-Key`` a retried
     request returns the same message (200), and a different body under the same key is a 409."""
-    fields = payload.model_dump(exclude={"attachments", "body"})
-    request = SendRequest(
-        **fields,
-        body=payload.body or "",
-        attachments=list(payload.attachments),
-    )
-    row, created = await service.accepting.accept(request, key=key, idempotency_key=idempotency_key)
+    row, created = await service.accepting.accept(payload.request(), key=key, idempotency_key=idempotency_key)
     return json_response(message_json(row), 202 if created else 200)
 
 
@@ -158,7 +152,7 @@ async def list_messages(
         Query(pattern=AMOUNT_PATTERN, description="At most this cost (`0.5`); needs `currency`."),
     ] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
 ) -> Response:
     """Messages, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``. Every
     filter given must hold."""

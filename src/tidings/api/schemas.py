@@ -16,6 +16,7 @@ from tidings.domain.failures import FailureReason
 from tidings.domain.requests import RequestModel, Timestamp
 from tidings.domain.segments import Encoding
 from tidings.domain.status import Status
+from tidings.services.accepting import SendRequest
 from tidings.store.log import Kind
 
 CallbackStatus = Literal["pending", "delivering", "delivered", "failed"]
@@ -93,6 +94,11 @@ class MessageIn(RequestModel):
     reply_to: str | None = Field(default=None, max_length=320, description="Email: where replies go.")
     headers: dict[str, str] = Field(default_factory=dict, description="Email: extra headers.")
     attachments: list[AttachmentIn] = Field(default_factory=list, description="Email: files.")
+
+    def request(self) -> SendRequest:
+        """What the acceptor takes: the same for every transport that accepts this model."""
+        fields = self.model_dump(exclude={"attachments", "body"})
+        return SendRequest(**fields, body=self.body or "", attachments=list(self.attachments))
 
 
 class EventOut(BaseModel):

@@ -53,6 +53,10 @@ def canonical_hash(value: Any) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
+MAX_IDEMPOTENCY_KEY = 255
+"""The longest idempotency key a client may give (REST header and gRPC metadata alike)."""
+
+
 @dataclass(frozen=True)
 class SendRequest:
     """One message as a client asks for it, before validation."""

@@ -24,6 +24,7 @@ from tidings.services.accepting import TEST_PROVIDER, Acceptor
 from tidings.services.alerts import AlertService
 from tidings.services.batches import BatchService
 from tidings.services.callbacks import CallbackService
+from tidings.services.changes import ChangeFeed
 from tidings.services.gateway import GatewayService
 from tidings.services.inbound import InboundPolicy, InboundService
 from tidings.services.messages import MessageService
@@ -66,6 +67,7 @@ class Service:
         self.tracker = Tracker(self.store, self.providers)
         self.router = Router(settings, self.providers, email_provider=email_default(settings, self.providers))
         self.messages = MessageService(self.store)
+        self.changes = ChangeFeed(self.store)
         self.inbound = InboundService(self.store, InboundPolicy.from_settings(settings))
         self.webhooks = WebhookHandler(self.store, self.tracker, self.inbound, self.providers, settings)
         self.gateway = GatewayService(self.store, self.inbound, self.providers)

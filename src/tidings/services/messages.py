@@ -3,17 +3,64 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from tidings import ids
 from tidings.clock import utc_field
+from tidings.domain.batches import FINAL
 from tidings.domain.phone import normalize_e164
 from tidings.domain.search import cost_range, number_prefix, search_terms
 from tidings.domain.status import Status
 from tidings.errors import NotCancellable, NotFound, printable
 from tidings.store import Store
 from tidings.store.messages import MessageFilter
+
+PAGE_DEFAULT = 50
+PAGE_MAX = 500
+"""The most rows one page of a list holds (every transport)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A yes-or-no question about a message (seed 001: "did you send it?", "was it delivered?"),
+    answered from what is stored: ``final`` says whether the answer can still change, ``reason``
+    why it is no, once that is final (the provider's words when it gave some)."""
+
+    yes: bool
+    final: bool
+    status: Status
+    reason: str | None = None
+    error_code: str | None = None
+
+
+def _why_not(row: dict[str, Any]) -> str:
+    if row["status"] == Status.CANCELLED.value:
+        return row.get("error_message") or "it was cancelled before it was sent"
+    return row.get("error_message") or row.get("failure_reason") or row.get("error_code") or "it failed"
+
+
+def was_sent(row: dict[str, Any]) -> Answer:
+    """Whether a provider accepted the message: it is sent or delivered, or failed after it was
+    sent (a receipt said so). No, for good, once it failed without being sent or was cancelled."""
+    status = Status(row["status"])
+    sent = status in (Status.SENT, Status.DELIVERED) or row.get("sent_at") is not None
+    final = sent or status in FINAL
+    if sent or not final:
+        return Answer(sent, final, status)
+    return Answer(False, True, status, _why_not(row), row.get("error_code"))
+
+
+def was_delivered(row: dict[str, Any]) -> Answer:
+    """Whether the message reached its recipient; no, for good, once it failed or was cancelled
+    (with the provider's reason), and not yet before."""
+    status = Status(row["status"])
+    if status is Status.DELIVERED:
+        return Answer(True, True, status)
+    if status not in FINAL:
+        return Answer(False, False, status)
+    return Answer(False, True, status, _why_not(row), row.get("error_code"))
 
 
 def message_filter(

@@ -9,6 +9,7 @@ search.py      the full-text index of each database, and how a search reaches it
 queue.py       claiming (the one claim), retries, promotion, reaping, failover, polling
 reports.py     the one status writer for reports
 events.py      each message's history, written with the callbacks it calls for
+changes.py     status changes in the order of their events, for the change feed
 callbacks.py   the callback outbox and its delivery queue
 retention.py   pruning and redaction in bounded batches
 measures.py    the other figures the alert rules watch
@@ -35,6 +36,7 @@ from tidings.store.alerts import AlertStore
 from tidings.store.batcher import WriteBatcher
 from tidings.store.batches import BatchStore
 from tidings.store.callbacks import CallbackStore
+from tidings.store.changes import ChangeStore
 from tidings.store.db import create_engine
 from tidings.store.figures import FigureStore
 from tidings.store.gateways import GatewayStore
@@ -77,6 +79,7 @@ class Store:
         self.alerts = AlertStore(engine)
         self.figures = FigureStore(engine)
         self.operators = OperatorStore(engine)
+        self.changes = ChangeStore(engine)
 
     @classmethod
     def connect(cls, url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10) -> Store:
