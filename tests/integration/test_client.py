@@ -513,7 +513,8 @@ class Flaky:
     to a ``(method, path)`` of ``plan`` it takes the planned actions in turn: ``lose`` (pass the
     request on, then close the connection instead of answering: tidings acted, the client never
     heard), ``drop`` (close without passing it on), ``503`` (a database outage, with
-    ``Retry-After: 0``), ``429:N`` (rate limited, ``Retry-After: N``); anything else, and every
+    ``Retry-After: 0``), ``429:N`` (rate limited, ``Retry-After: N``), ``502`` (a gateway's HTML
+    error page, not tidings' error contract), ``hang`` (never answer); anything else, and every
     request after the plan, is passed on and answered."""
 
     def __init__(self, upstream: str, plan: dict[tuple[str, str], list[str]]) -> None:
@@ -521,6 +522,8 @@ class Flaky:
         self.plan = {k: list(v) for k, v in plan.items()}
         self.seen: list[Seen] = []
         self.url = ""
+        self.release = asyncio.Event()
+        """Set when the proxy stops: the requests it hangs on end then."""
 
     def to(self, method: str, path: str) -> list[Seen]:
         return [s for s in self.seen if (s.method, s.path.split("?")[0]) == (method, path)]
@@ -545,6 +548,9 @@ class Flaky:
                 status, answer = upstream.status_code, upstream.content
             if seen.action in ("lose", "drop"):
                 return
+            if seen.action == "hang":
+                await self.release.wait()
+                return
             if seen.action == "503":
                 status, extra = 503, "Retry-After: 0\r\n"
                 answer = (
@@ -553,6 +559,8 @@ class Flaky:
             elif seen.action.startswith("429:"):
                 status, extra = 429, f"Retry-After: {seen.action[4:]}\r\n"
                 answer = b'{"error": {"code": "rate_limited", "message": "slow down"}}'
+            elif seen.action == "502":
+                status, answer = 502, b"<html><body>Bad Gateway</body></html>"
             writer.write(
                 f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(answer)}\r\n"
                 f"{extra}Connection: close\r\n\r\n".encode()
@@ -571,12 +579,13 @@ async def flaky(upstream: str, plan: dict[tuple[str, str], list[str]]) -> AsyncI
     try:
         yield proxy
     finally:
+        proxy.release.set()
         server.close()
         await server.wait_closed()
         await proxy.upstream.aclose()
 
 
-FAST = {"backoff": 0.01, "max_backoff": 0.05}
+FAST: dict[str, Any] = {"backoff": 0.01, "max_backoff": 0.05}
 
 
 async def test_a_send_whose_answer_was_lost_is_retried_into_one_message(
@@ -703,3 +712,28 @@ async def test_a_signed_batch_is_signed_anew_for_each_attempt(database_url: str,
         assert replayed.status_code == 409 and replayed.json()["error"]["code"] == "signature_reused"
         batches = (await live.client.get("/v1/batches")).json()["data"]
         assert [b["id"] for b in batches] == [accepted.id]
+
+
+async def test_an_error_page_that_is_not_tidings_is_an_http_error(database_url: str, flavour: str) -> None:
+    async with live_service(database_url, worker=False) as live:
+        async with flaky(live.url, {("GET", "/v1/batches"): ["502", "502"]}) as proxy:
+            async with opened(flavour, proxy.url, key_of(live), retries=1, **FAST) as api:
+                with pytest.raises(ApiError) as bad_gateway:
+                    await api.list_batches()
+        error = bad_gateway.value
+        assert (error.status, error.code, error.field) == (502, "http_error", None)
+        assert "Bad Gateway" in error.message
+        assert len(proxy.to("GET", "/v1/batches")) == 2
+
+
+async def test_the_timeout_bounds_each_attempt(database_url: str, flavour: str) -> None:
+    async with live_service(database_url, worker=False) as live:
+        async with flaky(live.url, {("GET", "/v1/templates"): ["hang", "hang"]}) as proxy:
+            async with opened(flavour, proxy.url, key_of(live), timeout=0.3, retries=1, **FAST) as api:
+                started = time.monotonic()
+                with pytest.raises(httpx.ReadTimeout):
+                    await api.list_templates()
+                took = time.monotonic() - started
+                assert len(proxy.to("GET", "/v1/templates")) == 2
+                assert 0.6 <= took < 5, took
+                assert (await api.list_templates()).data == []
