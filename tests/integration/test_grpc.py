@@ -452,3 +452,59 @@ async def test_with_a_certificate_it_speaks_tls_only(database_url: str, tmp_path
                 assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await server.stop(0)
+
+
+async def test_the_grpc_client_end_to_end_and_its_watch_across_a_server_restart(database_url: str) -> None:
+    from tidings.client import GrpcClient, GrpcError
+
+    async with live_service(database_url) as live:
+        port = free_port()
+        server = GrpcServer(live.service, live.service.settings)
+        await server.start("127.0.0.1", port)
+        _id, secret = await live.service.store.keys.create("client")
+        client = GrpcClient(f"127.0.0.1:{port}", secret, timeout=10)
+        try:
+            sent = await asyncio.to_thread(client.send_message, ORDINARY, "from the client", tags=["c"])
+            with pytest.raises(GrpcError) as raised:
+                await asyncio.to_thread(client.send_message, "nope", "x")
+            assert (raised.value.status, raised.value.code, raised.value.field) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "invalid_phone_number",
+                "to",
+            )
+            shared = pb.BatchShared(group_id="client-batch", template="Hi {{ first_name }}")
+            people = (pb.Recipient(to=f"+1202555{i:04d}", first_name="Otieno") for i in range(7))
+            batch = await asyncio.to_thread(client.send_batch, shared, people, chunk=3)
+            assert (batch.total, batch.accepted) == (7, 7)
+            page = await asyncio.to_thread(client.list_messages, batch=batch.id, limit=10)
+            assert len(page.messages) == 7
+
+            # The watch goes on across a restart of the server, from where it was.
+            seen: list[pb.StatusChange] = []
+
+            def follow() -> None:
+                for change in client.watch(message_id=sent.id, reconnect_seconds=0.1):
+                    seen.append(change)
+                    if change.final:
+                        return
+
+            await wait_final_rest(live, sent.id)
+            await server.stop(0)
+            watching = asyncio.create_task(asyncio.to_thread(follow))
+            await asyncio.sleep(0.5)  # it is refused meanwhile, and tries again
+            server = GrpcServer(live.service, live.service.settings)
+            await server.start("127.0.0.1", port)
+            await asyncio.wait_for(watching, 30)
+            assert [c.event for c in seen] == ["accepted", "claimed", "send_accepted", "report"]
+            answer = await asyncio.to_thread(client.was_delivered, sent.id)
+            assert answer.delivered and answer.final
+        finally:
+            client.close()
+            await server.stop(0)
+
+
+async def wait_final_rest(live: Live, message_id: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await live.client.get(f"/v1/messages/{message_id}")).json()["status"] != "delivered":
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)

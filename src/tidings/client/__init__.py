@@ -2,6 +2,8 @@
 
 - :class:`Client` and :class:`AsyncClient`: the REST API over httpx, one method per operation,
   answers parsed into the server's own models, retries that never send a message twice.
+- :class:`GrpcClient`: the gRPC API (``proto/tidings/v1/messaging.proto``), including the change
+  stream that reconnects and goes on where it stopped.
 - :func:`verify_callback`: check the signature of a callback tidings posted to you.
 """
 
@@ -39,12 +41,11 @@ from tidings.api.schemas import (
     TemplateUpdate,
     WebhookStatsOut,
 )
+from tidings.client.grpc import GrpcClient, GrpcError
 from tidings.client.rest import ApiError, AsyncClient, Client, RetryPolicy, SigningKey, verify_callback
 from tidings.domain.batches import BatchIn, RecipientIn
 from tidings.domain.content import Channel
 from tidings.domain.status import Status
-
-# GrpcClient: added by the gRPC work
 
 __all__ = [
     "AlertOut",
@@ -65,6 +66,8 @@ __all__ = [
     "EventOut",
     "GatewayList",
     "GatewayOut",
+    "GrpcClient",
+    "GrpcError",
     "HealthOut",
     "InboundOut",
     "InboundPage",
