@@ -22,6 +22,7 @@ from sqlalchemy import delete, insert
 
 from tidings import ids
 from tidings.domain.costs import format_micros
+from tidings.services import Service
 from tidings.store import Store
 from tidings.store.tables import message_tags, messages, webhook_log
 
@@ -271,6 +272,24 @@ async def test_every_grouping_matches_a_plain_computation(
     answer = await stats(client, by=",".join(by))
     assert answer["by"] == by
     assert got(answer, by) == expected(seeded, by)
+
+
+@pytest.mark.parametrize("by", [[], ["hour", "provider"], ["tag"]])
+async def test_without_times_the_counts_and_costs_are_the_same_and_no_percentile_is_given(
+    service: Service, seeded: list[dict[str, Any]], by: list[str]
+) -> None:
+    """What the dashboard's overview asks for: the same figures, less the times it does not show."""
+    since, until = DAY, DAY + timedelta(days=2)
+    timed = await service.stats.messages(since=since, until=until, by=by)
+    untimed = await service.stats.messages(since=since, until=until, by=by, times=False)
+    no_times = {"p50": None, "p95": None}
+    for full, short in zip(
+        [timed["totals"], *timed["groups"]], [untimed["totals"], *untimed["groups"]], strict=True
+    ):
+        assert {k: short[k] for k in FIGURES} == {k: full[k] for k in FIGURES}
+        assert short["seconds_to_sent"] == short["seconds_to_delivered"] == no_times
+    assert len(untimed["groups"]) == len(timed["groups"])
+    assert timed["totals"]["seconds_to_delivered"] != no_times
 
 
 async def test_country_is_read_from_the_calling_code(

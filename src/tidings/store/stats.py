@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import Select, Text, case, func, literal_column, select, text, true
+from sqlalchemy import Select, Text, case, func, literal_column, null, select, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.domain.status import Status
@@ -251,11 +251,20 @@ Gathered = tuple[Label, str, str | None, int, int, int | None, list[float], list
 
 
 async def _gathered(
-    conn: AsyncConnection, filters: StatsFilter, keys: list[Any], tags: Any | None
+    conn: AsyncConnection, filters: StatsFilter, keys: list[Any], tags: Any | None, *, times: bool = True
 ) -> list[Gathered]:
-    """Per combination of key values, status and currency: the count, segments, cost, and the
-    seconds each message took from acceptance to sent and to delivered. One statement."""
+    """Per combination of key values, status and currency: the count, segments, cost, and (with
+    ``times``) the seconds each message took from acceptance to sent and to delivered. One
+    statement."""
     names = [str(k.name).removeprefix("k_") for k in keys]
+    to_sent, to_delivered = (
+        (
+            _joined(conn, _seconds_between(conn, messages.c.created_at, messages.c.sent_at)),
+            _joined(conn, _seconds_between(conn, messages.c.created_at, messages.c.delivered_at)),
+        )
+        if times
+        else (null(), null())
+    )
     query = _scoped(
         conn,
         [
@@ -265,8 +274,8 @@ async def _gathered(
             func.count(),
             func.coalesce(func.sum(messages.c.segments), 0),
             func.sum(messages.c.cost_micros),
-            _joined(conn, _seconds_between(conn, messages.c.created_at, messages.c.sent_at)),
-            _joined(conn, _seconds_between(conn, messages.c.created_at, messages.c.delivered_at)),
+            to_sent,
+            to_delivered,
         ],
         filters,
         tags,
@@ -291,7 +300,7 @@ async def _gathered(
 
 
 async def summarize(
-    conn: AsyncConnection, filters: StatsFilter, by: Sequence[str]
+    conn: AsyncConnection, filters: StatsFilter, by: Sequence[str], *, times: bool = True
 ) -> tuple[Group, list[Group]]:
     """The figures of the messages ``filters`` covers: in total, and one :class:`Group` per
     combination of the ``by`` keys that occurs (in key order).
@@ -299,7 +308,10 @@ async def summarize(
     One statement groups counts, segments and costs in the database, and gathers each group's
     times to sent and to delivered as one string; they are ranked here, so that the percentiles
     are exact and computed the same way on both databases. Grouped by ``tag``, a message counts in
-    each of its tags' groups and once in the total (a second statement, without the tags)."""
+    each of its tags' groups and once in the total (a second statement, without the tags).
+
+    Without ``times`` the percentiles are left out (``None``): ranking them is most of the work,
+    so a caller that shows only counts and costs (the dashboard's overview) pays for those only."""
     await _no_jit(conn)
     tags = _tags(conn) if "tag" in by else None
     keys = [_key_column(conn, name, tags).label(f"k_{name}") for name in by]
@@ -317,10 +329,12 @@ async def summarize(
             found[1].extend(sent)
             found[2].extend(delivered)
 
-    gathered = await _gathered(conn, filters, keys, tags)
+    gathered = await _gathered(conn, filters, keys, tags, times=times)
     collect(gathered, grouped=True)
     # Grouped by tag, a message may be in several groups: the total is counted on its own.
-    collect(gathered if tags is None else await _gathered(conn, filters, [], None), grouped=False)
+    collect(
+        gathered if tags is None else await _gathered(conn, filters, [], None, times=times), grouped=False
+    )
     total[0].time(total[1], total[2])
     for group, sent, delivered in groups.values():
         group.time(sent, delivered)
