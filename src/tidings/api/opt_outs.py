@@ -29,7 +29,7 @@ from tidings.errors import (
     InvalidPhoneNumber,
     NotFound,
 )
-from tidings.services.inbound import address_channel, opt_out_target
+from tidings.services.inbound import NOTE_CHARS, SENDER_CHARS, address_channel, opt_out_target
 
 router = APIRouter(tags=["opt-outs"])
 
@@ -54,10 +54,10 @@ class OptOutIn(RequestModel):
         default=None, min_length=1, max_length=320, description="An email address (instead of `number`)."
     )
     sender: str | None = Field(
-        default=None, max_length=64, description="Only from this sender (default: all)."
+        default=None, max_length=SENDER_CHARS, description="Only from this sender (default: all)."
     )
     note: str | None = Field(
-        default=None, max_length=1000, description="Why, for the people who read the list."
+        default=None, max_length=NOTE_CHARS, description="Why, for the people who read the list."
     )
 
 
@@ -143,13 +143,11 @@ async def remove_opt_out(
     number: Annotated[str, Path(max_length=64)],
     _key: Admin,
     service: ServiceDep,
-    sender: Annotated[str | None, Query(max_length=64)] = None,
+    sender: Annotated[str | None, Query(max_length=SENDER_CHARS)] = None,
 ) -> Response:
     """Opt a number, or an email address, back in (for one sender, or for all)."""
     target = opt_out_target(
         address_channel(number), number, sender, region=service.settings.default_region, field="number"
     )
-    removed = await service.inbound.opt_in(target.channel, target.address, target.scope)
-    if not removed:
-        raise NotFound(f"{target.address} has not opted out")
+    await service.inbound.opt_in(target.channel, target.address, target.scope)
     return Response(status_code=204)

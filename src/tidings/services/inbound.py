@@ -25,7 +25,7 @@ from tidings.domain.keywords import Action, Keywords
 from tidings.domain.messages import NewMessage
 from tidings.domain.phone import phone_number
 from tidings.domain.reports import InboundMessage
-from tidings.errors import printable
+from tidings.errors import InvalidInput, NotFound, printable
 from tidings.store import Store, messages, optouts
 from tidings.store.callbacks import queue_inbound_callbacks
 from tidings.store.inbound import inbound_row, store_rows
@@ -61,6 +61,12 @@ class InboundPolicy:
         )
 
 
+SENDER_CHARS = 64
+"""The longest sender an opt-out may be scoped to."""
+NOTE_CHARS = 1000
+"""The longest note an opt-out may carry."""
+
+
 @dataclass(frozen=True)
 class OptOutTarget:
     """What an opt-out names: an address on a channel, from one of our senders or from all."""
@@ -81,11 +87,22 @@ def opt_out_target(
     """Read an address as the opt-out list keeps it (a number in E.164, an email address
     normalised), and the sender it is scoped to (none: every sender); the errors name ``field``
     (and ``sender``). The API and the dashboard read opt-outs, and opt-ins, through this."""
+    if sender is not None and len(sender) > SENDER_CHARS:
+        raise InvalidInput(f"sender has more than {SENDER_CHARS} characters", field="sender")
     if channel is Channel.EMAIL:
         email = normalize_email(address, field)
         return OptOutTarget(channel, email, normalize_sender(sender, "sender") if sender else ALL_SENDERS)
     number = phone_number(address, region, field)
     return OptOutTarget(channel, number, printable(sender, "sender") or ALL_SENDERS)
+
+
+def opt_out_note(note: str | None) -> str | None:
+    """An opt-out's note as kept (``None`` when blank); :class:`InvalidInput` when too long."""
+    if note is None or not note.strip():
+        return None
+    if len(note) > NOTE_CHARS:
+        raise InvalidInput(f"note has more than {NOTE_CHARS} characters", field="note")
+    return printable(note, "note")
 
 
 @dataclass(frozen=True)
@@ -258,6 +275,10 @@ class InboundService:
         return created, len(cancelled)
 
     async def opt_in(self, channel: Channel, address: str, scope: str = ALL_SENDERS) -> int:
-        """Take ``address`` off the list; returns how many entries were removed."""
+        """Take ``address`` off the list; returns how many entries were removed
+        (:class:`NotFound` when it was not on it)."""
         async with self.store.transaction() as conn:
-            return await optouts.remove(conn, channel.value, address, scope)
+            removed = await optouts.remove(conn, channel.value, address, scope)
+        if not removed:
+            raise NotFound(f"{address} has not opted out")
+        return removed
