@@ -40,7 +40,7 @@ def int_cursor(value: str | None) -> int | None:
     """A page cursor that is a row id (a positive whole number); 400 otherwise."""
     if not value:
         return None
-    if not value.isdigit() or int(value) > _BIGGEST_ID:
+    if not value.isascii() or not value.isdigit() or int(value) > _BIGGEST_ID:
         raise BadRequest("cursor is not one this page gave out", field="cursor")
     return int(value)
 
