@@ -61,6 +61,12 @@ def test_no_page_or_fragment_answers_without_a_session(dashboard: Dashboard) -> 
         "/dashboard/",
         "/dashboard/messages",
         "/dashboard/messages/01M8MXTKX4WC3JT699P79W58GS",
+        "/dashboard/inbound",
+        "/dashboard/opt-outs",
+        "/dashboard/webhooks",
+        "/dashboard/webhooks/callbacks",
+        "/dashboard/webhooks/1",
+        "/dashboard/audit",
     ]
     for path in paths:
         page = httpx.get(dashboard.url + path, follow_redirects=False)

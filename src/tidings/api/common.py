@@ -15,13 +15,12 @@ from fastapi.responses import Response
 from tidings import ids
 from tidings.api.schemas import error_schema
 from tidings.clock import to_api, to_db
-from tidings.domain.phone import normalize_e164
+from tidings.domain.phone import phone_number as phone_number
 from tidings.errors import (
     BadRequest,
     DatabaseUnavailable,
     Forbidden,
     InvalidInput,
-    InvalidPhoneNumber,
     PayloadTooLarge,
     RateLimited,
     TidingsError,
@@ -98,15 +97,6 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 def times(row: dict[str, Any], *names: str) -> dict[str, Any]:
     """``row`` with the columns ``names`` as API timestamps."""
     return {k: (to_api(v) if k in names else v) for k, v in row.items()}
-
-
-def phone_number(raw: str, default_region: str | None, field: str) -> str:
-    """``raw`` in E.164; :class:`InvalidPhoneNumber` naming ``field`` (the domain names ``to``)."""
-    try:
-        return normalize_e164(raw, default_region)
-    except InvalidPhoneNumber as exc:
-        exc.field = field
-        raise
 
 
 def id_cursor(cursor: str | None) -> str | None:

@@ -34,14 +34,13 @@ async def list_inbound(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     """Inbound SMS from every provider, newest first; pass ``next_cursor`` back as ``cursor``."""
-    rows = await service.store.inbound.search(
+    page, next_cursor = await service.inbound.search(
         sender=printable(sender, "from"),
         to=printable(to, "to"),
         since=utc_field(since, "since"),
         until=utc_field(until, "until"),
-        after_id=id_cursor(cursor),
-        limit=limit + 1,
+        cursor=id_cursor(cursor),
+        limit=limit,
     )
-    page = rows[:limit]
     data = [times(r, "sent_at", "received_at", "redacted_at") for r in page]
-    return json_response({"data": data, "next_cursor": page[-1]["id"] if len(rows) > limit else None})
+    return json_response({"data": data, "next_cursor": next_cursor})

@@ -17,11 +17,9 @@ from tidings.api.common import (
     errors,
     id_cursor,
     json_response,
-    phone_number,
     times,
 )
 from tidings.api.schemas import OptOutAdded, OptOutPage
-from tidings.domain.addresses import normalize_email, normalize_sender
 from tidings.domain.content import Channel
 from tidings.domain.requests import RequestModel
 from tidings.errors import (
@@ -30,9 +28,8 @@ from tidings.errors import (
     InvalidInput,
     InvalidPhoneNumber,
     NotFound,
-    printable,
 )
-from tidings.store.messages import ALL_SENDERS
+from tidings.services.inbound import NOTE_CHARS, SENDER_CHARS, address_channel, opt_out_target
 
 router = APIRouter(tags=["opt-outs"])
 
@@ -57,10 +54,10 @@ class OptOutIn(RequestModel):
         default=None, min_length=1, max_length=320, description="An email address (instead of `number`)."
     )
     sender: str | None = Field(
-        default=None, max_length=64, description="Only from this sender (default: all)."
+        default=None, max_length=SENDER_CHARS, description="Only from this sender (default: all)."
     )
     note: str | None = Field(
-        default=None, max_length=1000, description="Why, for the people who read the list."
+        default=None, max_length=NOTE_CHARS, description="Why, for the people who read the list."
     )
 
 
@@ -85,17 +82,13 @@ async def list_opt_outs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     """Addresses that opted out, newest first."""
-    wanted = phone_number(number, service.settings.default_region, "number") if number else None
-    rows = await service.store.opt_outs.search(
-        channel=Channel.SMS.value if wanted else None,
-        address=wanted,
-        after_id=id_cursor(cursor),
-        limit=limit + 1,
+    target = (
+        opt_out_target(Channel.SMS, number, None, region=service.settings.default_region, field="number")
+        if number
+        else None
     )
-    page = rows[:limit]
-    return json_response(
-        {"data": [_entry(r) for r in page], "next_cursor": page[-1]["id"] if len(rows) > limit else None}
-    )
+    page, next_cursor = await service.inbound.opt_outs(target=target, cursor=id_cursor(cursor), limit=limit)
+    return json_response({"data": [_entry(r) for r in page], "next_cursor": next_cursor})
 
 
 @router.post(
@@ -115,21 +108,21 @@ async def add_opt_out(payload: OptOutIn, _key: Admin, service: ServiceDep) -> Re
     if (payload.number is None) == (payload.email is None):
         raise InvalidInput("give either number or email", field="number")
     if payload.email is not None:
-        channel, address = Channel.EMAIL, normalize_email(payload.email, "email")
-        scope = normalize_sender(payload.sender, "sender") if payload.sender else ALL_SENDERS
+        channel, address, field = Channel.EMAIL, payload.email, "email"
     else:
         assert payload.number is not None
-        channel, address = (
-            Channel.SMS,
-            phone_number(payload.number, service.settings.default_region, "number"),
-        )
-        scope = printable(payload.sender, "sender") or ALL_SENDERS
-    created, cancelled = await service.inbound.opt_out(channel, address, scope, note=payload.note)
+        channel, address, field = Channel.SMS, payload.number, "number"
+    target = opt_out_target(
+        channel, address, payload.sender, region=service.settings.default_region, field=field
+    )
+    created, cancelled = await service.inbound.opt_out(
+        target.channel, target.address, target.scope, note=payload.note
+    )
     answer = {
-        "channel": channel.value,
-        "address": address,
-        "number": address if channel is Channel.SMS else None,
-        "scope": scope,
+        "channel": target.channel.value,
+        "address": target.address,
+        "number": target.address if target.channel is Channel.SMS else None,
+        "scope": target.scope,
         "created": created,
         "cancelled_messages": cancelled,
     }
@@ -150,17 +143,11 @@ async def remove_opt_out(
     number: Annotated[str, Path(max_length=64)],
     _key: Admin,
     service: ServiceDep,
-    sender: Annotated[str | None, Query(max_length=64)] = None,
+    sender: Annotated[str | None, Query(max_length=SENDER_CHARS)] = None,
 ) -> Response:
     """Opt a number, or an email address, back in (for one sender, or for all)."""
-    if "@" in number:
-        channel, normalized = Channel.EMAIL, normalize_email(number, "number")
-        scope = normalize_sender(sender, "sender") if sender else ALL_SENDERS
-    else:
-        channel = Channel.SMS
-        normalized = phone_number(number, service.settings.default_region, "number")
-        scope = printable(sender, "sender") or ALL_SENDERS
-    removed = await service.inbound.opt_in(channel, normalized, scope)
-    if not removed:
-        raise NotFound(f"{normalized} has not opted out")
+    target = opt_out_target(
+        address_channel(number), number, sender, region=service.settings.default_region, field="number"
+    )
+    await service.inbound.opt_in(target.channel, target.address, target.scope)
     return Response(status_code=204)

@@ -548,8 +548,8 @@ class OptOutOut(BaseModel):
     scope: str = Field(description="`*`: from every sender; otherwise the one sender.")
     source: str = Field(
         description=(
-            "`api`, `keyword` for a STOP sent by SMS, or `provider:NAME` for a complaint or an "
-            "unsubscribe the provider reported."
+            "`api`, `dashboard` (an operator added it), `keyword` for a STOP sent by SMS, or "
+            "`provider:NAME` for a complaint or an unsubscribe the provider reported."
         )
     )
     keyword: str | None = Field(description="The keyword the person sent, if it came by SMS.")

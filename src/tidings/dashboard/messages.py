@@ -16,6 +16,7 @@ from tidings.dashboard.web import (
     Operator,
     ServiceDep,
     address_of,
+    day,
     query_string,
     redirect,
     render,
@@ -29,22 +30,6 @@ router = APIRouter()
 
 PAGE_SIZE = 50
 FIELDS = ("q", "to", "status", "provider", "tag", "batch", "since", "until")
-
-
-def _day(value: str, field: str, *, end: bool) -> datetime | None:
-    """A date (``2026-11-30``) or date and time from the filter form, as naive UTC; ``end``
-    makes a bare date cover its whole day."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise InvalidInput(f"{field} must be a date such as 2026-11-30", field=field) from exc
-    if moment.tzinfo is not None:
-        raise InvalidInput(f"{field} is read as UTC; give it without an offset", field=field)
-    if end and len(value) <= 10:
-        moment = moment.replace(hour=23, minute=59, second=59, microsecond=999_999)
-    return moment
 
 
 def _status(value: str) -> tuple[Status, ...]:
@@ -69,8 +54,8 @@ async def list_messages(request: Request, _session: Operator, service: ServiceDe
         tags=[asked["tag"]] if asked["tag"] else [],
         provider=asked["provider"] or None,
         batch=asked["batch"] or None,
-        created_after=_day(asked["since"], "since", end=False),
-        created_before=_day(asked["until"], "until", end=True),
+        created_after=day(asked["since"], "since", end=False),
+        created_before=day(asked["until"], "until", end=True),
     )
     cursor = id_cursor(request.query_params.get("cursor") or None)
     rows, next_cursor = await service.messages.list(filters, cursor=cursor, limit=PAGE_SIZE)
@@ -141,7 +126,7 @@ def timeline(
     ]
     moments += [
         Moment(
-            at=w.received_at or message["created_at"],
+            at=w.received_at,
             kind="webhook",
             title=f"webhook from {w.provider} ({w.event})",
             status=w.state,

@@ -25,7 +25,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from tidings.clock import utcnow
 from tidings.domain.costs import format_micros
 from tidings.domain.destinations import networks
-from tidings.errors import TidingsError
+from tidings.errors import InvalidInput, TidingsError
 from tidings.services import Service
 from tidings.services.webhooks import client_address
 from tidings.store.operators import Session
@@ -115,6 +115,22 @@ def environment() -> Environment:
     env.filters.update(when=when, ago=ago, percent=percent, money=money)
     env.globals.update(base=BASE, nav=NAV, csrf_field=CSRF_FIELD)
     return env
+
+
+def day(value: str, field: str, *, end: bool) -> datetime | None:
+    """A date (``2026-11-30``) or date and time from the filter form, as naive UTC; ``end``
+    makes a bare date cover its whole day."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{field} must be a date such as 2026-11-30", field=field) from exc
+    if moment.tzinfo is not None:
+        raise InvalidInput(f"{field} is read as UTC; give it without an offset", field=field)
+    if end and len(value) <= 10:
+        moment = moment.replace(hour=23, minute=59, second=59, microsecond=999_999)
+    return moment
 
 
 def service_of(request: Request) -> Service:

@@ -96,6 +96,16 @@ def normalize_e164(raw: str, default_region: str | None = None) -> str:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
+def phone_number(raw: str, default_region: str | None, field: str) -> str:
+    """``raw`` in E.164 (:func:`normalize_e164`); :class:`InvalidPhoneNumber` naming ``field``
+    (``normalize_e164`` names ``to``)."""
+    try:
+        return normalize_e164(raw, default_region)
+    except InvalidPhoneNumber as exc:
+        exc.field = field
+        raise
+
+
 def _valid_e164(raw: str) -> str | None:
     """``raw`` when it is already a valid number written in E.164, found without parsing it (the
     common case, and a third of the cost); ``None`` sends it the long way. A national part that

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,10 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tidings import metrics
 from tidings.clock import utcnow
 from tidings.config import Settings
+from tidings.domain.addresses import normalize_email, normalize_sender
 from tidings.domain.content import Channel
 from tidings.domain.keywords import Action, Keywords
 from tidings.domain.messages import NewMessage
+from tidings.domain.phone import phone_number
 from tidings.domain.reports import InboundMessage
+from tidings.errors import InvalidInput, NotFound, printable
 from tidings.store import Store, messages, optouts
 from tidings.store.callbacks import queue_inbound_callbacks
 from tidings.store.inbound import inbound_row, store_rows
@@ -55,6 +59,50 @@ class InboundPolicy:
             replies={action: text for action, text in replies.items() if text},
             max_attempts=settings.max_attempts,
         )
+
+
+SENDER_CHARS = 64
+"""The longest sender an opt-out may be scoped to."""
+NOTE_CHARS = 1000
+"""The longest note an opt-out may carry."""
+
+
+@dataclass(frozen=True)
+class OptOutTarget:
+    """What an opt-out names: an address on a channel, from one of our senders or from all."""
+
+    channel: Channel
+    address: str
+    scope: str = ALL_SENDERS
+
+
+def address_channel(address: str) -> Channel:
+    """The channel an address written alone is on: an email address has an ``@``, a number not."""
+    return Channel.EMAIL if "@" in address else Channel.SMS
+
+
+def opt_out_target(
+    channel: Channel, address: str, sender: str | None, *, region: str | None, field: str
+) -> OptOutTarget:
+    """Read an address as the opt-out list keeps it (a number in E.164, an email address
+    normalised), and the sender it is scoped to (none: every sender); the errors name ``field``
+    (and ``sender``). The API and the dashboard read opt-outs, and opt-ins, through this."""
+    if sender is not None and len(sender) > SENDER_CHARS:
+        raise InvalidInput(f"sender has more than {SENDER_CHARS} characters", field="sender")
+    if channel is Channel.EMAIL:
+        email = normalize_email(address, field)
+        return OptOutTarget(channel, email, normalize_sender(sender, "sender") if sender else ALL_SENDERS)
+    number = phone_number(address, region, field)
+    return OptOutTarget(channel, number, printable(sender, "sender") or ALL_SENDERS)
+
+
+def opt_out_note(note: str | None) -> str | None:
+    """An opt-out's note as kept (``None`` when blank); :class:`InvalidInput` when too long."""
+    if note is None or not note.strip():
+        return None
+    if len(note) > NOTE_CHARS:
+        raise InvalidInput(f"note has more than {NOTE_CHARS} characters", field="note")
+    return printable(note, "note")
 
 
 @dataclass(frozen=True)
@@ -166,13 +214,51 @@ class InboundService:
             return refused == [None]
         return False
 
+    async def search(
+        self,
+        *,
+        sender: str | None = None,
+        to: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of inbound messages, newest first, and the next page's cursor."""
+        rows = await self.store.inbound.search(
+            sender=sender, to=to, since=since, until=until, after_id=cursor, limit=limit + 1
+        )
+        page = rows[:limit]
+        return page, (page[-1]["id"] if len(rows) > limit else None)
+
     # -- the opt-out list, managed by applications ------------------------------------------------
 
+    async def opt_outs(
+        self, *, target: OptOutTarget | None = None, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the list, newest first (only ``target``'s address when given, whatever its
+        scope), and the next page's cursor."""
+        rows = await self.store.opt_outs.search(
+            channel=target.channel.value if target else None,
+            address=target.address if target else None,
+            after_id=cursor,
+            limit=limit + 1,
+        )
+        page = rows[:limit]
+        return page, (page[-1]["id"] if len(rows) > limit else None)
+
     async def opt_out(
-        self, channel: Channel, address: str, scope: str = ALL_SENDERS, *, note: str | None = None
+        self,
+        channel: Channel,
+        address: str,
+        scope: str = ALL_SENDERS,
+        *,
+        note: str | None = None,
+        source: Literal["api", "dashboard"] = "api",
     ) -> tuple[bool, int]:
         """Put ``address`` on the list and cancel its waiting messages; returns whether it was new
-        and how many messages were cancelled."""
+        and how many messages were cancelled. ``source`` says who asked: an application, or an
+        operator on the dashboard."""
         now = utcnow()
         async with self.store.transaction() as conn:
             created, cancelled = await optouts.suppress(
@@ -180,8 +266,8 @@ class InboundService:
                 channel.value,
                 address,
                 scope,
-                source="api",
-                cancel_source="opt_out:api",
+                source=source,
+                cancel_source=f"opt_out:{source}",
                 reason="the recipient opted out",
                 note=note,
                 now=now,
@@ -189,6 +275,10 @@ class InboundService:
         return created, len(cancelled)
 
     async def opt_in(self, channel: Channel, address: str, scope: str = ALL_SENDERS) -> int:
-        """Take ``address`` off the list; returns how many entries were removed."""
+        """Take ``address`` off the list; returns how many entries were removed
+        (:class:`NotFound` when it was not on it)."""
         async with self.store.transaction() as conn:
-            return await optouts.remove(conn, channel.value, address, scope)
+            removed = await optouts.remove(conn, channel.value, address, scope)
+        if not removed:
+            raise NotFound(f"{address} has not opted out")
+        return removed

@@ -7,7 +7,7 @@ transaction, by calling these functions with its connection.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -20,6 +20,9 @@ from tidings.store.tables import inbound_messages
 
 ADDRESS_CHARS = 64
 ID_CHARS = 128
+ID_CLOCK_SLACK = timedelta(hours=1)
+"""How much later than its ``received_at`` an inbound row's id may have been made (its id is
+made a moment after, or later still when the clock stepped back); bounds a search by time."""
 
 
 def inbound_row(
@@ -99,10 +102,17 @@ class InboundStore:
             query = query.where(inbound_messages.c["from"] == sender)
         if to is not None:
             query = query.where(inbound_messages.c.to == to)
+        # Ids are made as rows are received, never before: the id bounds let a search by time
+        # walk the ids in order rather than sort every row of the range.
         if since is not None:
-            query = query.where(inbound_messages.c.received_at >= since)
+            query = query.where(
+                inbound_messages.c.received_at >= since, inbound_messages.c.id >= ids.lowest_at(since)
+            )
         if until is not None:
-            query = query.where(inbound_messages.c.received_at < until)
+            query = query.where(
+                inbound_messages.c.received_at < until,
+                inbound_messages.c.id < ids.lowest_at(until + ID_CLOCK_SLACK),
+            )
         if after_id is not None:
             query = query.where(inbound_messages.c.id < after_id)
         async with self.engine.connect() as conn:

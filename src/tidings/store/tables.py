@@ -335,6 +335,13 @@ webhook_log = Table(
     Index("ix_webhook_log_provider", "provider", "id"),
     Index("ix_webhook_log_message_id", "message_id"),
     Index("ix_webhook_log_received_at", "received_at"),
+    # The entries not processed (failed, refused, or cut short), newest first: few among many.
+    Index(
+        "ix_webhook_log_unprocessed",
+        "id",
+        postgresql_where=text("processed IS false"),
+        sqlite_where=text("processed IS 0"),
+    ),
 )
 
 inbound_messages = Table(
@@ -354,6 +361,7 @@ inbound_messages = Table(
     # Providers resend webhooks: the same inbound message is stored once.
     Index("ix_inbound_messages_provider_message", "provider", "provider_message_id", unique=True),
     Index("ix_inbound_messages_from", "from", "id"),
+    Index("ix_inbound_messages_to", "to", "id"),
     Index("ix_inbound_messages_received_at", "received_at"),
 )
 

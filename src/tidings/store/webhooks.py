@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from tidings.clock import utcnow
 from tidings.store.batcher import WriteBatcher
@@ -67,8 +68,8 @@ class WebhookEntry:
     reports: int
     unmatched: int
     inbound: int
+    received_at: datetime
     body_size: int = 0
-    received_at: datetime | None = None
 
     @property
     def state(self) -> str:
@@ -185,7 +186,12 @@ class WebhookLogStore:
         """Entries, newest first; ``failed`` keeps those that were not processed."""
         query = select(webhook_log).order_by(webhook_log.c.id.desc()).limit(limit)
         if provider is not None:
-            query = query.where(webhook_log.c.provider == provider)
+            named: ColumnElement[Any] = webhook_log.c.provider
+            if failed and self.engine.dialect.name == "sqlite":
+                # Walk the small index of entries not processed and check the provider on each,
+                # not every entry of the provider for the few that failed (+column: no index).
+                named = literal_column("+webhook_log.provider", webhook_log.c.provider.type)
+            query = query.where(named == provider)
         if failed:
             query = query.where(webhook_log.c.processed.is_(False))
         if message_id is not None:
@@ -215,6 +221,6 @@ def _entry(row: Mapping[Any, Any]) -> WebhookEntry:
         reports=int(row["reports"]),
         unmatched=int(row["unmatched"]),
         inbound=int(row["inbound"]),
-        body_size=int(row["body_size"]),
         received_at=row["received_at"],
+        body_size=int(row["body_size"]),
     )
