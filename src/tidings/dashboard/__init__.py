@@ -19,12 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tidings.dashboard import account, messages, overview
+from tidings.dashboard import account, batches, messages, overview, providers
 from tidings.dashboard.web import BASE, SECURITY_HEADERS, SignInRequired, is_fragment, render
 from tidings.errors import TidingsError
 from tidings.services import Service
 
-PAGES = (account, overview, messages)
+PAGES = (account, overview, messages, batches, providers)
 
 
 class SecurityHeaders:
