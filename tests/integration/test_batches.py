@@ -498,6 +498,31 @@ async def test_a_page_of_batches_reads_the_progress_of_those_within_a_bound_of_m
         assert {k: row[k] for k in alone} == alone
 
 
+async def test_a_batchs_cost_is_summed_by_currency(api: httpx.AsyncClient, service: Service) -> None:
+    answer = await post(api, batch(recipients=[{"to": n, "first_name": "A"} for n in NUMBERS[:4]]))
+    ids_in_order = sorted(m["id"] for m in await batch_messages(api, answer["id"]))
+    assert (await service.batches.get(answer["id"]))["costs"] == {}
+
+    async def charge(prices: list[tuple[int, str] | None]) -> dict[str, Any]:
+        async with service.store.transaction() as conn:
+            for message_id, price in zip(ids_in_order, prices, strict=True):
+                micros, currency = price if price is not None else (None, None)
+                await conn.execute(
+                    messages.update()
+                    .where(messages.c.id == message_id)
+                    .values(cost_micros=micros, currency=currency)
+                )
+        return await service.batches.get(answer["id"])
+
+    one = await charge([(7_900, "USD"), (7_900, "USD"), None, None])
+    assert (one["costs"], one["cost_micros"], one["currency"]) == ({"USD": 15_800}, 15_800, "USD")
+    several = await charge([(7_900, "USD"), (1_000, "KES"), (25_000, "XOF"), (1_000, "KES")])
+    assert several["costs"] == {"USD": 7_900, "KES": 2_000, "XOF": 25_000}
+    assert (several["cost_micros"], several["currency"]) == (None, None)
+    [listed] = await service.batches.with_progress([several], most_messages=10)
+    assert listed["costs"] == several["costs"]
+
+
 async def test_a_batchs_failures_are_grouped_by_error_code_the_commonest_first(
     api: httpx.AsyncClient, service: Service
 ) -> None:

@@ -110,7 +110,8 @@ async def list_batches(request: Request, _session: Operator, service: ServiceDep
 @router.get("/batches/{batch_id}")
 async def show_batch(batch_id: str, request: Request, _session: Operator, service: ServiceDep) -> Response:
     batch = _view(await service.batches.get(batch_id))
-    failures = await service.batches.failures(batch["id"], limit=FAILURE_GROUPS)
+    failed = batch["counts"].get(Status.FAILED.value, 0)
+    failures = await service.batches.failures(batch["id"], limit=FAILURE_GROUPS) if failed else []
     done = batch["progress"]["final"] >= batch["progress"]["total"]
     templates, shared = _shared(batch["shared"])
     return render(

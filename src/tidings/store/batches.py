@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, literal_column, select, update
+from sqlalchemy import Select, and_, case, func, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.domain.status import Status
@@ -79,9 +79,14 @@ class BatchStore:
         return (await self.progress_of([batch_id]))[batch_id]
 
     async def progress_of(self, batch_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """:meth:`progress` of each of ``batch_ids``, in two statements for them all. Each reads
-        its batches' messages through ``ix_messages_batch``: it costs the messages of those
-        batches, so a caller bounds how many it asks about."""
+        """:meth:`progress` of each of ``batch_ids``: one pass over their messages through
+        ``ix_messages_batch``, so it costs the messages of those batches and a caller bounds how
+        many it asks about.
+
+        The pass groups by batch only, counting each status with a filtered count: rows arrive in
+        batch order from the index, so SQLite aggregates as it reads instead of sorting every
+        message into a temporary tree first (half the time for a batch of 100,000). A batch whose
+        costs are in several currencies has them summed by currency in a second statement."""
         found: dict[str, dict[str, Any]] = {
             b: {"counts": {}, "segments": 0, "first_activity": None, "last_activity": None, "costs": {}}
             for b in batch_ids
@@ -89,33 +94,40 @@ class BatchStore:
         if not batch_ids:
             return found
         wanted = list(batch_ids)
-        by_status = (
+        charged = case((messages.c.cost_micros.is_not(None), messages.c.currency))
+        query = (
             select(
                 messages.c.batch_id,
-                messages.c.status,
-                func.count(),
                 func.coalesce(func.sum(messages.c.segments), 0),
                 func.min(messages.c.created_at),
                 func.max(messages.c.updated_at),
+                func.sum(messages.c.cost_micros),
+                func.min(charged),
+                func.max(charged),
+                *(func.count().filter(is_value(messages.c.status, s.value)) for s in Status),
             )
             .where(messages.c.batch_id.in_(wanted))
-            .group_by(messages.c.batch_id, messages.c.status)
+            .group_by(messages.c.batch_id)
         )
-        by_currency = (
-            select(messages.c.batch_id, messages.c.currency, func.sum(messages.c.cost_micros))
-            .where(messages.c.batch_id.in_(wanted), messages.c.cost_micros.is_not(None))
-            .group_by(messages.c.batch_id, messages.c.currency)
-        )
+        mixed: list[str] = []
         async with self.engine.connect() as conn:
-            for batch_id, status, count, parts, created, updated in (await conn.execute(by_status)).all():
+            for batch_id, parts, first, last, micros, low, high, *counts in (await conn.execute(query)).all():
                 one = found[str(batch_id)]
-                one["counts"][str(status)] = int(count)
-                one["segments"] += int(parts)
-                first, last = one["first_activity"], one["last_activity"]
-                one["first_activity"] = created if first is None or created < first else first
-                one["last_activity"] = updated if last is None or updated > last else last
-            for batch_id, currency, micros in (await conn.execute(by_currency)).all():
-                found[str(batch_id)]["costs"][str(currency)] = int(micros)
+                one["counts"] = {s.value: int(n) for s, n in zip(Status, counts, strict=True) if n}
+                one.update(segments=int(parts), first_activity=first, last_activity=last)
+                if low is not None and low == high:
+                    # PostgreSQL sums BIGINT into NUMERIC (a Decimal here): whole micros either way.
+                    one["costs"] = {str(low): int(micros)}
+                elif low is not None:
+                    mixed.append(str(batch_id))
+            if mixed:
+                by_currency = (
+                    select(messages.c.batch_id, messages.c.currency, func.sum(messages.c.cost_micros))
+                    .where(messages.c.batch_id.in_(mixed), messages.c.cost_micros.is_not(None))
+                    .group_by(messages.c.batch_id, messages.c.currency)
+                )
+                for batch_id, currency, micros in (await conn.execute(by_currency)).all():
+                    found[str(batch_id)]["costs"][str(currency)] = int(micros)
         for one in found.values():
             costs = one["costs"]
             single = next(iter(costs.items())) if len(costs) == 1 else (None, None)
