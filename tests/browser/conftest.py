@@ -54,8 +54,11 @@ class Dashboard:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for one module's tests. Not for the whole session: Playwright's sync API runs an
+    event loop on the main thread while it is open, and the other tests' ``asyncio.run`` would
+    find it running."""
     if not CHROMIUM.exists():
         reason = f"the dashboard's browser tests need Chromium at {CHROMIUM} (apt-get install chromium)"
         if os.environ.get("CI") == "true":

@@ -26,8 +26,10 @@ from tidings import ids, signatures
 from tidings.api.app import create_app
 from tidings.domain.batches import BatchIn, RecipientIn
 from tidings.domain.templates import compile_template
+from tidings.errors import NotFound
 from tidings.services import Service
 from tidings.store import Store
+from tidings.store.batches import BatchFilter
 from tidings.store.messages import MessageFilter
 from tidings.store.tables import batches, messages
 
@@ -474,6 +476,80 @@ async def test_batches_are_listed_newest_first_by_tag_a_page_at_a_time(api: http
     even = (await api.get("/v1/batches", params={"tag": "even"})).json()
     assert [b["group_id"] for b in even["data"]] == ["g4", "g2", "g0"]
     assert even["data"][0]["refused_count"] == 0
+
+
+async def test_a_page_of_batches_reads_the_progress_of_those_within_a_bound_of_messages(
+    api: httpx.AsyncClient, service: Service
+) -> None:
+    five = await post(
+        api, batch(group_id="five", recipients=[{"to": n, "first_name": "A"} for n in NUMBERS[:5]])
+    )
+    three = await post(api, batch(group_id="three", send_at="2099-01-01T00:00:00Z"))
+    rows, _ = await service.batches.list(BatchFilter())
+    assert [r["id"] for r in rows] == [three["id"], five["id"]]
+
+    # Newest first: the three-message batch fits in four, the five-message one no longer does.
+    bounded = await service.batches.with_progress(rows, most_messages=4)
+    assert bounded[0]["counts"] == {"scheduled": 3} and bounded[0]["segments"] == 3
+    assert "counts" not in bounded[1]
+    # Each as the batch's own page reads it.
+    for row in await service.batches.with_progress(rows, most_messages=8):
+        alone = await service.batches.get(row["id"])
+        assert {k: row[k] for k in alone} == alone
+
+
+async def test_a_batchs_cost_is_summed_by_currency(api: httpx.AsyncClient, service: Service) -> None:
+    answer = await post(api, batch(recipients=[{"to": n, "first_name": "A"} for n in NUMBERS[:4]]))
+    ids_in_order = sorted(m["id"] for m in await batch_messages(api, answer["id"]))
+    assert (await service.batches.get(answer["id"]))["costs"] == {}
+
+    async def charge(prices: list[tuple[int, str] | None]) -> dict[str, Any]:
+        async with service.store.transaction() as conn:
+            for message_id, price in zip(ids_in_order, prices, strict=True):
+                micros, currency = price if price is not None else (None, None)
+                await conn.execute(
+                    messages.update()
+                    .where(messages.c.id == message_id)
+                    .values(cost_micros=micros, currency=currency)
+                )
+        return await service.batches.get(answer["id"])
+
+    one = await charge([(7_900, "USD"), (7_900, "USD"), None, None])
+    assert (one["costs"], one["cost_micros"], one["currency"]) == ({"USD": 15_800}, 15_800, "USD")
+    several = await charge([(7_900, "USD"), (1_000, "KES"), (25_000, "XOF"), (1_000, "KES")])
+    assert several["costs"] == {"USD": 7_900, "KES": 2_000, "XOF": 25_000}
+    assert (several["cost_micros"], several["currency"]) == (None, None)
+    [listed] = await service.batches.with_progress([several], most_messages=10)
+    assert listed["costs"] == several["costs"]
+
+
+async def test_a_batchs_failures_are_grouped_by_error_code_the_commonest_first(
+    api: httpx.AsyncClient, service: Service
+) -> None:
+    # The fake provider refuses the first number for good; a receipt fails the second.
+    numbers = ["+12025550101", "+12025550104", "+12025550101", NUMBERS[0]]
+    answer = await post(api, batch(recipients=[{"to": n, "first_name": "A"} for n in numbers]))
+    assert await service.batches.failures(answer["id"]) == []
+    stop = asyncio.Event()
+    worker = asyncio.create_task(service.run_worker(stop))
+    try:
+
+        async def read() -> dict[str, Any]:
+            return await service.batches.get(answer["id"])
+
+        await eventually(read, lambda b: sum(b["counts"].get(s, 0) for s in ("failed", "delivered")) == 4)
+    finally:
+        stop.set()
+        await worker
+    failures = await service.batches.failures(answer["id"])
+    assert [(f["error_code"], f["failure_reason"], f["count"]) for f in failures] == [
+        ("invalid_number", "invalid_number", 2),
+        ("undeliverable", "unreachable", 1),
+    ]
+    assert failures[0]["example"] == "The destination number is not reachable."
+    assert await service.batches.failures(answer["id"], limit=1) == failures[:1]
+    with pytest.raises(NotFound):
+        await service.batches.failures("not-a-batch")
 
 
 # -- signed batches ------------------------------------------------------------------------------

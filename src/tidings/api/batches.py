@@ -30,7 +30,6 @@ from tidings.api.schemas import (
     batch_summary_json,
     inline_schema,
 )
-from tidings.clock import utc_field
 from tidings.domain.batches import BatchIn
 from tidings.domain.requests import TIME_PARAMETER, Timestamp
 from tidings.errors import (
@@ -45,10 +44,8 @@ from tidings.errors import (
     SignatureReused,
     TooManyRecipients,
     UnsupportedMediaType,
-    printable,
 )
-from tidings.services.batches import fingerprint
-from tidings.store.batches import BatchFilter
+from tidings.services.batches import batch_filter, fingerprint
 
 router = APIRouter(tags=["batches"])
 
@@ -158,11 +155,7 @@ async def list_batches(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     """Batches, newest first, a page at a time: pass ``next_cursor`` back as ``cursor``."""
-    filters = BatchFilter(
-        tag=printable(tag, "tag"),
-        created_after=utc_field(created_after, "created_after"),
-        created_before=utc_field(created_before, "created_before"),
-    )
+    filters = batch_filter(tag=tag, created_after=created_after, created_before=created_before)
     page, next_cursor = await service.batches.list(filters, cursor=id_cursor(cursor), limit=limit)
     return json_response({"data": [batch_summary_json(r) for r in page], "next_cursor": next_cursor})
 

@@ -26,6 +26,7 @@ from tidings.api.schemas import (
     GatewayPollIn,
     GatewayPollOut,
     error_schema,
+    gateway_json,
     inline_schema,
 )
 from tidings.errors import GatewayProtocolError, PayloadTooLarge
@@ -188,4 +189,4 @@ async def poll(request: Request, service: ServiceDep) -> Response:
 )
 async def list_gateways(_key: Reader, service: ServiceDep) -> Response:
     """Each Android gateway: its last poll, counts, and whether it went silent."""
-    return json_response({"data": await service.gateway.states()})
+    return json_response({"data": [gateway_json(s) for s in await service.gateway.states()]})

@@ -1051,6 +1051,14 @@ def batch_summary_json(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def gateway_json(state: dict[str, Any]) -> dict[str, Any]:
+    """An Android gateway's state (``GatewayService.states``) as ``GET /v1/gateways`` gives it."""
+    fields = GatewayOut.model_fields
+    out = {k: v for k, v in state.items() if k in fields}
+    out.update(last_poll_at=to_api(state["last_poll_at"]), first_poll_at=to_api(state["first_poll_at"]))
+    return out
+
+
 def template_json(row: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: row[k] for k in ("id", "name", "channel", "version", "latest_version")},

@@ -20,12 +20,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings.api.app import failure_response
-from tidings.dashboard import account, audit, inbound, messages, overview, webhooks
+from tidings.dashboard import account, audit, batches, inbound, messages, overview, providers, webhooks
 from tidings.dashboard.web import BASE, SECURITY_HEADERS, SignInRequired, is_fragment, render
 from tidings.errors import DatabaseUnavailable, TidingsError
 from tidings.services import Service
 
-PAGES = (account, overview, messages, inbound, webhooks, audit)
+PAGES = (account, overview, messages, batches, providers, inbound, webhooks, audit)
 
 
 def failure_page(request: Request, exc: Exception) -> Response:

@@ -37,6 +37,7 @@ from tidings.errors import (
     NotCancellable,
     NotFound,
     TooManyRecipients,
+    printable,
 )
 from tidings.services.accepting import Acceptor, canonical_hash, check_metadata, check_tags, decode_attachment
 from tidings.services.templates import BatchTemplates, TemplateService
@@ -51,6 +52,18 @@ log = logging.getLogger(__name__)
 
 MAX_REFUSALS_SHOWN = 5
 """Refusals quoted in the message of a batch refused whole (all of them are in its answer's log)."""
+
+
+def batch_filter(
+    *, tag: str | None = None, created_after: datetime | None = None, created_before: datetime | None = None
+) -> BatchFilter:
+    """The batches a client asked for, each value checked (:class:`InvalidInput` naming the
+    parameter at fault)."""
+    return BatchFilter(
+        tag=printable(tag, "tag"),
+        created_after=utc_field(created_after, "created_after"),
+        created_before=utc_field(created_before, "created_before"),
+    )
 
 
 def fingerprint(body: Any) -> str:
@@ -305,6 +318,30 @@ class BatchService:
             raise NotFound(f"no batch {batch_id}")
         row.update(await self.store.batches.progress(batch_id))
         return row
+
+    async def with_progress(
+        self, rows: Sequence[dict[str, Any]], *, most_messages: int
+    ) -> list[dict[str, Any]]:
+        """``rows`` (batches as :meth:`list` gives them) with their progress as :meth:`get` gives
+        it, for each batch, in the order of ``rows``, whose messages fit in what is left of
+        ``most_messages``; a batch that does not is left without (no ``counts``), so that a page of
+        batches reads a bounded number of messages whatever the batches' sizes."""
+        counted: list[str] = []
+        left = most_messages
+        for row in rows:
+            if row["accepted"] <= left:
+                counted.append(row["id"])
+                left -= row["accepted"]
+        found = await self.store.batches.progress_of(counted)
+        return [{**row, **found[row["id"]]} if row["id"] in found else dict(row) for row in rows]
+
+    async def failures(self, batch_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The batch's failed messages by error code and failure reason, the commonest first (at
+        most ``limit`` groups): ``error_code``, ``failure_reason``, ``count`` and an ``example``
+        of their error messages."""
+        if not ids.is_id(batch_id):
+            raise NotFound(f"no batch {batch_id}")
+        return await self.store.batches.failures(batch_id, limit=limit)
 
     async def list(
         self, filters: BatchFilter, *, cursor: str | None = None, limit: int = 50

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings import metrics
-from tidings.clock import to_api, utcnow
+from tidings.clock import utcnow
 from tidings.domain.content import Channel
 from tidings.domain.reports import ProviderReport
 from tidings.providers.base import Provider
@@ -166,7 +166,8 @@ class GatewayService:
         result.updates_applied = sum(1 for o in outcomes if o is not None and o.refused is None)
 
     async def states(self) -> list[dict[str, Any]]:
-        """Each configured phone with its last poll, counts and whether it went silent."""
+        """Each configured phone with its first and last poll (naive UTC, ``None`` if it never
+        polled), counts, its ``silent_after_seconds`` and whether it went silent."""
         states = await self.store.gateways.states(sorted(self.phones))
         now = utcnow()
         out = []
@@ -176,10 +177,11 @@ class GatewayService:
             out.append(
                 {
                     "name": name,
-                    "last_poll_at": to_api(last),
-                    "first_poll_at": to_api(state.get("first_poll_at")),
+                    "last_poll_at": last,
+                    "first_poll_at": state.get("first_poll_at"),
                     "last_address": state.get("last_address"),
                     "silent": last is None or now - last > silent_after,
+                    "silent_after_seconds": silent_after.total_seconds(),
                     "polls": int(state.get("polls") or 0),
                     "inbound_received": int(state.get("inbound_received") or 0),
                     "updates_received": int(state.get("updates_received") or 0),

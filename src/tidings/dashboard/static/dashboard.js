@@ -6,6 +6,7 @@
   // <div data-refresh="5"> is replaced every 5 seconds by the same element of a fresh copy of
   // the page, asked for as a fragment (the server then renders only the changing part).
   function refresh(element) {
+    if (!element.hasAttribute("data-refresh")) { return; } // the fresh copy says it is done
     var seconds = Number(element.getAttribute("data-refresh")) || 10;
     var source = element.getAttribute("data-source") || window.location.href;
     window.setTimeout(function () {
