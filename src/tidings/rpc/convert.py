@@ -83,13 +83,14 @@ def given(message: ProtoMessage, *names: str) -> dict[str, Any]:
     for name in names:
         field = message.DESCRIPTOR.fields_by_name[name]
         value = getattr(message, name)
-        if field.has_presence:
+        if isinstance(value, Struct):
+            # A message field always has presence: an empty Struct counts as not given.
+            if value.fields:
+                out[name] = plain(value)
+        elif field.has_presence:
             if not message.HasField(name):
                 continue
             out[name] = moment(value) if isinstance(value, Timestamp) else value
-        elif isinstance(value, Struct):
-            if value.fields:
-                out[name] = plain(value)
         elif isinstance(value, str):
             if value:
                 out[name] = value
