@@ -335,28 +335,29 @@ class Workspace:
         self,
         *,
         api_port: int,
-        fake_url: str = "http://127.0.0.1:9",
+        fake_url: str | None = "http://127.0.0.1:9",
         webhook_secret: str = "bench-secret",
         concurrency: int = 100,
+        fake_options: Mapping[str, float] | None = None,
         settings: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
         """The environment of a ``tidings`` process of this run.
 
         One provider, ``fake``, over HTTP to the fake provider server at ``fake_url`` (the
         default address is never used: it is there for processes that send nothing but must
-        verify signed receipts, which the fake adapter does only with ``url`` set). Everything
-        else is tidings' own default unless ``settings`` (``NAME: VALUE``, as ``TIDINGS_<NAME>``)
-        says otherwise.
+        verify signed receipts, which the fake adapter does only with ``url`` set); with
+        ``fake_url`` ``None``, the fake simulates sends and receipts in the process that sends,
+        as its ``fake_options`` (``receipt_delay_ms``, ``latency_ms``, …) say. Everything else is
+        tidings' own default unless ``settings`` (``NAME: VALUE``, as ``TIDINGS_<NAME>``) says
+        otherwise.
         """
         config = self.directory / "tidings.toml"
-        config.write_text(
-            "[providers.fake]\n"
-            'kind = "fake"\n'
-            f'url = "{fake_url}"\n'
-            f'webhook_secret = "{webhook_secret}"\n'
-            f"concurrency = {concurrency}\n",
-            encoding="utf-8",
-        )
+        lines = ["[providers.fake]", 'kind = "fake"']
+        if fake_url is not None:
+            lines.append(f'url = "{fake_url}"')
+        lines += [f'webhook_secret = "{webhook_secret}"', f"concurrency = {concurrency}"]
+        lines += [f"{name} = {value}" for name, value in (fake_options or {}).items()]
+        config.write_text("\n".join(lines) + "\n", encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
         env.update(
             TIDINGS_CONFIG=str(config),

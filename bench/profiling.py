@@ -124,6 +124,8 @@ _PACKAGES = (
     ("uvicorn/", "uvicorn"),
     ("pydantic", "pydantic"),
     ("aiohttp/", "aiohttp"),
+    ("grpc/", "grpc"),
+    ("google/protobuf/", "protobuf"),
     ("alembic/", "alembic"),
     ("stdlib/", "stdlib"),
 )

@@ -14,7 +14,11 @@ its own, and prints one JSON object per line to stdout (also written to
 - ``email_dispatch``: 10k emails through the ``smtp`` provider to a fake SMTP server, with and
   without a PDF per recipient;
 - ``search``: ``GET /v1/messages`` queries (text, tags, number prefix, batch, cost, a second
-  page) over 1M messages.
+  page) over 1M messages;
+- ``grpc_single``: unary ``SendMessage`` calls from 32 callers to one ``tidings grpc`` process,
+  beside REST sends from 32 clients to one ``tidings api``;
+- ``grpc_watch``: one ``WatchMessages`` stream following 10,000 status changes as a worker makes
+  them.
 
 Each module in ``bench/scenarios/`` says exactly what it measures. ``--quick`` makes every size
 small (for development); ``--profile`` attaches py-spy to the service processes. The exit status
@@ -49,6 +53,7 @@ from scenarios import (
     dashboard,
     dispatch,
     email,
+    grpc_api,
     metrics_scrape,
     receipts,
     search,
@@ -68,6 +73,8 @@ SCENARIOS: dict[str, Scenario | None] = {
     "metrics_scrape": metrics_scrape.run,
     "search": search.run,
     "dashboard": dashboard.run,
+    "grpc_single": grpc_api.single,
+    "grpc_watch": grpc_api.watch,
 }
 QUICK = Options(
     messages=2000,
@@ -80,6 +87,7 @@ QUICK = Options(
     email_pdf_messages=200,
     stats_messages=50_000,
     search_messages=20_000,
+    watch_changes=2000,
 )
 
 
@@ -108,6 +116,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--search-messages", type=int, help="messages in the table search searches (default 1,000,000)"
     )
+    parser.add_argument(
+        "--grpc-channels",
+        type=int,
+        help="gRPC channels (connections) grpc_single's callers share (default 1)",
+    )
     parser.add_argument("--workers", type=int, help="tidings worker processes in dispatch (default 1)")
     parser.add_argument(
         "--concurrency", type=int, help="the fake provider's sends in flight per worker (default 100)"
@@ -134,7 +147,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def _options(args: argparse.Namespace) -> Options:
     options = QUICK if args.quick else Options()
     changes: dict[str, Any] = {}
-    for name in ("messages", "seconds", "clients", "workers", "concurrency", "search_messages"):
+    for name in (
+        "messages",
+        "seconds",
+        "clients",
+        "workers",
+        "concurrency",
+        "search_messages",
+        "grpc_channels",
+    ):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.backlog_sizes:
@@ -211,7 +232,10 @@ def _summary(lines: list[dict[str, Any]]) -> str:
             continue
         cells = [_cell(line, key, width) for key, width in _COLUMNS]
         met = line.get("met")
-        label = f"{line['database']} {line['size']}" if "size" in line else line["database"]
+        label = line["database"]
+        for detail in ("size", "transport"):
+            if detail in line:
+                label += f" {line[detail]}"
         rows.append(f"{line['scenario']:14} {label:16} {' '.join(cells)}  {'' if met is None else met}")
     return "\n".join(rows)
 

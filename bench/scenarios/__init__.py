@@ -49,7 +49,14 @@ class Options:
     search_messages: int = 1_000_000
     """Messages in the table ``search`` searches."""
     receipt_delay_ms: float = 50.0
-    """How long the fake provider server waits before posting a receipt."""
+    """How long the fake provider server waits before posting a receipt (and the in-process fake
+    before it makes one, in ``grpc_watch``)."""
+    grpc_clients: int = 32
+    """Concurrent callers of ``grpc_single`` (and clients of the REST run beside it)."""
+    grpc_channels: int = 1
+    """gRPC channels (each one HTTP/2 connection) those callers share."""
+    watch_changes: int = 10_000
+    """Status changes ``grpc_watch``'s stream follows (a batch of a quarter as many messages)."""
     settings: dict[str, str] = field(default_factory=dict)
     """Extra tidings settings for every service process (``NAME=VALUE`` from ``--set``)."""
 
