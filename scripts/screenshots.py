@@ -29,9 +29,10 @@ default_provider = "fake"
 [providers.fake]
 kind = "fake"
 receipt_delay_ms = 200
+currency = "KES"
 [providers.fake.prices]
 "+254" = "0.80"
-"+1" = "0.0079"
+"+1" = "1.05"
 [providers.clinic-phone]
 kind = "gateway"
 username = "clinic"
