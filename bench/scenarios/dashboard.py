@@ -55,6 +55,7 @@ async def _batch_rows(database_url: str) -> None:
 def pages(message_id: str, batch_id: str) -> list[tuple[str, str]]:
     return [
         ("overview_today", "/dashboard/"),
+        ("overview_24_hours", "/dashboard/?range=24h"),
         ("overview_7_days", "/dashboard/?range=7d"),
         ("overview_30_days", "/dashboard/?range=30d"),
         ("messages", "/dashboard/messages"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import logging
 import re
@@ -117,8 +118,13 @@ class OperatorService:
         self.lifetime = timedelta(hours=session_hours)
         self.hasher = PasswordHasher()
         self.throttle = Throttle(FAILURES_ALLOWED, FAILURE_WINDOW)
-        # Checked when the name is unknown, so that a wrong name takes as long as a wrong password.
-        self._decoy = self.hasher.hash(secrets.token_urlsafe(16))
+
+    @functools.cached_property
+    def _decoy(self) -> str:
+        """Checked when the name is unknown, so that a wrong name takes as long as a wrong
+        password. Made at the first such sign-in, not at start: an Argon2 hash takes 64 MiB for
+        a moment, which every process (API, worker, CLI) would otherwise hold at its peak."""
+        return self.hasher.hash(secrets.token_urlsafe(16))
 
     async def create(self, name: str, password: str) -> Operator:
         name, password = check_name(name), check_password(password)
@@ -153,7 +159,9 @@ class OperatorService:
             )
             raise RateLimited("too many failed sign-ins; try again later", retry_after=max(waits))
         operator = await self.store.named(name) if len(password) <= MAX_PASSWORD_CHARS else None
-        hashed = operator.password_hash if operator is not None else self._decoy
+        hashed = (
+            operator.password_hash if operator is not None else await asyncio.to_thread(lambda: self._decoy)
+        )
         matched = await asyncio.to_thread(self._verify, hashed, password[:MAX_PASSWORD_CHARS])
         if operator is None or not matched or operator.disabled_at is not None:
             for key in keys:
