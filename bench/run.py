@@ -57,6 +57,7 @@ from scenarios import (
     metrics_scrape,
     receipts,
     search,
+    serve_default,
     single_api,
     stats,
 )
@@ -73,6 +74,7 @@ SCENARIOS: dict[str, Scenario | None] = {
     "metrics_scrape": metrics_scrape.run,
     "search": search.run,
     "dashboard": dashboard.run,
+    "serve_default": serve_default.run,
     "grpc_single": grpc_api.single,
     "grpc_watch": grpc_api.watch,
 }
