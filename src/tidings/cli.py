@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import re
 import signal
 import socket
@@ -37,6 +38,8 @@ from tidings.store.stats import GROUP_KEYS
 
 if TYPE_CHECKING:
     from tidings.rpc.server import GrpcServer
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(help="tidings: self-hosted SMS delivery with truthful statuses.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -192,7 +195,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, setting: str = "port") -> socket.socket:
     """A listening socket on ``host``:``port``, or :class:`StartupError` naming the setting."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -207,8 +210,8 @@ def _listen(host: str, port: int) -> socket.socket:
             raise
     except OSError as exc:
         raise StartupError(
-            f"cannot listen on {host}:{port} (host, port): {exc.strerror or exc}; "
-            "another program may be using it: choose another with --port or TIDINGS_PORT"
+            f"cannot listen on {host}:{port} (host, {setting}): {exc.strerror or exc}; another program "
+            f"may be using it: choose another with --{setting.replace('_', '-')} or TIDINGS_{setting.upper()}"
         ) from exc
     sock.set_inheritable(True)
     return sock
@@ -229,7 +232,19 @@ def _listening(
     return settings.model_copy(update=changes) if changes else settings
 
 
-async def _serve(settings: Settings, *, with_api: bool, with_worker: bool, with_grpc: bool = False) -> None:
+async def _serve(
+    settings: Settings,
+    *,
+    with_api: bool,
+    with_worker: bool,
+    with_grpc: bool = False,
+    fd: int | None = None,
+    wake_to: str | None = None,
+    wake_socket: str | None = None,
+) -> None:
+    """Run the parts asked for in this process. ``fd``: accept on this inherited socket instead of
+    binding the port; ``wake_to``: wake the worker process listening there after each accept;
+    ``wake_socket``: listen there for those wake-ups (a supervised group's processes)."""
     import uvicorn
 
     from tidings.api.app import create_app
@@ -243,7 +258,11 @@ async def _serve(settings: Settings, *, with_api: bool, with_worker: bool, with_
 
     service = _service(settings)
     # Listen first: a busy port stops start-up before anything else starts.
-    sockets = [_listen(settings.host, settings.port)] if with_api else []
+    sockets = []
+    if with_api:
+        sockets = [socket.socket(fileno=fd) if fd is not None else _listen(settings.host, settings.port)]
+    if wake_to is not None:
+        service.waker.forward(wake_to)
     try:
         await service.start(listen=with_worker)
     except BaseException:
@@ -251,6 +270,12 @@ async def _serve(settings: Settings, *, with_api: bool, with_worker: bool, with_
             sock.close()
         await service.close()
         raise
+    listener = None
+    if wake_socket is not None:
+        from tidings.worker.wakeup import WakeListener
+
+        listener = WakeListener(wake_socket, service.waker)
+        listener.start()
     rpc: GrpcServer | None = None
     if with_grpc:
         # Imported only here: gRPC adds about 20 MB to a process that does not serve it.
@@ -298,6 +323,8 @@ async def _serve(settings: Settings, *, with_api: bool, with_worker: bool, with_
         results = await asyncio.gather(*tasks, return_exceptions=True)
         if rpc is not None:
             await rpc.stop()
+        if listener is not None:
+            listener.close()
         await service.close()
     for result in results:
         if isinstance(result, BaseException):
@@ -316,11 +343,79 @@ GrpcPortOption = Annotated[
 ]
 
 
+Fd = Annotated[int | None, typer.Option(hidden=True, help="Accept on this inherited socket.")]
+WakeTo = Annotated[str | None, typer.Option(hidden=True, help="Wake the worker listening here.")]
+
+
 @app.command()
 def serve(host: HostOption = None, port: PortOption = None, grpc_port: GrpcPortOption = None) -> None:
-    """Run the API (REST and gRPC) and a worker in one process (the embedded default)."""
+    """Run the API (REST and gRPC) and a worker: one HTTP process per core (the ``workers``
+    setting) and one for the worker and gRPC, supervised; all in one process with ``workers = 1``."""
     settings = _listening(_settings(), host, port, grpc_port)
+    if settings.http_processes > 1:
+        _supervised(settings, with_worker=True)
     _run(_serve(settings, with_api=True, with_worker=True, with_grpc=settings.grpc_port != 0))
+
+
+def _supervised(settings: Settings, *, with_worker: bool) -> None:
+    """Run ``settings.http_processes`` HTTP processes on one port (and, ``with_worker``, one
+    worker process that also serves gRPC) under a supervisor; exits when they have stopped."""
+    from tidings.supervisor import Child, Supervisor, child_env, shared_directory
+
+    async def prepare() -> None:
+        # Migrate, check the providers and print the first key here, once, before any child.
+        service = _service(settings)
+        try:
+            await service.start()
+            await _first_key(service)
+        finally:
+            await service.close()
+
+    # Listen first: a busy port stops start-up before anything else starts.
+    try:
+        sock = _listen(settings.host, settings.port)
+        if with_worker and settings.grpc_port != 0:
+            # The worker process serves gRPC: find a busy port now, not in a child restarted for ever.
+            _listen(settings.host, settings.grpc_port, "grpc_port").close()
+    except StartupError as exc:
+        typer.echo(f"tidings: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        _run(prepare())
+    except BaseException:
+        sock.close()
+        raise
+    with shared_directory() as directory:
+        env = child_env(directory, settings.metrics_dir)
+        # The address the command line gave, for every child (what providers are told).
+        env.update(
+            TIDINGS_HOST=settings.host,
+            TIDINGS_PORT=str(settings.port),
+            TIDINGS_GRPC_PORT=str(settings.grpc_port),
+        )
+        wake = str(directory / "wake")
+        fd = sock.fileno()
+        children = [
+            Child(f"http-{n}", ["api", "--fd", str(fd), "--wake-to", wake], pass_fds=(fd,))
+            for n in range(1, settings.http_processes + 1)
+        ]
+        if with_worker:
+            children.append(Child("worker", ["worker", "--wake-socket", wake, "--with-grpc"]))
+
+        async def supervise() -> int:
+            stop = asyncio.Event()
+            _stop_on_signals(stop)
+            log.info(
+                "serving with %d HTTP processes%s",
+                settings.http_processes,
+                " and a worker process" if with_worker else "",
+                extra={"action": "start", "http_processes": settings.http_processes},
+            )
+            return await Supervisor(children, env).run(stop)
+
+        code = _run(supervise())
+    sock.close()
+    raise typer.Exit(code)
 
 
 @app.command("grpc")
@@ -334,17 +429,33 @@ def grpc_api(host: HostOption = None, grpc_port: GrpcPortOption = None) -> None:
 
 
 @app.command()
-def api(host: HostOption = None, port: PortOption = None) -> None:
-    """Run the API only (workers run elsewhere)."""
+def api(host: HostOption = None, port: PortOption = None, fd: Fd = None, wake_to: WakeTo = None) -> None:
+    """Run the REST API only (workers run elsewhere): one process per core (the ``workers``
+    setting) on one port, supervised; one process with ``workers = 1``."""
     settings = _listening(_settings(), host, port)
-    _run(_serve(settings, with_api=True, with_worker=False))
+    if fd is None and settings.http_processes > 1:
+        _supervised(settings, with_worker=False)
+    _run(_serve(settings, with_api=True, with_worker=False, fd=fd, wake_to=wake_to))
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    wake_socket: Annotated[
+        str | None, typer.Option(hidden=True, help="Be woken through this socket.")
+    ] = None,
+    with_grpc: Annotated[bool, typer.Option("--with-grpc", hidden=True, help="Serve gRPC as well.")] = False,
+) -> None:
     """Run a worker only: claim due messages and send them."""
     settings = _settings()
-    _run(_serve(settings, with_api=False, with_worker=True))
+    _run(
+        _serve(
+            settings,
+            with_api=False,
+            with_worker=True,
+            with_grpc=with_grpc and settings.grpc_port != 0,
+            wake_socket=wake_socket,
+        )
+    )
 
 
 @app.command()

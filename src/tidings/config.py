@@ -220,6 +220,9 @@ class Settings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
     """Where providers reach this service (for receipts); default http://HOST:PORT."""
+    workers: int | None = Field(default=None, ge=1, le=256)
+    """HTTP processes of ``tidings serve`` and ``tidings api``, sharing one port (``serve`` adds one
+    process for its worker and the gRPC API); unset: one per core. ``1``: all in one process."""
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     """Where ``tidings serve`` and ``tidings grpc`` serve the gRPC API (on ``host``); 0: not at all."""
     grpc_tls_cert: str | None = None
@@ -233,7 +236,8 @@ class Settings(BaseModel):
     metrics_dir: str | None = None
     """A directory the tidings processes of one machine share for ``GET /metrics`` (Prometheus'
     multiprocess mode): each process writes its counters there and ``/metrics`` sums them. Unset:
-    each process reports only its own (enough for ``tidings serve``)."""
+    each process reports only its own, but the processes of one ``tidings serve`` or ``tidings api``
+    share a directory of their own."""
     metrics_public: bool = False
     """Serve ``GET /metrics`` without an API key (otherwise a key with the ``read`` scope)."""
 
@@ -400,6 +404,16 @@ class Settings(BaseModel):
         if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
             raise ValueError("grpc_tls_cert and grpc_tls_key go together: set both, or neither")
         return self
+
+    @property
+    def http_processes(self) -> int:
+        """``workers``, or the number of cores this process may run on."""
+        if self.workers is not None:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
 
     @property
     def base_url(self) -> str:

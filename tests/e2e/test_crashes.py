@@ -152,7 +152,10 @@ async def load_key(store: Store) -> str:
 
 
 def serve_env(tmp_path: Path, database_url: str, fake_url: str, port: int) -> dict[str, str]:
+    # One process: what these tests kill is the process that holds the work (a supervised group's
+    # children are tested in test_supervised.py).
     return clean_env(
+        TIDINGS_WORKERS="1",
         TIDINGS_CONFIG=str(write_config(tmp_path, fake_url)),
         TIDINGS_DATABASE_URL=database_url,
         TIDINGS_PUBLIC_URL=f"http://127.0.0.1:{port}",

@@ -44,6 +44,15 @@ class Watcher:
         self.channel.close()
 
 
+def wait_grpc(address: str, served: Served) -> None:
+    """Until the gRPC API answers (``tidings serve`` may start it after its HTTP processes)."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        except grpc.FutureTimeoutError:
+            raise AssertionError(f"gRPC not ready within 30 s:\n{served.stderr()}") from None
+
+
 def stub(address: str) -> pb_grpc.MessagingStub:
     return pb_grpc.MessagingStub(grpc.insecure_channel(address))
 
@@ -73,6 +82,7 @@ def test_the_change_stream_goes_on_across_a_restart_without_gaps_or_repeats(tmp_
     try:
         key = first.wait_for_key()
         first.wait_healthy()
+        wait_grpc(address, first)
         metadata: Any = [("authorization", f"Bearer {key}")]
         # Every change from before the first message on (the cursor of an empty store is 0).
         watcher = Watcher(address, key, cursor="0")
@@ -98,6 +108,7 @@ def test_the_change_stream_goes_on_across_a_restart_without_gaps_or_repeats(tmp_
     second = Served(tmp_path, ["serve"], env, http_port)
     try:
         second.wait_healthy()
+        wait_grpc(address, second)
         resumed = Watcher(address, key, cursor=before[-1].cursor)
         deadline = time.monotonic() + 30
         while not all_final(second.base_url, key, ids):

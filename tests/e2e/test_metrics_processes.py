@@ -55,6 +55,8 @@ async def test_the_apis_metrics_count_what_the_worker_process_did(
         TIDINGS_POLL_INTERVAL="0.05",
         TIDINGS_PROVIDERS__FAKE__KIND="fake",
         TIDINGS_PROVIDERS__FAKE__RECEIPT_DELAY_MS="10",
+        # One process each: the test reads each process's own files.
+        TIDINGS_WORKERS="1",
     )
     for args in (["migrate"], ["keys", "create", "prometheus"]):
         done = subprocess.run(

@@ -1,8 +1,11 @@
 """Prompt wake-up of idle workers when a message arrives.
 
-In one process (``tidings serve``) the API sets an :class:`asyncio.Event`. On PostgreSQL the API
-also sends ``NOTIFY`` in the transaction that stores the message, and workers in other processes
-``LISTEN``. Without either, workers still find new messages at their next poll.
+In one process (``tidings serve`` with ``workers = 1``) the API sets an :class:`asyncio.Event`.
+When ``tidings serve`` runs its API and its worker in processes of their own, the API processes
+also send a datagram to a UNIX socket the worker listens on (:class:`WakeListener`), on any
+database. On PostgreSQL the API also sends ``NOTIFY`` in the transaction that stores the
+message, and workers in other processes ``LISTEN``. Without any of these, workers still find new
+messages at their next poll.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from typing import Any
 
 import asyncpg
@@ -23,9 +28,21 @@ log = logging.getLogger(__name__)
 class Waker:
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._socket: socket.socket | None = None
+        self._target = ""
+
+    def forward(self, path: str) -> None:
+        """Also wake the worker process listening on the UNIX socket ``path``."""
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.setblocking(False)
+        self._target = path
 
     def notify(self) -> None:
         self._event.set()
+        if self._socket is not None:
+            # A lost datagram (the worker restarting, its queue full) costs at most one poll.
+            with contextlib.suppress(OSError):
+                self._socket.sendto(b"w", self._target)
 
     async def wait(self, timeout: float) -> bool:
         """Wait until notified or ``timeout`` seconds pass; True when notified."""
@@ -115,3 +132,38 @@ class PostgresListener:
             with contextlib.suppress(Exception):
                 await self._conn.close()
             self._conn = None
+
+
+class WakeListener:
+    """Wakes the local :class:`Waker` whenever a datagram reaches the UNIX socket ``path`` (sent
+    by :meth:`Waker.forward`'s other end, in the API processes)."""
+
+    def __init__(self, path: str, waker: Waker) -> None:
+        self.path = path
+        self.waker = waker
+        self._socket: socket.socket | None = None
+
+    def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        made = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        made.setblocking(False)
+        made.bind(self.path)
+        self._socket = made
+        asyncio.get_running_loop().add_reader(made.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        assert self._socket is not None
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._socket.recv(64):
+                pass
+        self.waker.notify()
+
+    def close(self) -> None:
+        if self._socket is None:
+            return
+        asyncio.get_running_loop().remove_reader(self._socket.fileno())
+        self._socket.close()
+        self._socket = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
