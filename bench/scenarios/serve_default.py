@@ -9,8 +9,10 @@ while the worker dispatches them. Then the scenario waits until every accepted m
 Figures: ``messages_per_s`` (202s in the measured window per second) with p50/p99 of those
 requests, and ``delivered_per_s`` end to end: every message accepted, warm-up included, over the
 seconds from the load generator's start to the moment the last of them was final (polled every
-50 ms, so up to 50 ms late). The issue's targets (issue 18) on this 2-core machine: ≥ 4,000
-accepted/s with p99 < 50 ms while the worker dispatches, and ≥ 3,500 delivered/s end to end.
+50 ms, so up to 50 ms late); the CPU and peak RSS of the supervisor and of each of its children
+(an HTTP process per core and the worker), and the CPU milliseconds per message of all of them.
+The issue's targets (issue 18) on this 2-core machine: ≥ 4,000 accepted/s with p99 < 50 ms while
+the worker dispatches, and ≥ 3,500 delivered/s end to end.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from harness import BenchError, Workspace, free_port, wait_healthy
+from harness import BenchError, Workspace, cpu_seconds, free_port, peak_rss_mb, wait_healthy
 from profiling import Profiler
 
 from scenarios import Options, counts_by_status, line, machine_load
@@ -32,6 +35,25 @@ TARGET_ACCEPTED_PER_S = 4000.0
 TARGET_P99_MS = 50.0
 TARGET_DELIVERED_PER_S = 3500.0
 WAITING = ("scheduled", "pending", "sending", "sent")
+
+
+def children(pid: int) -> dict[int, str]:
+    """The processes ``pid`` started (a supervised ``serve``'s HTTP and worker processes), by
+    pid, with their command lines."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _child_name(command: str) -> str:
+    return "worker" if " worker " in f"{command} " else "http"
 
 
 async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[str, Any]]:
@@ -47,6 +69,8 @@ async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[
     await wait_healthy(port, procs, "serve")
     profiler.attach("serve")
     procs.mark_cpu("serve")
+    group = children(procs.pid("serve"))
+    cpu_at_mark = {pid: cpu_seconds(pid) or 0.0 for pid in group}
     started = time.perf_counter()
     result = await post_messages(ws, replace(options, clients=CLIENTS), port, key, env)
     posted = time.perf_counter()
@@ -62,6 +86,12 @@ async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[
     finished = time.perf_counter()
     cpu = procs.cpu_since_mark("serve")
     rss = procs.peak_rss_mb("serve")
+    # With several processes the supervisor does little: the work is its children's.
+    child_cpu = {
+        f"{_child_name(c)}-{pid}": round((cpu_seconds(pid) or 0.0) - cpu_at_mark[pid], 2)
+        for pid, c in group.items()
+    }
+    child_rss = {f"{_child_name(c)}-{pid}": peak_rss_mb(pid) for pid, c in group.items()}
     profiles = profiler.finish()
     errors = procs.error_lines("serve")
     procs.stop("serve")
@@ -97,6 +127,12 @@ async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[
             end_to_end_seconds=round(finished - started, 2),
             drain_seconds=round(finished - posted, 2),
             serve_cpu_s=cpu,
+            processes=1 + len(group),
+            children_cpu_s=child_cpu,
+            children_peak_rss_mb=child_rss,
+            cpu_ms_per_message=round(
+                1000 * ((cpu or {}).get("total", 0.0) + sum(child_cpu.values())) / max(1, stored), 3
+            ),
             client_cpu_s=result["client_cpu_s"],
             errors_logged=len(errors),
             target=(
