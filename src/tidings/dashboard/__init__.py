@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tidings.api.app import failure_response
 from tidings.dashboard import account, audit, batches, inbound, messages, overview, providers, webhooks
 from tidings.dashboard.web import BASE, SECURITY_HEADERS, SignInRequired, is_fragment, render
+from tidings.domain.destinations import networks
 from tidings.errors import DatabaseUnavailable, TidingsError
 from tidings.services import Service
 
@@ -87,6 +88,8 @@ def create_dashboard(service: Service) -> FastAPI:
     """The dashboard, to mount at :data:`~tidings.dashboard.web.BASE`."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.state.service = service
+    # Read once: every audited action asks where it came from.
+    app.state.trusted_proxies = networks(service.settings.trusted_proxies)
 
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, _exc: SignInRequired) -> Response:

@@ -99,7 +99,6 @@ class Moment:
 
 
 def timeline(
-    message: dict[str, Any],
     events: list[dict[str, Any]],
     webhooks: list[Any],
     callbacks: list[dict[str, Any]],
@@ -179,7 +178,7 @@ async def show_message(
         "message.html",
         page="messages",
         message=message,
-        moments=timeline(message, events, webhooks, callbacks),
+        moments=timeline(events, webhooks, callbacks),
         cancellable=Status(message["status"]) in CANCELLABLE,
     )
 

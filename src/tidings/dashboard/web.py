@@ -24,7 +24,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from tidings.clock import utcnow
 from tidings.domain.costs import format_micros
-from tidings.domain.destinations import networks
+from tidings.domain.destinations import Network
 from tidings.errors import InvalidInput, TidingsError
 from tidings.services import Service
 from tidings.services.webhooks import client_address
@@ -143,11 +143,9 @@ ServiceDep = Annotated[Service, Depends(service_of)]
 
 def address_of(request: Request) -> str | None:
     """The operator's address (``X-Forwarded-For`` believed only from ``trusted_proxies``)."""
-    service = service_of(request)
     peer = request.client.host if request.client else None
-    return client_address(
-        peer, request.headers.get("x-forwarded-for"), networks(service.settings.trusted_proxies)
-    )
+    trusted: list[Network] = request.app.state.trusted_proxies
+    return client_address(peer, request.headers.get("x-forwarded-for"), trusted)
 
 
 def is_fragment(request: Request) -> bool:

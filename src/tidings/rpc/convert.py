@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tidings.clock import to_api
 from tidings.domain.batches import FINAL
 from tidings.domain.status import Status
+from tidings.errors import InvalidInput
 from tidings.v1 import messaging_pb2 as pb
 
 _STATUS = {s: pb.Status.Value(f"STATUS_{s.name}") for s in Status}
@@ -31,8 +32,6 @@ def status_number(name: str) -> pb.Status.ValueType:
 
 
 def status_of(number: pb.Status.ValueType, field: str) -> Status:
-    from tidings.errors import InvalidInput
-
     found = _STATUS_NAME.get(number)
     if found is None:
         raise InvalidInput(f"{field}: not a status", field=field)

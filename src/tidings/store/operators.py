@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -184,7 +184,3 @@ class OperatorStore:
             query = query.where(audit_log.c.id < before_id)
         async with self.engine.connect() as conn:
             return [plain(r) for r in (await conn.execute(query)).mappings()]
-
-    async def count(self) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(operators)) or 0)
