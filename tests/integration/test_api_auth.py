@@ -10,10 +10,10 @@ import pytest
 
 from tests.conftest import make_settings
 from tidings.api.app import create_app
-from tidings.api.auth import KeyChecker
 from tidings.config import Settings
 from tidings.errors import Unauthorized
 from tidings.services import Service
+from tidings.services.keys import KeyChecker
 from tidings.store import Store
 from tidings.store.keys import ApiKey, KeyStore
 

@@ -514,3 +514,22 @@ async def wait_final_rest(live: Live, message_id: str) -> None:
     while (await live.client.get(f"/v1/messages/{message_id}")).json()["status"] != "delivered":
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
+
+
+async def test_a_keys_rate_limit_counts_its_rest_and_grpc_requests_together(database_url: str) -> None:
+    async with live_service(database_url, api_key_rate_limit=3) as live:
+        live.service.key_checker.clock = lambda: 100.0  # every request in the same second
+        server = GrpcServer(live.service, live.service.settings)
+        port = await server.start("127.0.0.1", free_port())
+        try:
+            for _ in range(2):
+                assert (await live.client.get("/v1/messages")).status_code == 200
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.MessagingStub(channel)
+                auth = [("authorization", live.client.headers["authorization"])]
+                await stub.ListMessages(pb.ListMessagesRequest(), metadata=auth)
+                code, reason, _ = await failure(stub.ListMessages(pb.ListMessagesRequest(), metadata=auth))
+            assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited")
+            assert (await live.client.get("/v1/messages")).status_code == 429
+        finally:
+            await server.stop(0)

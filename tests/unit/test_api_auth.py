@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from tidings.api.auth import MAX_CACHED_KEYS, KeyChecker
+from tidings.services.keys import MAX_CACHED_KEYS, KeyChecker
 from tidings.store.keys import ApiKey
 
 

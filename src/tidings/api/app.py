@@ -37,7 +37,6 @@ from tidings.api import (
     webhooks,
 )
 from tidings.api import log as message_log
-from tidings.api.auth import KeyChecker
 from tidings.api.common import error_response, json_response
 from tidings.api.docs import add_docs
 from tidings.api.metrics import add_metrics
@@ -240,11 +239,7 @@ def create_app(service: Service) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
-    app.state.keys = KeyChecker(
-        service.store.keys,
-        service.settings.api_key_cache_seconds,
-        default_rate=service.settings.api_key_rate_limit,
-    )
+    app.state.keys = service.key_checker
 
     @app.exception_handler(TidingsError)
     async def _tidings_error(_request: Request, exc: TidingsError) -> Response:

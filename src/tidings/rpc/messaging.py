@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tidings.api.auth import KeyChecker, in_scope
 from tidings.api.common import id_cursor
 from tidings.api.schemas import MessageIn, batch_json, message_json
 from tidings.domain.batches import BatchIn
@@ -22,6 +21,7 @@ from tidings.services import Service
 from tidings.services.accepting import MAX_IDEMPOTENCY_KEY
 from tidings.services.batches import fingerprint
 from tidings.services.changes import Scope, read_cursor
+from tidings.services.keys import KeyChecker, in_scope
 from tidings.services.messages import PAGE_DEFAULT, PAGE_MAX, message_filter, was_delivered, was_sent
 from tidings.store.keys import ApiKey
 from tidings.v1 import messaging_pb2 as pb

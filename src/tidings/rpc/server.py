@@ -10,7 +10,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tidings.api.auth import KeyChecker
 from tidings.config import Settings
 from tidings.errors import ConfigError
 from tidings.rpc.messaging import MessagingService
@@ -48,10 +47,8 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        keys = KeyChecker(
-            service.store.keys, settings.api_key_cache_seconds, default_rate=settings.api_key_rate_limit
-        )
-        pb_grpc.add_MessagingServicer_to_server(MessagingService(service, keys), self.server)
+        # The service's own checker: a key's rate counts its REST and gRPC calls together.
+        pb_grpc.add_MessagingServicer_to_server(MessagingService(service, service.key_checker), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -27,6 +27,7 @@ from tidings.services.callbacks import CallbackService
 from tidings.services.changes import ChangeFeed
 from tidings.services.gateway import GatewayService
 from tidings.services.inbound import InboundPolicy, InboundService
+from tidings.services.keys import KeyChecker
 from tidings.services.messages import MessageService
 from tidings.services.operators import OperatorService
 from tidings.services.retention import Retention
@@ -66,6 +67,10 @@ class Service:
         self.store.reports.prices = {name: p.settings.price_table for name, p in self.providers.items()}
         self.tracker = Tracker(self.store, self.providers)
         self.router = Router(settings, self.providers, email_provider=email_default(settings, self.providers))
+        # One per process, for every transport: a key's rate limit counts all its requests.
+        self.key_checker = KeyChecker(
+            self.store.keys, settings.api_key_cache_seconds, default_rate=settings.api_key_rate_limit
+        )
         self.messages = MessageService(self.store)
         self.changes = ChangeFeed(self.store)
         self.inbound = InboundService(self.store, InboundPolicy.from_settings(settings))
