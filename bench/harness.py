@@ -367,6 +367,9 @@ class Workspace:
             # A port of its own for the gRPC API of `tidings serve` (scenarios that measure it
             # read it from here), so that processes of a run never contend for the default.
             TIDINGS_GRPC_PORT=str(free_port()),
+            # One process per `tidings api` / `serve`: the scenarios measure one process (or
+            # start several themselves); serve_default measures the supervised default.
+            TIDINGS_WORKERS="1",
         )
         env.update({f"TIDINGS_{name.upper()}": value for name, value in (settings or {}).items()})
         return env

@@ -65,12 +65,17 @@ class Profiler:
             raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
 
     def attach(self, *names: str) -> None:
+        """Sample the started processes ``names``."""
+        self.attach_pids({name: self.processes.pid(name) for name in names})
+
+    def attach_pids(self, pids: dict[str, int]) -> None:
+        """Sample processes by pid (a supervisor's children), each under its name."""
         if not self.enabled:
             return
         executable = py_spy()
         assert executable is not None
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
-        for name in names:
+        for name, pid in pids.items():
             raw = PROFILE_DIR / f"{self.label}-{name}.txt"
             self.processes.start(
                 f"py-spy-{name}",
@@ -78,7 +83,7 @@ class Profiler:
                     executable,
                     "record",
                     "--pid",
-                    str(self.processes.pid(name)),
+                    str(pid),
                     "--rate",
                     str(RATE),
                     "--format",

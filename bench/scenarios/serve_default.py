@@ -63,13 +63,18 @@ async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[
     procs = ws.processes
     port = free_port()
     env = ws.service_env(api_port=port, fake_url=None, concurrency=CONCURRENCY, settings=options.settings)
+    if all(name.lower() != "workers" for name in options.settings):
+        del env["TIDINGS_WORKERS"]  # the default: one HTTP process per core
     ws.migrate(env)
     key = ws.create_key(env)
     procs.start_tidings("serve", ["serve", "--port", str(port)], env)
     await wait_healthy(port, procs, "serve")
-    profiler.attach("serve")
     procs.mark_cpu("serve")
     group = children(procs.pid("serve"))
+    if group:
+        profiler.attach_pids({f"{_child_name(c)}-{pid}": pid for pid, c in group.items()})
+    else:
+        profiler.attach("serve")
     cpu_at_mark = {pid: cpu_seconds(pid) or 0.0 for pid in group}
     started = time.perf_counter()
     result = await post_messages(ws, replace(options, clients=CLIENTS), port, key, env)
