@@ -195,13 +195,17 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def _listen(host: str, port: int, setting: str = "port") -> socket.socket:
-    """A listening socket on ``host``:``port``, or :class:`StartupError` naming the setting."""
+def _listen(host: str, port: int, setting: str = "port", *, shared: bool = False) -> socket.socket:
+    """A listening socket on ``host``:``port``, or :class:`StartupError` naming the setting.
+    ``shared``: one of several on the same port (``SO_REUSEPORT``), among which the kernel
+    spreads the new connections."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _name, address = infos[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind(address)
             sock.listen(2048)
@@ -371,9 +375,14 @@ def _supervised(settings: Settings, *, with_worker: bool) -> None:
         finally:
             await service.close()
 
-    # Listen first: a busy port stops start-up before anything else starts.
+    # Listen first: a busy port stops start-up before anything else starts. Each HTTP process
+    # has a socket of its own on the port, so that the kernel spreads connections evenly over
+    # them (on one shared socket, the process that wakes first takes every waiting connection).
     try:
-        sock = _listen(settings.host, settings.port)
+        # A port-sharing socket would share a port with another group too: bind it alone first.
+        with _listen(settings.host, settings.port) as alone:
+            port = alone.getsockname()[1]
+        sockets = [_listen(settings.host, port, shared=True) for _ in range(settings.http_processes)]
         if with_worker and settings.grpc_port != 0:
             # The worker process serves gRPC: find a busy port now, not in a child restarted for ever.
             _listen(settings.host, settings.grpc_port, "grpc_port").close()
@@ -383,7 +392,8 @@ def _supervised(settings: Settings, *, with_worker: bool) -> None:
     try:
         _run(prepare())
     except BaseException:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
     with shared_directory() as directory:
         env = child_env(directory, settings.metrics_dir)
@@ -394,10 +404,11 @@ def _supervised(settings: Settings, *, with_worker: bool) -> None:
             TIDINGS_GRPC_PORT=str(settings.grpc_port),
         )
         wake = str(directory / "wake")
-        fd = sock.fileno()
         children = [
-            Child(f"http-{n}", ["api", "--fd", str(fd), "--wake-to", wake], pass_fds=(fd,))
-            for n in range(1, settings.http_processes + 1)
+            Child(
+                f"http-{n}", ["api", "--fd", str(sock.fileno()), "--wake-to", wake], pass_fds=(sock.fileno(),)
+            )
+            for n, sock in enumerate(sockets, start=1)
         ]
         if with_worker:
             children.append(Child("worker", ["worker", "--wake-socket", wake, "--with-grpc"]))
@@ -414,7 +425,8 @@ def _supervised(settings: Settings, *, with_worker: bool) -> None:
             return await Supervisor(children, env).run(stop)
 
         code = _run(supervise())
-    sock.close()
+    for sock in sockets:
+        sock.close()
     raise typer.Exit(code)
 
 

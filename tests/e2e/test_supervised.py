@@ -4,15 +4,17 @@ killed and started again, SIGTERM draining them all, and SQLite shared by them u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.processes import KEY_LINE, Served, clean_env, free_port
+from tests.processes import KEY_LINE, Served, clean_env, free_port, run_cli
 
 
 def children_of(pid: int) -> dict[int, str]:
@@ -154,4 +156,51 @@ def test_the_http_processes_wake_the_worker_process(tmp_path: Path) -> None:
                 time.sleep(0.05)
             time.sleep(0.5)
     finally:
+        served.close()
+
+
+def owner_of_connection(server_port: int, client_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the accepted end of the TCP connection from ``client_port``."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            inode = fields[9]
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+    return None
+
+
+def test_connections_are_spread_over_the_http_processes(tmp_path: Path) -> None:
+    """Each HTTP process accepts on a socket of its own, so the kernel spreads connections over
+    them: with one socket shared, the first process to wake took every waiting connection and
+    the other idled. Also: a second group cannot take the same port."""
+    port = free_port()
+    served = Served(tmp_path, ["api"], clean_env(TIDINGS_WORKERS="2"), port)
+    connections: list[socket.socket] = []
+    try:
+        served.wait_healthy()
+        pids = list(wait_children(served.process.pid, 2))
+        owners: dict[int, int] = {}
+        # Connections that arrive together, as a load generator's or a proxy's pool does.
+        connections += [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+        for sock in connections:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200")
+            owner = owner_of_connection(port, sock.getsockname()[1], pids)
+            assert owner is not None
+            owners[owner] = owners.get(owner, 0) + 1
+        assert sorted(owners) == sorted(pids), owners
+        assert min(owners.values()) >= 5, owners
+
+        second = run_cli(tmp_path, "api", "--port", str(port), env=clean_env(TIDINGS_WORKERS="2"))
+        assert second.returncode == 2, second.stderr
+        assert "cannot listen" in second.stderr
+    finally:
+        for sock in connections:
+            sock.close()
         served.close()

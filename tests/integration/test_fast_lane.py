@@ -28,7 +28,9 @@ async def pair(service: Service, api_key: str) -> AsyncIterator[Pair]:
     """A client of the app with the lane and a client of the app without it."""
     clients = [
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(service, fast_lane=lane), raise_app_exceptions=False),
+            transport=httpx.ASGITransport(
+                app=create_app(service, fast_lane=lane), raise_app_exceptions=False
+            ),
             base_url="http://tidings.test",
             headers={"Authorization": f"Bearer {api_key}"},
         )
