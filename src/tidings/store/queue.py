@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, case, false, or_, select, update
+from sqlalchemy import Integer, Row, bindparam, case, false, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import metrics
@@ -117,32 +117,25 @@ class AwaitingReceipt:
     provider_message_id: str
 
 
-async def claim(
-    conn: AsyncConnection, provider: str, consumer: Consumer, *, limit: int, now: datetime
-) -> list[Claimed]:
-    """Hand up to ``limit`` due messages of ``provider`` to ``consumer``, oldest due first, in one
-    statement in ``conn``'s transaction.
-
-    Per-recipient order: an ordered message waits while an earlier message to the same address is
-    ``pending`` or ``sending``, so a retry back-off holds the later ones back too.
-    """
-    is_postgres = conn.dialect.name == "postgresql"
+def _claim_statement(is_postgres: bool) -> Any:
+    """The claim, made once per dialect with its values as parameters (building it took a
+    worker more time than running it)."""
     waits = waits_for_earlier(messages, "to", (Status.PENDING.value, Status.SENDING.value))
+    now = bindparam("claim_now", type_=messages.c.updated_at.type)
     due = (
         select(messages.c.id)
         .where(
             _status_is(Status.PENDING),
-            messages.c.provider == provider,
+            messages.c.provider == bindparam("claim_provider"),
             messages.c.next_attempt_at <= now,
             or_(messages.c.ordered.is_(false()), ~waits),
         )
         .order_by(messages.c.next_attempt_at, messages.c.id)
-        .limit(limit)
+        .limit(bindparam("claim_limit", type_=Integer()))
     )
     if is_postgres:
         due = due.with_for_update(skip_locked=True, of=messages)
-    expires = now + timedelta(seconds=consumer.lease_seconds) if consumer.lease_seconds is not None else None
-    statement = (
+    return (
         update(messages)
         # The status condition is repeated so that the claim stays a compare-and-set even where
         # the subquery's snapshot is older than the update (SQLite).
@@ -150,8 +143,8 @@ async def claim(
         .values(
             status=Status.SENDING.value,
             attempts=messages.c.attempts + 1,
-            lease_owner=consumer.owner,
-            lease_expires_at=expires,
+            lease_owner=bindparam("claim_owner"),
+            lease_expires_at=bindparam("claim_expires", type_=messages.c.lease_expires_at.type),
             # A new attempt: what the provider said of earlier ones is in the history. A phone's
             # first update about it fills this again, which is how its hand-over is acknowledged.
             provider_status=None,
@@ -176,7 +169,34 @@ async def claim(
             messages.c.provider_failures,
         )
     )
-    rows = sorted((await conn.execute(statement)).all(), key=lambda r: str(r.id))
+
+
+_CLAIMS: dict[bool, Any] = {}
+"""The claim statement, by whether it is PostgreSQL's."""
+
+
+async def claim(
+    conn: AsyncConnection, provider: str, consumer: Consumer, *, limit: int, now: datetime
+) -> list[Claimed]:
+    """Hand up to ``limit`` due messages of ``provider`` to ``consumer``, oldest due first, in one
+    statement in ``conn``'s transaction.
+
+    Per-recipient order: an ordered message waits while an earlier message to the same address is
+    ``pending`` or ``sending``, so a retry back-off holds the later ones back too.
+    """
+    is_postgres = conn.dialect.name == "postgresql"
+    statement = _CLAIMS.get(is_postgres)
+    if statement is None:
+        statement = _CLAIMS[is_postgres] = _claim_statement(is_postgres)
+    expires = now + timedelta(seconds=consumer.lease_seconds) if consumer.lease_seconds is not None else None
+    parameters = {
+        "claim_provider": provider,
+        "claim_now": now,
+        "claim_limit": limit,
+        "claim_owner": consumer.owner,
+        "claim_expires": expires,
+    }
+    rows = sorted((await conn.execute(statement, parameters)).all(), key=lambda r: str(r.id))
     await events.record_events(
         conn,
         [
