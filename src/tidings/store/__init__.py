@@ -53,6 +53,7 @@ from tidings.store.secrets import SecretStore
 from tidings.store.signatures import SignatureStore
 from tidings.store.templates import TemplateStore
 from tidings.store.webhooks import WebhookLogStore
+from tidings.store.writelock import write_lock
 
 
 class Store:
@@ -103,6 +104,7 @@ class Store:
     async def close(self) -> None:
         await self.writes.close()
         await self.engine.dispose()
+        write_lock(self.engine).close()
 
 
 __all__ = ["Store"]
