@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tidings import logs
+from tidings import logs, metrics
 from tidings.api.schemas import message_json
 from tidings.batch_cli import send_batch
 from tidings.clock import to_api, to_db, utcnow
@@ -260,6 +260,9 @@ async def _serve(
         def capture_signals(self) -> Iterator[None]:
             yield
 
+    metrics.set_role(
+        "serve" if with_api and with_worker else "api" if with_api else "worker" if with_worker else "grpc"
+    )
     service = _service(settings)
     # Listen first: a busy port stops start-up before anything else starts.
     sockets = []

@@ -40,6 +40,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings.errors import ConfigError
 
@@ -117,6 +119,11 @@ class _Metrics:
             WEBHOOK_BUCKETS,
         )
         self.callbacks = counter("tidings_callbacks_total", "Callback deliveries by outcome.", ("outcome",))
+        self.statements = counter(
+            "tidings_database_statements_total",
+            "Statements sent to the database (an executemany is one), by the role of the process.",
+            ("role",),
+        )
         self.codes: dict[str, set[str]] = {}
 
     def code(self, provider: str, code: str | None) -> str:
@@ -235,6 +242,25 @@ def webhook(provider: str, event: str, outcome: str, seconds: float) -> None:
 def callback(outcome: str) -> None:
     """One callback delivery: ``delivered``, ``retry`` (to be tried again) or ``failed`` (for good)."""
     _metrics().callbacks.of(outcome).inc()
+
+
+_role = "other"
+
+
+def set_role(role: str) -> None:
+    """What this process is (``api``, ``worker``, ``serve``, ``grpc``): the label its database
+    statements are counted under."""
+    global _role
+    _role = role
+
+
+def count_statements(engine: AsyncEngine) -> None:
+    """Count every statement ``engine`` sends (``tidings_database_statements_total``)."""
+
+    def counted(*_args: Any) -> None:
+        _metrics().statements.of(_role).inc()
+
+    event.listen(engine.sync_engine, "after_cursor_execute", counted)
 
 
 # -- read from the database when scraped ------------------------------------------------------------

@@ -17,6 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from tests.live import Live, eventually, live_service
 from tidings.clock import utcnow
@@ -434,3 +435,14 @@ async def test_a_gateways_updates_and_auto_replies_are_counted(database_url: str
     assert delta(before, after, "tidings_messages_sent_total", **by) == 1
     assert delta(before, after, "tidings_messages_delivered_total", **by) == 1
     assert delta(before, after, "tidings_accepted_to_delivered_seconds_count", provider="phone") == 1
+
+
+async def test_statements_sent_to_the_database_are_counted(live: Live, scraper: Scraper) -> None:
+    before = await scraper.scrape()
+    async with live.service.store.engine.connect() as conn:
+        for _ in range(5):
+            await conn.execute(text("SELECT 1"))
+    after = await scraper.scrape()
+    # This process is no `tidings api` or `worker`: its role is "other". The worker and the
+    # scrape itself may add theirs.
+    assert delta(before, after, "tidings_database_statements_total", role="other") >= 5

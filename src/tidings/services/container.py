@@ -56,6 +56,7 @@ class Service:
             sqlite_synchronous=settings.sqlite_synchronous,
             pool_size=settings.pool_size,
         )
+        metrics.count_statements(self.store.engine)
         self.waker = Waker()
         self.context = ProviderContext(base_url=settings.base_url, deliver=self._deliver_webhook)
         # Built now so that a wrong provider table stops start-up before anything opens.
