@@ -13,10 +13,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from tests.conftest import make_settings
 from tests.integration.test_api_errors import KENYA
 from tests.integration.test_hostile_input import encoded, payloads
 from tidings.api.app import create_app
 from tidings.api.common import get_service
+from tidings.providers.fake import sign
 from tidings.services import Service
 from tidings.store import Store
 
@@ -153,3 +155,82 @@ async def test_the_lane_answers_an_ordinary_send_without_the_route(service: Serv
 async def test_any_json_is_answered_alike(pair: Pair, payload: dict[str, Any]) -> None:
     fast, framework = await both(pair, encoded(payload))
     assert fast == framework
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+
+SECRET = "lane-secret"
+
+
+@pytest.fixture
+async def hooks(database_url: str, store: Store) -> AsyncIterator[Pair]:
+    """Clients of the two apps over a service whose fake provider signs its receipts."""
+    settings = make_settings(
+        database_url,
+        providers={"fake": {"kind": "fake", "url": "http://127.0.0.1:9", "webhook_secret": SECRET}},
+    )
+    service = Service(settings, store=Store.connect(database_url))
+    await service.start()
+    clients = [
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(
+                app=create_app(service, fast_lane=lane),
+                raise_app_exceptions=False,
+                client=("127.0.0.1", 5000),
+            ),
+            base_url="http://tidings.test",
+        )
+        for lane in (True, False)
+    ]
+    try:
+        yield clients[0], clients[1]
+    finally:
+        for client in clients:
+            await client.aclose()
+        await service.close()
+
+
+def receipt(status: str = "delivered") -> bytes:
+    return json.dumps({"id": "fake-1", "status": status}).encode()
+
+
+WEBHOOKS: dict[str, tuple[str, bytes, dict[str, str]]] = {
+    "signed receipt": (
+        "/webhooks/fake/fake/status",
+        receipt(),
+        {"X-Fake-Signature": sign(SECRET, receipt())},
+    ),
+    "with a query": (
+        "/webhooks/fake/fake/status?a=1&b=%20",
+        receipt(),
+        {"X-Fake-Signature": sign(SECRET, receipt())},
+    ),
+    "forged": ("/webhooks/fake/fake/status", receipt(), {"X-Fake-Signature": sign("guess", receipt())}),
+    "unsigned": ("/webhooks/fake/fake/status", receipt(), {}),
+    "not a receipt": ("/webhooks/fake/fake/status", b"[", {"X-Fake-Signature": sign(SECRET, b"[")}),
+    "unknown event": ("/webhooks/fake/fake/nope", receipt(), {"X-Fake-Signature": sign(SECRET, receipt())}),
+    "unknown provider": ("/webhooks/fake/other/status", receipt(), {}),
+    "wrong kind": ("/webhooks/twilio/fake/status", receipt(), {}),
+    "too deep": ("/webhooks/fake/fake/status/more", receipt(), {}),
+    "too short": ("/webhooks/fake/fake", receipt(), {}),
+    "empty part": ("/webhooks/fake//status", receipt(), {}),
+}
+
+
+@pytest.mark.parametrize("case", WEBHOOKS)
+async def test_a_webhook_is_answered_alike(hooks: Pair, store: Store, case: str) -> None:
+    path, content, headers = WEBHOOKS[case]
+    answers = []
+    for client in hooks:
+        before = await store.webhooks.search(limit=1000)
+        answer = await client.post(
+            path, content=content, headers={"Content-Type": "application/json", **headers}
+        )
+        after = await store.webhooks.search(limit=1000)
+        # What the webhook log kept of it: the URL, headers, peer and outcome, the same either way.
+        logged = [
+            {k: v for k, v in vars(entry).items() if k not in ("id", "received_at")}
+            for entry in after[: len(after) - len(before)]
+        ]
+        answers.append((answer.status_code, answer.headers.get("content-type"), answer.text, logged))
+    assert answers[0] == answers[1]

@@ -1,10 +1,11 @@
 """The hot routes without the framework's layers.
 
-``POST /v1/messages`` is the request tidings answers most. Through FastAPI it pays for dependency
-solving, the exception wrappers and the request and response objects: more of its CPU than
-validating and storing the message. :class:`FastLane` answers the ordinary case itself, below
-the request log, the guard and the body limit (which has read the body already), and hands
-everything else to the FastAPI route unchanged, so the two can never disagree on an error:
+``POST /v1/messages`` and the providers' webhooks are the requests tidings answers most.
+Through FastAPI a send pays for dependency solving, the exception wrappers and the request and
+response objects: more of its CPU than validating and storing the message. :class:`FastLane`
+answers the ordinary case itself, below the request log, the guard and the body limit (which has
+read the body already), and hands everything else to the FastAPI route unchanged, so the two can
+never disagree on an error:
 
 - the body is validated with the route's own model (pydantic's JSON mode, in Rust); a body that
   is not JSON, not an object or not valid goes to the route, which answers it as it always has
@@ -13,12 +14,16 @@ everything else to the FastAPI route unchanged, so the two can never disagree on
 - a content type other than JSON, or an ``Idempotency-Key`` the route would refuse, goes to the
   route as well.
 
-The route stays where it is: it documents the operation in OpenAPI and answers what the lane
-hands over.
+A webhook's route does nothing but find the provider and hand the request to the webhook
+pipeline (which checks, logs and answers it); the lane does the same, with the request's headers,
+URL and peer read as the route reads them (a path with characters a URL escapes goes to the
+route). The routes stay where they are: they document the operations in OpenAPI and answer what
+the lane hands over.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -28,10 +33,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidings.api.common import error_response
 from tidings.api.schemas import MessageIn, message_json
+from tidings.api.webhooks import webhook_request
 from tidings.errors import DatabaseUnavailable, TidingsError
+from tidings.providers.base import Provider
 from tidings.services import Service
 from tidings.services.accepting import MAX_IDEMPOTENCY_KEY
 from tidings.services.keys import in_scope
+
+WEBHOOKS = "/webhooks/"
+_ODD = re.compile(r"[?#\\%]")
+"""Characters a request's URL escapes: a path with any of them is left to the route."""
 
 BODY = "tidings.body"
 """The scope entry where :class:`~tidings.api.app.BodyLimit` leaves a body it has read."""
@@ -51,10 +62,15 @@ class FastLane:
         self.app = app
         self.service = service
         self.routes: dict[tuple[str, str], Handler] = {("POST", "/v1/messages"): self.send_message}
+        for path, (provider, event) in service.webhooks.legacy_paths.items():
+            self.routes["POST", path] = self._legacy_webhook(provider, event)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            handler = self.routes.get((scope["method"], scope["path"]))
+            path: str = scope["path"]
+            handler = self.routes.get((scope["method"], path))
+            if handler is None and path.startswith(WEBHOOKS) and scope["method"] == "POST":
+                handler = self.webhook
             body = scope.get(BODY)
             if handler is not None and body is not None:
                 answer = await handler(scope, body)
@@ -100,3 +116,40 @@ class FastLane:
         except TidingsError as exc:
             return error_response(exc)
         return 202 if created else 200, orjson.dumps(message_json(row))
+
+    async def webhook(self, scope: Scope, body: bytes) -> Answer | None:
+        """``POST /webhooks/{kind}/{name}/{event}``: the route's work, which is all the pipeline's."""
+        parts = scope["path"][len(WEBHOOKS) :].split("/")
+        if len(parts) != 3 or not all(parts):
+            return None  # the router's answer (404), or a path the route reads differently
+        kind, name, event = parts
+        try:
+            provider = self.service.webhooks.provider(kind, name)
+        except TidingsError as exc:
+            return error_response(exc)
+        return await self._webhook(scope, body, provider, event)
+
+    def _legacy_webhook(self, provider: Provider, event: str) -> Handler:
+        async def legacy(scope: Scope, body: bytes) -> Answer | None:
+            return await self._webhook(scope, body, provider, event)
+
+        return legacy
+
+    async def _webhook(self, scope: Scope, body: bytes, provider: Provider, event: str) -> Answer | None:
+        if _ODD.search(scope["path"]):
+            return None
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        query = scope.get("query_string", b"").decode("latin-1")
+        incoming = webhook_request(self.service, scope["path"], query, headers, body)
+        client = scope.get("client")
+        try:
+            answer = await self.service.webhooks.receive(
+                provider, event, incoming, client[0] if client else None
+            )
+        except DatabaseUnavailable:
+            raise
+        except TidingsError as exc:
+            return error_response(exc)  # a refusal, logged by the pipeline
+        return Response(content=answer.body, status_code=answer.status, media_type=answer.content_type)

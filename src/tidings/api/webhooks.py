@@ -47,13 +47,22 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 """A webhook's answers: the provider's own on success, the API's error contract otherwise."""
 
 
-async def receive(service: Service, provider: Provider, event: str, request: Request) -> Response:
+def webhook_request(
+    service: Service, path: str, query: str, headers: dict[str, str], body: bytes
+) -> WebhookRequest:
+    """What the pipeline checks: the request with the URL the provider was given."""
     # Providers sign the URL they were given, which is the public one (behind a proxy the
     # request's own URL differs): rebuild it from public_url.
-    url = service.settings.base_url + request.url.path
-    if request.url.query:
-        url += "?" + request.url.query
-    incoming = WebhookRequest(url=url, headers=dict(request.headers), body=await request.body())
+    url = service.settings.base_url + path
+    if query:
+        url += "?" + query
+    return WebhookRequest(url=url, headers=headers, body=body)
+
+
+async def receive(service: Service, provider: Provider, event: str, request: Request) -> Response:
+    incoming = webhook_request(
+        service, request.url.path, request.url.query, dict(request.headers), await request.body()
+    )
     peer = request.client.host if request.client is not None else None
     answer = await service.webhooks.receive(provider, event, incoming, peer)
     return Response(content=answer.body, status_code=answer.status, media_type=answer.content_type)
