@@ -18,7 +18,9 @@ its own, and prints one JSON object per line to stdout (also written to
 - ``grpc_single``: unary ``SendMessage`` calls from 32 callers to one ``tidings grpc`` process,
   beside REST sends from 32 clients to one ``tidings api``;
 - ``grpc_watch``: one ``WatchMessages`` stream following 10,000 status changes as a worker makes
-  them.
+  them;
+- ``scale`` (PostgreSQL): 1, 2 and 4 HTTP processes by 1, 2 and 4 workers on one database, with
+  CPU, statements, transactions and WAL bytes per message.
 
 Each module in ``bench/scenarios/`` says exactly what it measures. ``--quick`` makes every size
 small (for development); ``--profile`` attaches py-spy to the service processes. The exit status
@@ -56,6 +58,7 @@ from scenarios import (
     grpc_api,
     metrics_scrape,
     receipts,
+    scale,
     search,
     serve_default,
     single_api,
@@ -77,6 +80,7 @@ SCENARIOS: dict[str, Scenario | None] = {
     "serve_default": serve_default.run,
     "grpc_single": grpc_api.single,
     "grpc_watch": grpc_api.watch,
+    "scale": scale.run,
 }
 QUICK = Options(
     messages=2000,
