@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -119,14 +118,15 @@ async def _cell(ws: Workspace, options: Options, apis: int, workers: int) -> dic
     ws.migrate(env)
     key = ws.create_key(env)
     env_api = {**env, "TIDINGS_WORKERS": str(apis)}
-    procs.start_tidings("api", ["api", "--port", str(port)], env_api)
-    worker_names = [f"worker{n}" for n in range(workers)]
+    api = f"api-{apis}x{workers}"
+    procs.start_tidings(api, ["api", "--port", str(port)], env_api)
+    worker_names = [f"worker{n}-{apis}x{workers}" for n in range(workers)]
     for name in worker_names:
         procs.start_tidings(name, ["worker"], env)
-    await wait_healthy(port, procs, "api")
+    await wait_healthy(port, procs, api)
     for name in worker_names:
         await procs.wait_for_line(name, "worker started")
-    http = list(children(procs.pid("api"))) if apis > 1 else [procs.pid("api")]
+    http = list(children(procs.pid(api))) if apis > 1 else [procs.pid(api)]
     worker_pids = [procs.pid(name) for name in worker_names]
     database = postgres_pids()
     before_counts = sum((await counts_by_status(ws.database_url)).values())
@@ -135,7 +135,7 @@ async def _cell(ws: Workspace, options: Options, apis: int, workers: int) -> dic
     cpu_before = {"http": cpu_of(http), "workers": cpu_of(worker_pids), "postgres": cpu_of(database)}
 
     started = time.perf_counter()
-    result = await post_messages(ws, replace(options, clients=options.clients), port, key, env)
+    result = await post_messages(ws, options, port, key, env, name=f"loadgen-{apis}x{workers}")
     posted = time.perf_counter()
     while True:
         counts = await counts_by_status(ws.database_url)
@@ -143,7 +143,7 @@ async def _cell(ws: Workspace, options: Options, apis: int, workers: int) -> dic
             break
         if time.perf_counter() > posted + 600:
             raise BenchError(f"{apis} API by {workers} workers: messages still waiting after 600 s: {counts}")
-        procs.check_alive("api", *worker_names)
+        procs.check_alive(api, *worker_names)
         await asyncio.sleep(0.05)
     finished = time.perf_counter()
 
@@ -155,8 +155,8 @@ async def _cell(ws: Workspace, options: Options, apis: int, workers: int) -> dic
     }
     wal_after, commits_after = await database_figures(ws.database_url)
     statements_after = await statements(port, key)
-    errors = sum(len(procs.error_lines(name)) for name in ("api", *worker_names))
-    for name in ("api", *worker_names):
+    errors = sum(len(procs.error_lines(name)) for name in (api, *worker_names))
+    for name in (api, *worker_names):
         procs.stop(name)
 
     total = sum(counts.values())
