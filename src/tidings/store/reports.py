@@ -172,6 +172,13 @@ def _cost_columns(
     return {"cost_micros": cost.micros, "currency": cost.currency}
 
 
+_READS: dict[bool, Any] = {}
+"""The read of the reported messages, by whether it is PostgreSQL's (locking them)."""
+_UPDATES: dict[frozenset[str], Any] = {}
+"""The compare-and-set of a group of messages, by the columns its reports change (statements are
+made once: building one took longer than running it)."""
+
+
 async def apply_reports(
     conn: AsyncConnection,
     items: Sequence[ReportItem],
@@ -186,10 +193,15 @@ async def apply_reports(
     prices = prices or {}
     is_postgres = conn.dialect.name == "postgresql"
     wanted = sorted({i.message_id for i in items})
-    query = select(*(messages.c[name] for name in _READ)).where(messages.c.id.in_(wanted))
-    if is_postgres:
-        query = query.with_for_update()
-    rows = {r.id: dict(r._mapping) for r in (await conn.execute(query)).all()}
+    query = _READS.get(is_postgres)
+    if query is None:
+        query = select(*(messages.c[name] for name in _READ)).where(
+            messages.c.id.in_(bindparam("b_ids", expanding=True))
+        )
+        if is_postgres:
+            query = query.with_for_update()
+        _READS[is_postgres] = query
+    rows = {r.id: dict(r._mapping) for r in (await conn.execute(query, {"b_ids": wanted})).all()}
     before = {m: row["status"] for m, row in rows.items()}
     # Only the columns a message's reports changed are written: another writer may have changed
     # others since the read (on SQLite, which reads outside the write lock).
@@ -273,13 +285,19 @@ async def apply_reports(
     for message_id, changed in sorted(touched.items()):
         by_columns.setdefault(frozenset(changed), []).append(message_id)
     for columns, message_ids in by_columns.items():
-        statement = (
-            update(messages)
-            .where(messages.c.id == bindparam("b_id"), messages.c.status == bindparam("b_before"))
-            .values({name: bindparam(f"b_{name}") for name in sorted(columns)} | {"updated_at": now})
-        )
+        statement = _UPDATES.get(columns)
+        if statement is None:
+            statement = _UPDATES[columns] = (
+                update(messages)
+                .where(messages.c.id == bindparam("b_id"), messages.c.status == bindparam("b_before"))
+                .values(
+                    {name: bindparam(f"b_{name}") for name in sorted(columns)}
+                    | {"updated_at": bindparam("b_now", type_=messages.c.updated_at.type)}
+                )
+            )
         params = [
-            {"b_id": m, "b_before": before[m]} | {f"b_{n}": rows[m][n] for n in columns} for m in message_ids
+            {"b_id": m, "b_before": before[m], "b_now": now} | {f"b_{n}": rows[m][n] for n in columns}
+            for m in message_ids
         ]
         done = await conn.execute(statement, params)
         # On PostgreSQL the rows are locked since they were read, and asyncpg reports no count for

@@ -82,6 +82,15 @@ class WebhookEntry:
         return "failed" if self.response_status is not None else "interrupted"
 
 
+_RECORD = insert(webhook_log).returning(webhook_log.c.id, sort_by_parameter_order=True)
+_FINISH = (
+    update(webhook_log)
+    .where(webhook_log.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}") for name in _FINISHED})
+)
+"""Made once: a webhook's two writes are the same statements every time."""
+
+
 class WebhookLogStore:
     def __init__(self, engine: AsyncEngine, writes: WriteBatcher | None = None) -> None:
         self.engine = engine
@@ -126,9 +135,7 @@ class WebhookLogStore:
 
     async def _record_many(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[int]:
         # One multi-row INSERT for the batch, its ids back in the order of the rows.
-        result = await conn.execute(
-            insert(webhook_log).returning(webhook_log.c.id, sort_by_parameter_order=True), rows
-        )
+        result = await conn.execute(_RECORD, rows)
         return [int(i) for i in result.scalars()]
 
     async def finish(
@@ -161,12 +168,7 @@ class WebhookLogStore:
         await self.writes.run_many(self._finish_many, values)
 
     async def _finish_many(self, conn: AsyncConnection, items: list[dict[str, Any]]) -> list[None]:
-        statement = (
-            update(webhook_log)
-            .where(webhook_log.c.id == bindparam("b_id"))
-            .values({name: bindparam(f"b_{name}") for name in _FINISHED})
-        )
-        await conn.execute(statement, items)
+        await conn.execute(_FINISH, items)
         return [None] * len(items)
 
     async def get(self, entry_id: int) -> WebhookEntry | None:
