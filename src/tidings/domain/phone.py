@@ -8,6 +8,7 @@ lengths and prefixes. This module does no I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -35,6 +36,7 @@ def is_valid_region(code: str) -> bool:
     return code.strip().upper() in phonenumbers.SUPPORTED_REGIONS
 
 
+@functools.lru_cache(maxsize=8192)
 def normalize_e164(raw: str, default_region: str | None = None) -> str:
     """Parse a phone number as an API user wrote it and return it in E.164 form.
 
@@ -49,6 +51,9 @@ def normalize_e164(raw: str, default_region: str | None = None) -> str:
     (which cannot receive SMS), or is not a valid number according to the numbering plan.
     Raises ``ValueError`` if ``default_region`` is not a known region: that is a configuration bug
     (validate it with :func:`is_valid_region` at start-up), not the API user's fault.
+
+    The numbers read last are remembered (the same people get message after message): reading
+    one again costs a dictionary lookup instead of the numbering plan's checks (20 µs).
     """
     canonical = _valid_e164(raw)
     if canonical is not None:
