@@ -5,6 +5,9 @@ one without it, over one service and database."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import gzip
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,16 +28,18 @@ from tidings.store import Store
 Pair = tuple[httpx.AsyncClient, httpx.AsyncClient]
 
 
-@pytest.fixture
-async def pair(service: Service, api_key: str) -> AsyncIterator[Pair]:
-    """A client of the app with the lane and a client of the app without it."""
+@contextlib.asynccontextmanager
+async def both_apps(service: Service, headers: dict[str, str] | None = None) -> AsyncIterator[Pair]:
+    """A client of the app with the lane and a client of the app without it, over ``service``."""
     clients = [
         httpx.AsyncClient(
             transport=httpx.ASGITransport(
-                app=create_app(service, fast_lane=lane), raise_app_exceptions=False
+                app=create_app(service, fast_lane=lane),
+                raise_app_exceptions=False,
+                client=("127.0.0.1", 5000),
             ),
             base_url="http://tidings.test",
-            headers={"Authorization": f"Bearer {api_key}"},
+            headers=headers,
         )
         for lane in (True, False)
     ]
@@ -43,6 +48,24 @@ async def pair(service: Service, api_key: str) -> AsyncIterator[Pair]:
     finally:
         for client in clients:
             await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def service_with(database_url: str, providers: dict[str, Any]) -> AsyncIterator[Pair]:
+    """Both apps over a service of its own with ``providers``."""
+    service = Service(make_settings(database_url, providers=providers), store=Store.connect(database_url))
+    await service.start()
+    try:
+        async with both_apps(service) as apps:
+            yield apps
+    finally:
+        await service.close()
+
+
+@pytest.fixture
+async def pair(service: Service, api_key: str) -> AsyncIterator[Pair]:
+    async with both_apps(service, {"Authorization": f"Bearer {api_key}"}) as apps:
+        yield apps
 
 
 def essence(response: httpx.Response) -> tuple[int, Any, str | None]:
@@ -164,30 +187,10 @@ SECRET = "lane-secret"
 
 @pytest.fixture
 async def hooks(database_url: str, store: Store) -> AsyncIterator[Pair]:
-    """Clients of the two apps over a service whose fake provider signs its receipts."""
-    settings = make_settings(
-        database_url,
-        providers={"fake": {"kind": "fake", "url": "http://127.0.0.1:9", "webhook_secret": SECRET}},
-    )
-    service = Service(settings, store=Store.connect(database_url))
-    await service.start()
-    clients = [
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(
-                app=create_app(service, fast_lane=lane),
-                raise_app_exceptions=False,
-                client=("127.0.0.1", 5000),
-            ),
-            base_url="http://tidings.test",
-        )
-        for lane in (True, False)
-    ]
-    try:
-        yield clients[0], clients[1]
-    finally:
-        for client in clients:
-            await client.aclose()
-        await service.close()
+    """Both apps over a service whose fake provider signs its receipts."""
+    fake = {"kind": "fake", "url": "http://127.0.0.1:9", "webhook_secret": SECRET}
+    async with service_with(database_url, {"fake": fake}) as apps:
+        yield apps
 
 
 def receipt(status: str = "delivered") -> bytes:
@@ -233,4 +236,66 @@ async def test_a_webhook_is_answered_alike(hooks: Pair, store: Store, case: str)
             for entry in after[: len(after) - len(before)]
         ]
         answers.append((answer.status_code, answer.headers.get("content-type"), answer.text, logged))
+    assert answers[0] == answers[1]
+
+
+# -- the Android gateway's poll --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def phones(database_url: str, store: Store) -> AsyncIterator[Pair]:
+    """Both apps over a service with an Android gateway, ``phone`` / ``pw``."""
+    providers = {
+        "fake": {"kind": "fake", "latency_ms": 0, "receipt_delay_ms": 10},
+        "phone": {"kind": "gateway", "username": "phone", "password": "pw"},
+    }
+    async with service_with(database_url, providers) as apps:
+        yield apps
+
+
+PHONE = "Basic " + base64.b64encode(b"phone:pw").decode()
+JSON_TYPE = {"Content-Type": "application/json"}
+UPDATE = json.dumps({"updates": [{"id": "no-such-message", "status": "SENT"}], "messages": []}).encode()
+INBOUND = json.dumps(
+    {
+        "messages": [
+            {"id": "in-1", "from": "+254712345678", "content": "STOP", "sms_sent": 1, "sms_received": 2}
+        ]
+    }
+).encode()
+
+POLLS: dict[str, tuple[str, bytes, dict[str, str]]] = {
+    "empty": ("/api/sms", b"{}", {"Authorization": PHONE, **JSON_TYPE}),
+    "trailing slash": ("/api/sms/", b"{}", {"Authorization": PHONE, **JSON_TYPE}),
+    "unknown update": ("/api/sms", UPDATE, {"Authorization": PHONE, **JSON_TYPE}),
+    "inbound": ("/api/sms", INBOUND, {"Authorization": PHONE, **JSON_TYPE}),
+    "gzip": (
+        "/api/sms",
+        gzip.compress(b"{}"),
+        {"Authorization": PHONE, "Content-Encoding": "gzip", **JSON_TYPE},
+    ),
+    "not gzip": ("/api/sms", b"{}", {"Authorization": PHONE, "Content-Encoding": "gzip", **JSON_TYPE}),
+    "no credentials": ("/api/sms", b"{}", JSON_TYPE),
+    "wrong password": ("/api/sms", b"{}", {"Authorization": "Basic cGhvbmU6bm8=", **JSON_TYPE}),
+    "bearer": ("/api/sms", b"{}", {"Authorization": "Bearer x", **JSON_TYPE}),
+    "text": ("/api/sms", b"{}", {"Authorization": PHONE, "Content-Type": "text/plain"}),
+    "not json": ("/api/sms", b"{", {"Authorization": PHONE, **JSON_TYPE}),
+    "not an object": ("/api/sms", b"[]", {"Authorization": PHONE, **JSON_TYPE}),
+}
+
+
+@pytest.mark.parametrize("case", POLLS)
+async def test_a_gateway_poll_is_answered_alike(phones: Pair, case: str) -> None:
+    path, content, headers = POLLS[case]
+    answers = []
+    for client in phones:
+        answer = await client.post(path, content=content, headers=headers)
+        answers.append(
+            (
+                answer.status_code,
+                answer.headers.get("content-type"),
+                answer.headers.get("www-authenticate"),
+                answer.text,
+            )
+        )
     assert answers[0] == answers[1]

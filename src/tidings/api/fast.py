@@ -1,11 +1,11 @@
 """The hot routes without the framework's layers.
 
-``POST /v1/messages`` and the providers' webhooks are the requests tidings answers most.
-Through FastAPI a send pays for dependency solving, the exception wrappers and the request and
-response objects: more of its CPU than validating and storing the message. :class:`FastLane`
-answers the ordinary case itself, below the request log, the guard and the body limit (which has
-read the body already), and hands everything else to the FastAPI route unchanged, so the two can
-never disagree on an error:
+``POST /v1/messages``, the providers' webhooks and the gateway's poll are the requests tidings
+answers most. Through FastAPI a send pays for dependency solving, the exception wrappers and the
+request and response objects: more of its CPU than validating and storing the message.
+:class:`FastLane` answers the ordinary case itself, below the request log, the guard and the
+body limit (which has read the body already), and hands everything else to the FastAPI route
+unchanged, so the two can never disagree on an error:
 
 - the body is validated with the route's own model (pydantic's JSON mode, in Rust); a body that
   is not JSON, not an object or not valid goes to the route, which answers it as it always has
@@ -15,10 +15,11 @@ never disagree on an error:
   route as well.
 
 A webhook's route does nothing but find the provider and hand the request to the webhook
-pipeline (which checks, logs and answers it); the lane does the same, with the request's headers,
-URL and peer read as the route reads them (a path with characters a URL escapes goes to the
-route). The routes stay where they are: they document the operations in OpenAPI and answer what
-the lane hands over.
+pipeline (which checks, logs and answers it), and the Android app's poll (``/api/sms``) is one
+function of its headers, body and peer (``gateway.answer_poll``). The lane does the same, with
+the headers, URL and peer read as the route reads them (a path with characters a URL escapes goes
+to the route). The routes stay where they are: they document the operations in OpenAPI and
+answer what the lane hands over.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidings.api.common import error_response
+from tidings.api.gateway import answer_poll
 from tidings.api.schemas import MessageIn, message_json
 from tidings.api.webhooks import webhook_request
 from tidings.errors import DatabaseUnavailable, TidingsError
@@ -64,6 +66,7 @@ class FastLane:
         self.routes: dict[tuple[str, str], Handler] = {("POST", "/v1/messages"): self.send_message}
         for path, (provider, event) in service.webhooks.legacy_paths.items():
             self.routes["POST", path] = self._legacy_webhook(provider, event)
+        self.routes["POST", "/api/sms"] = self.routes["POST", "/api/sms/"] = self.gateway_poll
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -138,9 +141,7 @@ class FastLane:
     async def _webhook(self, scope: Scope, body: bytes, provider: Provider, event: str) -> Answer | None:
         if _ODD.search(scope["path"]):
             return None
-        headers: dict[str, str] = {}
-        for name, value in scope["headers"]:
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        headers = _headers(scope)
         query = scope.get("query_string", b"").decode("latin-1")
         incoming = webhook_request(self.service, scope["path"], query, headers, body)
         client = scope.get("client")
@@ -153,3 +154,16 @@ class FastLane:
         except TidingsError as exc:
             return error_response(exc)  # a refusal, logged by the pipeline
         return Response(content=answer.body, status_code=answer.status, media_type=answer.content_type)
+
+    async def gateway_poll(self, scope: Scope, body: bytes) -> Answer | None:
+        """``POST /api/sms``: the Android app's poll, answered as its route answers it."""
+        client = scope.get("client")
+        return await answer_poll(self.service, _headers(scope), body, client[0] if client else None)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request's headers as Starlette reads them into a dict: the first of each name."""
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return headers

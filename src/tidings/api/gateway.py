@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import logging
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from tidings.api.schemas import (
 )
 from tidings.errors import GatewayProtocolError, PayloadTooLarge
 from tidings.providers.gateway import parse_poll
+from tidings.services import Service
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +127,31 @@ async def check() -> Response:
 @router.post("/api/sms/", include_in_schema=False)
 async def poll(request: Request, service: ServiceDep) -> Response:
     """Take the phone's received SMS and status updates; answer the messages due for it."""
-    given = _credentials(request.headers.get("authorization"))
+    return await answer_poll(
+        service,
+        request.headers,
+        await request.body(),
+        request.client.host if request.client else None,
+    )
+
+
+async def answer_poll(
+    service: Service, headers: Mapping[str, str], body: bytes, address: str | None
+) -> Response:
+    """The answer to a poll with these headers (lower-case names, the first of each) and body
+    from ``address``; the route's and the fast lane's (``api/fast.py``)."""
+    given = _credentials(headers.get("authorization"))
     phone = service.gateway.authenticate(*given) if given is not None else None
-    address = request.client.host if request.client else None
     if phone is None:
         log.warning(
             "gateway poll with wrong or missing credentials", extra={"action": "gateway", "address": address}
         )
         return _refuse(401, "wrong username or password", {"WWW-Authenticate": 'Basic realm="tidings"'})
-    media_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    media_type = (headers.get("content-type") or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         return _refuse(415, f"send application/json, not {media_type or 'no content type'}")
-    body = await request.body()
     try:
-        if (request.headers.get("content-encoding") or "").lower() == "gzip":
+        if (headers.get("content-encoding") or "").lower() == "gzip":
             body = _decompress(body, service.settings.max_request_bytes * 10)
         parsed = parse_poll(body)
     except GatewayProtocolError as exc:
