@@ -128,34 +128,3 @@ async def test_a_sqlite_file_store_has_a_turn_and_postgres_none(database_url: st
             assert lock.path is None
     finally:
         await store.close()
-
-
-async def test_a_writer_that_waits_too_long_writes_without_the_turn(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The turn only makes writers faster: one held for ever (a stuck process) delays the others
-    by ``patience``, then they write under SQLite's own lock, and the operator is told."""
-    stuck, other = WriteLock(tmp_path / "db"), WriteLock(tmp_path / "db")
-    other.patience = 0.2
-    release = asyncio.Event()
-    holding = asyncio.Event()
-
-    async def hold() -> None:
-        async with stuck.held():
-            holding.set()
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await holding.wait()
-    started = time.monotonic()
-    async with asyncio.timeout(5), other.held():
-        waited = time.monotonic() - started
-    assert 0.2 <= waited < 2
-    assert "writing without it" in caplog.text
-    release.set()
-    await holder
-    # The late thread took the lock when the holder let go and gave it straight back.
-    async with asyncio.timeout(5), stuck.held():
-        pass
-    stuck.close()
-    other.close()

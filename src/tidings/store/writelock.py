@@ -20,16 +20,12 @@ import asyncio
 import contextlib
 import contextvars
 import fcntl
-import logging
 import os
 import weakref
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-
-log = logging.getLogger(__name__)
 
 _held: contextvars.ContextVar[bool] = contextvars.ContextVar("tidings_write_lock_held", default=False)
 
@@ -37,16 +33,10 @@ _held: contextvars.ContextVar[bool] = contextvars.ContextVar("tidings_write_lock
 class WriteLock:
     """The write turn of one SQLite file (``path``), or nothing to wait for (``None``)."""
 
-    patience = 2.0
-    """Seconds to wait for the turn before writing without it (SQLite's own lock still guards
-    the write): the turn only makes writers faster, so it must never make one wait for ever."""
-
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._fd: int | None = None
         self._local: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
-        # Threads of its own to wait in, so that waiting never takes the loop's default ones.
-        self._threads: ThreadPoolExecutor | None = None
 
     @contextlib.asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
@@ -59,28 +49,13 @@ class WriteLock:
             self._local = (loop, asyncio.Lock())
         async with self._local[1]:
             fd = self._file()
-            if self._threads is None:
-                self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tidings-write-turn")
-            waiting = loop.run_in_executor(self._threads, fcntl.flock, fd, fcntl.LOCK_EX)
+            waiting = loop.run_in_executor(None, fcntl.flock, fd, fcntl.LOCK_EX)
             try:
-                await asyncio.wait_for(asyncio.shield(waiting), self.patience)
-            except (asyncio.CancelledError, TimeoutError) as exc:
+                await asyncio.shield(waiting)
+            except asyncio.CancelledError:
                 # The thread may still get the lock: give it back when it does.
                 waiting.add_done_callback(lambda f: _unlock_if_locked(fd, f))
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                log.warning(
-                    "waited %.1f s for the write turn of %s; writing without it",
-                    self.patience,
-                    self.path,
-                    extra={"action": "write_turn"},
-                )
-                turn = False
-            else:
-                turn = True
-            if not turn:
-                yield
-                return
+                raise
             token = _held.set(True)
             try:
                 yield
@@ -95,9 +70,6 @@ class WriteLock:
         return self._fd
 
     def close(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=False)
-            self._threads = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -105,8 +77,7 @@ class WriteLock:
 
 def _unlock_if_locked(fd: int, locking: asyncio.Future[None]) -> None:
     if not locking.cancelled() and locking.exception() is None:
-        with contextlib.suppress(OSError):  # closed meanwhile: nothing is held
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 _locks: weakref.WeakKeyDictionary[object, WriteLock] = weakref.WeakKeyDictionary()
