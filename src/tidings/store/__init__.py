@@ -53,7 +53,6 @@ from tidings.store.secrets import SecretStore
 from tidings.store.signatures import SignatureStore
 from tidings.store.templates import TemplateStore
 from tidings.store.webhooks import WebhookLogStore
-from tidings.store.writelock import write_lock
 
 
 class Store:
@@ -104,7 +103,6 @@ class Store:
     async def close(self) -> None:
         await self.writes.close()
         await self.engine.dispose()
-        write_lock(self.engine).close()
 
 
 __all__ = ["Store"]

@@ -38,7 +38,6 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings.errors import DatabaseUnavailable
-from tidings.store.writelock import write_lock
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,7 @@ class WriteBatcher:
     async def _commit(self, batch: list[_Entry]) -> None:
         unknown: Exception | None = None
         try:
-            async with write_lock(self.engine).held(), self.engine.connect() as conn:
+            async with self.engine.connect() as conn:
                 transaction = await conn.begin()
                 try:
                     done = await self._write(conn, batch)

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from tidings.errors import ConfigError, DatabaseUnavailable
-from tidings.store import writelock
 
 
 def async_url(url: str) -> str:
@@ -97,8 +96,6 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int 
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        if file is not None:
-            writelock.register(engine, file)
         return engine
     return create_async_engine(target, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
 

@@ -30,7 +30,6 @@ from tidings.store import events
 from tidings.store.messages import notify
 from tidings.store.sql import is_value, picked_once, waits_for_earlier
 from tidings.store.tables import message_attachments, messages
-from tidings.store.writelock import write_lock
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +269,7 @@ class QueueStore:
     ) -> list[Claimed]:
         """Claim up to ``limit`` due messages of ``provider`` for ``worker``, under a lease."""
         consumer = Consumer(owner=worker, lease_seconds=lease_seconds, detail={"worker": worker})
-        async with write_lock(self.engine).held(), self.engine.begin() as conn:
+        async with self.engine.begin() as conn:
             return await claim(conn, provider, consumer, limit=limit, now=now or utcnow())
 
     async def promote_due(self, now: datetime | None = None, limit: int = 1000) -> int:
