@@ -36,6 +36,7 @@ from profiling import Profiler
 from scenarios import Options, counts_by_status, line, machine_load
 from scenarios.serve_default import children
 from scenarios.single_api import post_messages
+from tidings.store.db import plain_postgres_dsn
 
 API_PROCESSES = (1, 2, 4)
 WORKER_PROCESSES = (1, 2, 4)
@@ -70,7 +71,7 @@ def used(before: dict[int, float], after: dict[int, float]) -> float:
 
 async def database_figures(url: str) -> tuple[int, int]:
     """PostgreSQL's WAL position (bytes) and committed transactions of this database so far."""
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    conn = await asyncpg.connect(plain_postgres_dsn(url))
     try:
         lsn = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
         await conn.execute("SELECT pg_stat_clear_snapshot()")
