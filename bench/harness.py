@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -32,19 +31,12 @@ import aiohttp
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from tidings.supervisor import die_with_parent
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 POSTGRES_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-_PR_SET_PDEATHSIG = 1
-# Resolved once, here: the function that runs in the child between fork and exec must not import.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _die_with_parent() -> None:
-    """Runs in each child before exec: SIGTERM it when the runner dies, however it dies."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class BenchError(Exception):
@@ -140,7 +132,7 @@ class Processes:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self.running[name] = Running(name, process, log)
         return process
@@ -387,7 +379,7 @@ class Workspace:
             text=True,
             timeout=timeout,
             check=False,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         if done.returncode != 0:
             raise BenchError(f"tidings {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")

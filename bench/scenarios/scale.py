@@ -34,9 +34,9 @@ from harness import BenchError, Workspace, cpu_seconds, free_port, wait_healthy
 from profiling import Profiler
 
 from scenarios import Options, counts_by_status, line, machine_load
-from scenarios.serve_default import children
 from scenarios.single_api import post_messages
 from tidings.store.db import plain_postgres_dsn
+from tidings.supervisor import children_of
 
 API_PROCESSES = (1, 2, 4)
 WORKER_PROCESSES = (1, 2, 4)
@@ -127,7 +127,7 @@ async def _cell(ws: Workspace, options: Options, apis: int, workers: int) -> dic
     await wait_healthy(port, procs, api)
     for name in worker_names:
         await procs.wait_for_line(name, "worker started")
-    http = list(children(procs.pid(api))) if apis > 1 else [procs.pid(api)]
+    http = list(children_of(procs.pid(api))) if apis > 1 else [procs.pid(api)]
     worker_pids = [procs.pid(name) for name in worker_names]
     database = postgres_pids()
     before_counts = sum((await counts_by_status(ws.database_url)).values())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from harness import BenchError, Workspace, cpu_seconds, free_port, peak_rss_mb, wait_healthy
@@ -28,6 +27,7 @@ from profiling import Profiler
 
 from scenarios import Options, counts_by_status, line, machine_load
 from scenarios.single_api import post_messages
+from tidings.supervisor import children_of
 
 CLIENTS = 32
 CONCURRENCY = 500
@@ -35,21 +35,6 @@ TARGET_ACCEPTED_PER_S = 4000.0
 TARGET_P99_MS = 50.0
 TARGET_DELIVERED_PER_S = 3500.0
 WAITING = ("scheduled", "pending", "sending", "sent")
-
-
-def children(pid: int) -> dict[int, str]:
-    """The processes ``pid`` started (a supervised ``serve``'s HTTP and worker processes), by
-    pid, with their command lines."""
-    found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def _child_name(command: str) -> str:
@@ -70,7 +55,7 @@ async def run(ws: Workspace, options: Options, profiler: Profiler) -> list[dict[
     procs.start_tidings("serve", ["serve", "--port", str(port)], env)
     await wait_healthy(port, procs, "serve")
     procs.mark_cpu("serve")
-    group = children(procs.pid("serve"))
+    group = children_of(procs.pid("serve"))
     if group:
         profiler.attach_pids({f"{_child_name(c)}-{pid}": pid for pid, c in group.items()})
     else:

@@ -42,9 +42,32 @@ YOUNG_SECONDS = 10.0
 MAX_PAUSE = 30.0
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+_PR_SET_PDEATHSIG = 1
+# Resolved once, here: what runs in the child between fork and exec must not load libraries.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """A ``preexec_fn``: the child gets SIGTERM when the process that started it dies, however it
+    dies."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """The processes whose parent is ``pid`` (a supervisor's HTTP and worker processes), by pid,
+    with their command lines; read from ``/proc`` (Linux)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The parent is the second field after the command name, which may hold ") ".
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 @dataclass
@@ -71,7 +94,7 @@ class Supervisor:
             [sys.executable, "-m", "tidings", *child.args],
             env=self.env,
             pass_fds=child.pass_fds,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         child.started_at = time.monotonic()
         log.info(

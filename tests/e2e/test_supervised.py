@@ -15,21 +15,7 @@ import httpx
 import pytest
 
 from tests.processes import KEY_LINE, Served, clean_env, free_port, run_cli
-
-
-def children_of(pid: int) -> dict[int, str]:
-    """The processes whose parent is ``pid``, with their command lines."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if parent == pid:
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
+from tidings.supervisor import children_of
 
 
 def wait_children(pid: int, count: int, timeout: float = 30) -> dict[int, str]:
