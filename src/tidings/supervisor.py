@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,18 @@ MAX_PAUSE = 30.0
 
 _PR_SET_PDEATHSIG = 1
 # Resolved once, here: what runs in the child between fork and exec must not load libraries.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
+# Linux has prctl; elsewhere a child outlives a supervisor killed with SIGKILL.
+try:
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """A ``preexec_fn``: the child gets SIGTERM when the process that started it dies, however it
-    dies."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    """A ``preexec_fn``: on Linux the child gets SIGTERM when the process that started it dies,
+    however it dies."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def children_of(pid: int) -> dict[int, str]:
