@@ -12,6 +12,8 @@ import httpx
 import orjson
 import pytest
 from aiohttp import web
+from sqlalchemy import event
+from sqlalchemy.util import await_only
 
 from tests.integration.conftest import OUR_NUMBER, every_provider
 from tests.live import Live, eventually, live_service
@@ -319,3 +321,59 @@ async def test_a_callback_taken_by_a_worker_that_died_is_delivered_later(
         assert payloads[0]["id"] == sent["id"] and payloads[0]["status"] == "cancelled"
         [row] = await eventually(lambda: callbacks(live), all_delivered, what="the callback delivered")
         assert row["status"] == "delivered" and row["attempts"] == 2
+
+
+@pytest.mark.parametrize("provider", ["tw", "phone"])
+async def test_a_message_accepted_while_its_recipient_opts_out_is_not_sent(
+    live: Live, twilio: FakeTwilioServer, provider: str
+) -> None:
+    # The opt-out is stored between the accept's read of the list and its insert: it does not see
+    # the message, and its cancelling does not find it. The claim must stop it.
+    opted_out: list[int] = []
+
+    def opt_out_meanwhile(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if opted_out or "INSERT INTO" not in statement or "messages" not in statement:
+            return
+        if "the race" not in repr(parameters):
+            return
+        answer = await_only(live.client.post("/v1/opt-outs", json={"number": PERSON}))
+        opted_out.append(answer.status_code)
+        assert answer.json()["cancelled_messages"] == 0
+
+    engine = live.service.store.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", opt_out_meanwhile)
+    try:
+        message = await live.send(to=PERSON, body="the race", provider=provider)
+    finally:
+        event.remove(engine, "before_cursor_execute", opt_out_meanwhile)
+    assert opted_out == [201]
+    assert message["status"] == "pending"
+
+    if provider == "phone":
+        async with httpx.AsyncClient(auth=("phone", "pw")) as phone:
+            polled = await phone.post(f"{live.url}/api/sms", json={"messages": []})
+        assert polled.status_code == 200
+        assert "the race" not in polled.text
+    failed = await live.wait_for(message["id"], "failed", "sent", "delivered")
+    assert (failed["status"], failed["failure_reason"], failed["error_code"]) == (
+        "failed",
+        "opted_out",
+        "recipient_opted_out",
+    )
+    assert "opted out" in failed["error_message"]
+    assert [s for s in twilio.sends if s.body == "the race"] == []
+    assert [e["type"] for e in failed["events"]] == ["accepted", "send_failed"]
+
+
+async def test_the_confirmation_of_a_stop_is_sent_though_the_number_opted_out(
+    live: Live, twilio: FakeTwilioServer
+) -> None:
+    await twilio_inbound(live, twilio, "STOP", "SM" + "5" * 32)
+    [reply] = (await live.client.get("/v1/messages", params={"to": PERSON, "tag": "auto-reply"})).json()[
+        "data"
+    ]
+    sent = await live.wait_for(reply["id"], "sent", "delivered", "failed")
+    assert sent["status"] in ("sent", "delivered"), sent
+    assert [s.body for s in twilio.sends if s.to == PERSON] == [
+        "You will get no more messages. Reply START to undo."
+    ]

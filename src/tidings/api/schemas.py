@@ -981,7 +981,14 @@ _TIMES = (
     "opened_at",
     "clicked_at",
 )
-_HIDDEN = ("api_key_id", "idempotency_key", "request_hash", "lease_owner", "lease_expires_at")
+_HIDDEN = (
+    "api_key_id",
+    "idempotency_key",
+    "request_hash",
+    "lease_owner",
+    "lease_expires_at",
+    "exempt_from_opt_out",
+)
 
 
 def message_json(row: dict[str, Any], events: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -122,7 +122,12 @@ class GatewayService:
                 source=f"gateway:{phone.name}",
                 detail={"gateway_status": "forwarded-to-gateway"},
             )
-            handed = await queue.claim(conn, phone.name, consumer, limit=limit - len(again), now=now)
+            not_sent: list[ReportOutcome] = []
+            handed = await queue.claim(
+                conn, phone.name, consumer, limit=limit - len(again), now=now, not_sent=not_sent
+            )
+            # Messages whose recipient opted out meanwhile: failed, counted once committed.
+            result.outcomes.extend(not_sent)
         result.outgoing = again + handed
         result.handed_over_again = len(again)
         await gateways.count_poll(

@@ -125,6 +125,7 @@ def new_row(
         "callback_url": new.callback_url,
         "provider_failures": 0,
         "polls": 0,
+        "exempt_from_opt_out": new.exempt_from_opt_out,
         "subject": email.subject if email else None,
         "html": email.html if email else None,
         "reply_to": email.reply_to if email else None,
@@ -135,6 +136,27 @@ def new_row(
     }
 
 
+async def suppressed(
+    conn: AsyncConnection, wanted: Sequence[tuple[str, str, str | None]]
+) -> set[tuple[str, str, str | None]]:
+    """Which of ``wanted`` (channel, address, sender) may not be sent, in one statement: the
+    address opted out of that channel from every sender, or from that sender."""
+    if not wanted:
+        return set()
+    found = await conn.execute(
+        select(opt_outs.c.channel, opt_outs.c.address, opt_outs.c.scope).where(
+            opt_outs.c.address.in_(sorted({address for _channel, address, _sender in wanted}))
+        )
+    )
+    listed = {(r.channel, r.address, r.scope) for r in found.all()}
+    return {
+        (channel, address, sender)
+        for channel, address, sender in wanted
+        if (channel, address, ALL_SENDERS) in listed
+        or (sender is not None and (channel, address, sender) in listed)
+    }
+
+
 async def insert_many(
     conn: AsyncConnection, items: Sequence[tuple[dict[str, Any], NewMessage]]
 ) -> list[RecipientOptedOut | None]:
@@ -142,18 +164,14 @@ async def insert_many(
     statements in ``conn``'s transaction, then one NOTIFY per provider with due messages.
 
     A message to an address that opted out is refused (its result is the exception) and the rest
-    written; the check runs in the insert's own transaction, so no opt-out arriving meanwhile is
-    missed. Only a message marked ``exempt_from_opt_out`` (the confirmation of an opt-out) skips it.
+    written. The check is a read before the insert, so an opt-out stored in between is not seen
+    here (nor does its cancelling see this message): ``queue.claim`` checks the list again before
+    anything is sent. Only a message marked ``exempt_from_opt_out`` (the confirmation of an
+    opt-out) skips both checks.
     """
-    checked = sorted({(new.channel.value, new.to) for _row, new in items if not new.exempt_from_opt_out})
-    blocked: set[tuple[str, str, str]] = set()
-    if checked:
-        found = await conn.execute(
-            select(opt_outs.c.channel, opt_outs.c.address, opt_outs.c.scope).where(
-                opt_outs.c.address.in_(sorted({a for _c, a in checked}))
-            )
-        )
-        blocked = {(r.channel, r.address, r.scope) for r in found.all()}
+    blocked = await suppressed(
+        conn, [(new.channel.value, new.to, new.sender) for _row, new in items if not new.exempt_from_opt_out]
+    )
     results: list[RecipientOptedOut | None] = []
     rows: list[dict[str, Any]] = []
     tags: list[dict[str, Any]] = []
@@ -162,10 +180,7 @@ async def insert_many(
     due: set[str] = set()
     for row, new in items:
         channel = new.channel.value
-        if not new.exempt_from_opt_out and (
-            (channel, new.to, ALL_SENDERS) in blocked
-            or (new.sender is not None and (channel, new.to, new.sender) in blocked)
-        ):
+        if not new.exempt_from_opt_out and (channel, new.to, new.sender) in blocked:
             results.append(RecipientOptedOut(f"{new.to} opted out of messages", field="to"))
             continue
         results.append(None)

@@ -17,19 +17,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Row, bindparam, case, false, or_, select, update
+from sqlalchemy import Integer, Row, bindparam, case, exists, false, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from tidings import metrics
 from tidings.clock import utcnow
 from tidings.domain.content import Attachment, Channel, Content, EmailContent, SmsContent
 from tidings.domain.failures import FailureReason
+from tidings.domain.reports import Report
 from tidings.domain.routes import next_provider
 from tidings.domain.status import Status
 from tidings.store import events
-from tidings.store.messages import notify
+from tidings.store.messages import ALL_SENDERS, notify
+from tidings.store.optouts import OPTED_OUT
+from tidings.store.reports import ReportItem, ReportOutcome, apply_reports, count_changes
 from tidings.store.sql import is_value, picked_once, waits_for_earlier
-from tidings.store.tables import message_attachments, messages
+from tidings.store.tables import message_attachments, messages, opt_outs
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,17 @@ def _claim_statement(is_postgres: bool) -> Any:
             messages.c.max_attempts,
             messages.c.route,
             messages.c.provider_failures,
+            messages.c.exempt_from_opt_out,
+            # The suppression list, read again in the claim itself (an index probe per row): the
+            # accept's check reads it before its insert, so an opt-out stored in between is
+            # missed there, and that opt-out's cancelling misses the message.
+            exists()
+            .where(
+                opt_outs.c.channel == messages.c.channel,
+                opt_outs.c.address == messages.c.to,
+                or_(opt_outs.c.scope == ALL_SENDERS, opt_outs.c.scope == messages.c.sender),
+            )
+            .label("opted_out"),
         )
     )
 
@@ -176,13 +190,25 @@ _CLAIMS: dict[bool, Any] = {}
 
 
 async def claim(
-    conn: AsyncConnection, provider: str, consumer: Consumer, *, limit: int, now: datetime
+    conn: AsyncConnection,
+    provider: str,
+    consumer: Consumer,
+    *,
+    limit: int,
+    now: datetime,
+    not_sent: list[ReportOutcome] | None = None,
 ) -> list[Claimed]:
     """Hand up to ``limit`` due messages of ``provider`` to ``consumer``, oldest due first, in one
     statement in ``conn``'s transaction.
 
     Per-recipient order: an ordered message waits while an earlier message to the same address is
     ``pending`` or ``sending``, so a retry back-off holds the later ones back too.
+
+    A claimed message whose recipient is on the suppression list now (it opted out while the
+    message was being accepted) is not handed over: it is ``failed`` with ``failure_reason``
+    ``opted_out`` in this transaction, and its outcome added to ``not_sent``, for the caller to
+    count once committed. Only a message marked ``exempt_from_opt_out`` (the confirmation of an
+    opt-out) goes out anyway.
     """
     is_postgres = conn.dialect.name == "postgresql"
     statement = _CLAIMS.get(is_postgres)
@@ -197,6 +223,18 @@ async def claim(
         "claim_expires": expires,
     }
     rows = sorted((await conn.execute(statement, parameters)).all(), key=lambda r: str(r.id))
+    stopped = {r.id for r in rows if r.opted_out and not r.exempt_from_opt_out}
+    if stopped:
+        # Not handed to a provider or a phone: failed as the worker fails a send.
+        outcomes = await apply_reports(conn, [_opted_out(m, consumer.source, now) for m in sorted(stopped)])
+        if not_sent is not None:
+            not_sent.extend(o for o in outcomes if o is not None)
+        for message_id in sorted(stopped):
+            log.warning(
+                "message not sent: its recipient opted out after it was accepted",
+                extra={"action": "opt_out", "message_id": message_id, "provider": provider},
+            )
+        rows = [r for r in rows if r.id not in stopped]
     await events.record_events(
         conn,
         [
@@ -214,6 +252,21 @@ async def claim(
     )
     files = await attachments_of(conn, [r.id for r in rows if r.channel == Channel.EMAIL.value])
     return [_claimed(r, files) for r in rows]
+
+
+def _opted_out(message_id: str, source: str, now: datetime) -> ReportItem:
+    return ReportItem(
+        message_id,
+        Report(
+            status=Status.FAILED,
+            source=source,
+            occurred_at=now,
+            error_code=OPTED_OUT,
+            error_message="the recipient opted out after the message was accepted; it was not sent",
+            failure_reason=FailureReason.OPTED_OUT,
+        ),
+        type="send_failed",
+    )
 
 
 async def attachments_of(conn: AsyncConnection, message_ids: Sequence[str]) -> dict[str, list[Attachment]]:
@@ -269,8 +322,13 @@ class QueueStore:
     ) -> list[Claimed]:
         """Claim up to ``limit`` due messages of ``provider`` for ``worker``, under a lease."""
         consumer = Consumer(owner=worker, lease_seconds=lease_seconds, detail={"worker": worker})
+        not_sent: list[ReportOutcome] = []
         async with self.engine.begin() as conn:
-            return await claim(conn, provider, consumer, limit=limit, now=now or utcnow())
+            claimed = await claim(
+                conn, provider, consumer, limit=limit, now=now or utcnow(), not_sent=not_sent
+            )
+        count_changes(not_sent)
+        return claimed
 
     async def promote_due(self, now: datetime | None = None, limit: int = 1000) -> int:
         """Move ``scheduled`` messages whose ``send_at`` has come to ``pending``."""

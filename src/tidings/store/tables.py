@@ -125,6 +125,8 @@ messages = Table(
     # millionths of ``currency`` (ISO 4217), summed exactly on both databases.
     Column("cost_micros", BigInteger()),
     Column("currency", String(3)),
+    # Sent even to an address on the suppression list: only the confirmation of an opt-out.
+    Column("exempt_from_opt_out", Boolean(), nullable=False, server_default=false()),
     # The queue: due messages of one provider, oldest first. Partial, so it holds only the
     # waiting rows and stays small however many finished messages the table keeps.
     Index(
