@@ -4,6 +4,7 @@ guessing, cookies, CSRF on the sign-in form, the audit log, and the users comman
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -225,6 +226,12 @@ def test_the_users_command_creates_lists_and_disables(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TIDINGS_DATABASE_URL", f"sqlite:///{tmp_path / 'tidings.db'}")
+    # The command sets up logging on the runner's stderr, which is closed once it returns: the
+    # root logger's handlers and level are put back after the test, or every later test's log
+    # lines go to a closed file.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
     runner = CliRunner()
     made = runner.invoke(cli, ["users", "create", NAME, "--password-stdin"], input=PASSWORD + "\n")
     assert made.exit_code == 0, made.output
