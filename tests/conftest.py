@@ -25,6 +25,11 @@ from sqlalchemy.engine import make_url
 
 from tests.pg_cluster import Cluster
 from tests.pg_cluster import unavailable as cluster_unavailable
+from tests.stall_watch import (  # noqa: F401 (hooks)
+    pytest_runtest_protocol,
+    pytest_sessionstart,
+    pytest_terminal_summary,
+)
 from tidings.config import Settings
 from tidings.services import Service
 from tidings.store import Store
