@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from tests.conftest import empty_tables, make_settings
+from tests.stall_watch import SlowWait
 from tidings.api.app import create_app
 from tidings.services import Service
 from tidings.store import Store
@@ -23,7 +24,7 @@ T = TypeVar("T")
 
 
 async def eventually(
-    read: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, timeout: float = 10.0, what: str = ""
+    read: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, timeout: float = 20.0, what: str = ""
 ) -> T:
     """The first value ``read()`` returns that ``done`` accepts; fails after ``timeout`` seconds,
     showing the last value read.
@@ -33,10 +34,12 @@ async def eventually(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    slow = SlowWait(what or "a state")
     while True:
         value = await read()
         if done(value):
             return value
+        slow.check()
         if loop.time() > deadline:
             pytest.fail(f"{what or 'state'} not reached within {timeout}s; last read: {value!r}")
         await asyncio.sleep(0.02)
@@ -74,13 +77,15 @@ class Live:
         body: dict[str, Any] = response.json()
         return body
 
-    async def wait_for(self, message_id: str, *statuses: str, timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_for(self, message_id: str, *statuses: str, timeout: float = 20.0) -> dict[str, Any]:
         """The message once its status is one of ``statuses``; fails after ``timeout`` seconds."""
         deadline = asyncio.get_running_loop().time() + timeout
+        slow = SlowWait(f"message {message_id} to be {statuses}")
         while True:
             message = await self.message(message_id)
             if message["status"] in statuses:
                 return message
+            slow.check()
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(
                     f"message {message_id} is {message['status']}, not {statuses}: {message}"
@@ -115,7 +120,10 @@ async def live_service(
                 serving.result()
             await asyncio.sleep(0.01)
         _key, secret = await service.store.keys.create("live")
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {secret}"}) as client:
+        # A generous timeout: a shared machine can pause for seconds (see tests/stall_watch.py).
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {secret}"}, timeout=30
+        ) as client:
             yield Live(url=url, service=service, client=client)
     finally:
         stop.set()

@@ -21,6 +21,7 @@ from aiohttp import web
 from tests.conftest import make_settings
 from tests.live import live_service
 from tests.scripted_api import scripted_api
+from tests.stall_watch import SlowWait
 from tidings.clock import utcnow
 from tidings.domain.messages import NewMessage
 from tidings.domain.reports import Report
@@ -38,7 +39,9 @@ from tidings.store.reports import ReportItem
 from tidings.worker.dispatcher import Dispatcher
 
 ORDINARY = "+12025550123"
-TIMEOUT = 5.0
+TIMEOUT = 20.0
+"""How long a wait for a status may last before the test fails: long, because a shared machine can
+pause for seconds; a wait over a few seconds is shown in the session's summary (``SlowWait``)."""
 # Long enough that a receipt never overtakes the worker's own record of the send, so the event
 # order of a delivered message is deterministic.
 RECEIPT_DELAY_MS = 100
@@ -76,10 +79,12 @@ async def wait_for_status(
 ) -> dict[str, Any]:
     """Poll until the message is in one of ``statuses``; fail with its history after ``timeout``."""
     deadline = time.monotonic() + timeout
+    slow = SlowWait(f"message {message_id} to be {sorted(statuses)}")
     while True:
         row = await get(store, message_id)
         if row["status"] in statuses:
             return row
+        slow.check()
         if time.monotonic() > deadline:
             events = [(e["type"], e["status"]) for e in await store.messages.events(message_id)]
             pytest.fail(
@@ -328,7 +333,9 @@ async def test_per_provider_concurrency_is_respected(store: Store, make_service:
     most_sending = 0
     async with running(service):
         deadline = time.monotonic() + TIMEOUT
+        slow = SlowWait("6 messages to be delivered")
         while True:
+            slow.check()
             counts = await store.messages.count_by_status()
             most_sending = max(most_sending, counts.get("sending", 0))
             assert counts.get("sending", 0) <= 2, counts
@@ -347,7 +354,9 @@ async def test_many_messages_all_delivered_once(store: Store, make_service: Serv
     ids = [await insert(store) for _ in range(40)]
     async with running(service):
         deadline = time.monotonic() + TIMEOUT
+        slow = SlowWait("40 messages to be delivered")
         while (await store.messages.count_by_status()).get("delivered", 0) < len(ids):
+            slow.check()
             assert time.monotonic() < deadline, await store.messages.count_by_status()
             await asyncio.sleep(0.02)
     for message_id in ids:
